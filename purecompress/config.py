@@ -1,0 +1,234 @@
+"""Typed, frozen, validated configs: one :class:`PruneConfig` per NNI ``config_list`` entry.
+
+``from_config_list`` parses NNI dicts with NNI 2.10's validation rules; every problem raises
+:class:`ConfigError`, which names the entry index, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+__all__ = [
+    "ConfigError",
+    "DEFAULT_OP_TYPES",
+    "PruneConfig",
+    "Selector",
+    "from_config_list",
+]
+
+# NNI's 'default' op type: the weighted module types (no norm layers).
+DEFAULT_OP_TYPES: tuple[str, ...] = (
+    "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+    "Linear", "Bilinear", "PReLU", "Embedding", "EmbeddingBag",
+)  # fmt: skip
+
+_SELECTOR_KEYS = ("op_types", "op_names", "op_partial_names", "op_names_re", "exclude")
+_PRUNE_KEYS = ("sparsity", "sparsity_per_layer", "total_sparsity", "max_sparsity_per_layer")
+
+
+class ConfigError(ValueError):
+    """A config entry is invalid. ``index`` and ``key`` say where (None when not one key)."""
+
+    def __init__(self, index: int | None, key: str | None, reason: str) -> None:
+        where = "config" if index is None else f"config_list[{index}]"
+        if key is not None:
+            where += f"[{key!r}]"
+        super().__init__(f"{where}: {reason}")
+        self.index = index
+        self.key = key
+        self.reason = reason
+
+
+def _names(index: int | None, key: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigError(index, key, f"must be a list of strings, got {value!r}")
+    items = tuple(value)
+    if not all(isinstance(v, str) for v in items):
+        raise ConfigError(index, key, f"must be a list of strings, got {value!r}")
+    return items
+
+
+@attrs.frozen
+class Selector:
+    """Which modules a config applies to (NNI semantics).
+
+    A module matches when its type is in ``op_types`` (if given) AND its name is selected by
+    ``op_names`` / ``op_partial_names`` (substring) / ``op_names_re`` (full regex match), when any
+    of those is given (the name selectors are a union, as NNI merges partial names into op_names).
+
+    Attributes:
+        op_types: module class names; ``'default'`` expands to :data:`DEFAULT_OP_TYPES`.
+        op_names: exact qualified module names.
+        op_partial_names: substrings of module names.
+        op_names_re: regular expressions that must match the whole module name.
+        exclude: the matched modules are removed from compression (last match wins).
+    """
+
+    op_types: tuple[str, ...] | None = None
+    op_names: tuple[str, ...] | None = None
+    op_partial_names: tuple[str, ...] | None = None
+    op_names_re: tuple[str, ...] | None = None
+    exclude: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.op_types is None and self.op_names is None and self.op_partial_names is None \
+                and self.op_names_re is None:
+            raise ConfigError(None, None, "at least one of op_types, op_names, op_partial_names "
+                              "or op_names_re must be specified")
+        for pattern in self.op_names_re or ():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ConfigError(None, "op_names_re", f"bad regular expression {pattern!r}: {err}") from err
+
+    @property
+    def types(self) -> tuple[str, ...] | None:
+        """``op_types`` with ``'default'`` expanded to :data:`DEFAULT_OP_TYPES`."""
+        if self.op_types is None or "default" not in self.op_types:
+            return self.op_types
+        return tuple(dict.fromkeys([t for t in self.op_types if t != "default"] + list(DEFAULT_OP_TYPES)))
+
+    def matches(self, name: str, type_name: str) -> bool:
+        """Whether the module called ``name`` of class ``type_name`` is selected."""
+        types = self.types
+        if types is not None and type_name not in types:
+            return False
+        if self.op_names is None and self.op_partial_names is None and self.op_names_re is None:
+            return True
+        return (
+            name in (self.op_names or ())
+            or any(part in name for part in self.op_partial_names or ())
+            or any(re.fullmatch(p, name) for p in self.op_names_re or ())
+        )
+
+
+def _sparsity(index: int | None, key: str, value: object, *, upper_inclusive: bool = False) -> float:
+    if not isinstance(value, float):  # NNI's schema: And(float, ...); 0 or 1 as int is a typo
+        raise ConfigError(index, key, f"must be a float in [0, 1), got {type(value).__name__} {value!r}")
+    if not (0.0 <= value < 1.0 or (upper_inclusive and value == 1.0)):
+        raise ConfigError(index, key, f"must be in [0, 1{']' if upper_inclusive else ')'}, got {value!r}")
+    return value
+
+
+@attrs.frozen
+class PruneConfig:
+    """One pruning config entry, validated.
+
+    Attributes:
+        selector: which modules it applies to.
+        sparsity_per_layer: each selected layer prunes this fraction (NNI ``sparsity``).
+        total_sparsity: the selected layers together prune this fraction (global mode pools them;
+            per-layer mode applies it to each layer, as NNI does).
+        max_sparsity_per_layer: cap per layer in global allocation: one float, or per module name.
+        options: algorithm-specific keys the caller allowed (e.g. ADMM's ``rho``).
+    """
+
+    selector: Selector
+    sparsity_per_layer: float | None = None
+    total_sparsity: float | None = None
+    max_sparsity_per_layer: float | Mapping[str, float] | None = None
+    options: Mapping[str, object] = attrs.field(factory=dict, converter=lambda d: dict(d))
+
+    @property
+    def sparsity(self) -> float | None:
+        """The sparsity this config asks of each layer (per-layer value, else total)."""
+        return self.sparsity_per_layer if self.sparsity_per_layer is not None else self.total_sparsity
+
+    def cap_for(self, module: str) -> float:
+        """``max_sparsity_per_layer`` for ``module`` (default 0.99, NNI's value)."""
+        cap = self.max_sparsity_per_layer
+        if cap is None:
+            return 0.99
+        if isinstance(cap, Mapping):
+            return float(cap.get(module, 0.99))
+        return float(cap)
+
+
+def parse_selector(index: int, entry: Mapping[str, object]) -> Selector:
+    """The :class:`Selector` of one NNI config dict (errors name ``index``)."""
+    kwargs: dict[str, object] = {}
+    for key in ("op_types", "op_names", "op_partial_names", "op_names_re"):
+        if key in entry:
+            kwargs[key] = _names(index, key, entry[key])
+    if "exclude" in entry:
+        if not isinstance(entry["exclude"], bool):
+            raise ConfigError(index, "exclude", f"must be True or False, got {entry['exclude']!r}")
+        kwargs["exclude"] = entry["exclude"]
+    try:
+        return Selector(**kwargs)  # type: ignore[arg-type]
+    except ConfigError as err:
+        raise ConfigError(index, err.key, err.reason) from None
+
+
+def check_op_types(index: int, selector: Selector, allowed: Sequence[str] | None) -> None:
+    """Raise when ``selector`` names op types outside ``allowed`` (a pruner's supported types)."""
+    if allowed is None or selector.exclude or selector.op_types is None:
+        return
+    bad = [t for t in selector.op_types if t not in allowed]
+    if bad:
+        raise ConfigError(index, "op_types", f"{bad} not supported here; supported: {list(allowed)}")
+
+
+def _prune_entry(index: int, entry: Mapping[str, object], extra_keys: Sequence[str],
+                 allowed_op_types: Sequence[str] | None) -> PruneConfig:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(index, None, f"each entry must be a dict, got {type(entry).__name__}")
+    unknown = [k for k in entry if k not in _SELECTOR_KEYS + _PRUNE_KEYS + tuple(extra_keys)]
+    if unknown:
+        raise ConfigError(index, str(unknown[0]), "unknown key")
+    selector = parse_selector(index, entry)
+    check_op_types(index, selector, allowed_op_types)
+    if "sparsity" in entry and "sparsity_per_layer" in entry:
+        raise ConfigError(index, "sparsity", "'sparsity' and 'sparsity_per_layer' mean the same; set one")
+    per_layer = entry.get("sparsity", entry.get("sparsity_per_layer"))
+    key = "sparsity" if "sparsity" in entry else "sparsity_per_layer"
+    kwargs: dict[str, object] = {"selector": selector}
+    if per_layer is not None:
+        kwargs["sparsity_per_layer"] = _sparsity(index, key, per_layer)
+    if "total_sparsity" in entry:
+        kwargs["total_sparsity"] = _sparsity(index, "total_sparsity", entry["total_sparsity"])
+    if "max_sparsity_per_layer" in entry:
+        cap = entry["max_sparsity_per_layer"]
+        if isinstance(cap, Mapping):
+            kwargs["max_sparsity_per_layer"] = {
+                str(k): _sparsity(index, "max_sparsity_per_layer", v, upper_inclusive=True)
+                for k, v in cap.items()
+            }
+        else:
+            kwargs["max_sparsity_per_layer"] = _sparsity(index, "max_sparsity_per_layer", cap,
+                                                         upper_inclusive=True)
+    if not selector.exclude and "sparsity_per_layer" not in kwargs and "total_sparsity" not in kwargs:
+        raise ConfigError(index, None, "needs 'sparsity' (or 'sparsity_per_layer') or 'total_sparsity'")
+    kwargs["options"] = {k: entry[k] for k in extra_keys if k in entry}
+    return PruneConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def from_config_list(
+    config_list: Sequence[Mapping[str, object]],
+    *,
+    extra_keys: Sequence[str] = (),
+    allowed_op_types: Sequence[str] | None = None,
+) -> tuple[PruneConfig, ...]:
+    """Parse an NNI pruning ``config_list`` into :class:`PruneConfig` records.
+
+    Args:
+        config_list: NNI dicts, e.g. ``[{'sparsity': 0.5, 'op_types': ['Conv2d']}]``.
+        extra_keys: algorithm-specific keys to accept into ``options`` (e.g. ``('rho',)``).
+        allowed_op_types: the op types this algorithm supports; others are rejected.
+
+    Raises:
+        ConfigError: naming the entry index, the key and the reason.
+
+    >>> from_config_list([{'sparsity': 0.5, 'op_types': ['Conv2d']}])[0].sparsity_per_layer
+    0.5
+    >>> from_config_list([{'sparsity': 1.5, 'op_types': ['Conv2d']}])
+    Traceback (most recent call last):
+    ...
+    purecompress.config.ConfigError: config_list[0]['sparsity']: must be in [0, 1), got 1.5
+    """
+    if isinstance(config_list, Mapping) or not isinstance(config_list, Sequence):
+        raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
+    return tuple(_prune_entry(i, e, extra_keys, allowed_op_types) for i, e in enumerate(config_list))
