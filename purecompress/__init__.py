@@ -18,6 +18,7 @@ from purecompress.allocate import (
     kept_count,
 )
 from purecompress.config import DEFAULT_OP_TYPES, ConfigError, PruneConfig, Selector, from_config_list
+from purecompress.io import load_masks, load_nni_masks, masks_from_nni, masks_to_nni, save_masks
 from purecompress.metrics import fpgm, l1_norm, l2_norm, level, lp_norm, metric_by
 from purecompress.params import apply_masks, params_of
 from purecompress.pipeline import allocate, prune
@@ -56,12 +57,17 @@ __all__ = [
     "keep_top",
     "kept_count",
     "l1_norm",
+    "load_masks",
+    "load_nni_masks",
+    "masks_from_nni",
+    "masks_to_nni",
     "l2_norm",
     "level",
     "lp_norm",
     "metric_by",
     "params_of",
     "prune",
+    "save_masks",
     "select",
     "sparsity_report",
     "trees_equal",
