@@ -65,15 +65,11 @@ def _remedy(module: str | None) -> str:
 
 def _user_frame(err: BaseException) -> str:
     """'file:line: source' of the innermost traceback frame outside torch and this package."""
-    frames = [
-        f
-        for f in traceback.extract_tb(err.__traceback__)
-        if not f.filename.startswith((_TORCH_DIR, _THIS_DIR))
-    ]
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith((_TORCH_DIR, _THIS_DIR))]
     if not frames:
         return ""
     f = frames[-1]
-    return f" at {Path(f.filename).name}:{f.lineno}: {(f.line or '').strip()}"
+    return f" (at {Path(f.filename).name}:{f.lineno}: `{(f.line or '').strip()}`)"
 
 
 class _Tracer(fx.Tracer):
@@ -92,9 +88,7 @@ class _Tracer(fx.Tracer):
             or super().is_leaf_module(m, module_qualified_name)
         )
 
-    def call_module(
-        self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
@@ -106,6 +100,10 @@ class _Tracer(fx.Tracer):
 class _ShapeRecorder(fx.Interpreter):
     """Runs the graph once and stores ``tensor_meta`` on every node (as fx's ShapeProp does)."""
 
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.extra_traceback = False  # our error already names the node
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
@@ -115,7 +113,8 @@ class _ShapeRecorder(fx.Interpreter):
             where = f"module '{module}'" if module else "the model's forward"
             raise GraphCaptureError(
                 f"running op {n.format_node()} in {where} on the example inputs failed: "
-                f"{type(err).__name__}: {err}. {_remedy(str(module) or None)}",
+                f"{type(err).__name__}: {err}. Check that example_inputs fit the model. "
+                + _remedy(str(module) or None),
                 module=str(module),
                 op=str(n.target),
             ) from err
@@ -153,7 +152,11 @@ def _bind(model: nn.Module, example_inputs: Any) -> inspect.BoundArguments:
             "example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword "
             f"inputs, got {type(example_inputs).__name__}"
         )
-    return inspect.signature(model.forward).bind(*args, **kwargs)
+    signature = inspect.signature(model.forward)
+    try:
+        return signature.bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"example_inputs do not fit {type(model).__name__}.forward{signature}: {err}") from None
 
 
 def capture(
@@ -188,20 +191,19 @@ def capture(
     bound = _bind(model, example_inputs)
     params = inspect.signature(model.forward).parameters
     concrete = {
-        name: p.default
-        for name, p in params.items()
-        if name not in bound.arguments and p.default is not p.empty
+        name: p.default for name, p in params.items() if name not in bound.arguments and p.default is not p.empty
     }
     try:
         graph = tracer.trace(model, concrete_args=concrete or None)
     except Exception as err:
         module = tracer.failed_module or ""
-        where = f"module '{module}' ({type(model.get_submodule(module)).__name__})" if module else (
-            f"the forward of {type(model).__name__}"
+        where = (
+            f"module '{module}' ({type(model.get_submodule(module)).__name__})"
+            if module
+            else (f"the forward of {type(model).__name__}")
         )
         raise GraphCaptureError(
-            f"torch.fx cannot trace {where}{_user_frame(err)}: {type(err).__name__}: {err}. "
-            + _remedy(module or None),
+            f"torch.fx cannot trace {where}: {type(err).__name__}: {err}{_user_frame(err)}. " + _remedy(module or None),
             module=module,
         ) from err
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)

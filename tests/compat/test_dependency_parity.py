@@ -1,0 +1,132 @@
+"""Dependency sets equal NNI 2.10.1's ChannelDependency / GroupDependency (jit-traced oracle)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+nni = pytest.importorskip("nni", reason="parity tests need nni==2.10.1 as the oracle")
+shape_dependency = pytest.importorskip("nni.compression.pytorch.utils.shape_dependency")
+
+from purecompress.graph import capture, channel_dependency, group_dependency  # noqa: E402
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
+
+
+class Basic(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = conv_bn(cin, cout, stride=stride), conv_bn(cout, cout)
+        self.down = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(F.relu(self.conv1(x))) + self.down(x))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int, groups: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn(cin, mid, 1), nn.ReLU(), conv_bn(mid, mid, groups=groups), nn.ReLU(),
+            conv_bn(mid, cout, 1),
+        )  # fmt: skip
+        self.down = conv_bn(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.down is None else self.down(x)
+        return (self.body(x) + identity).relu()
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expansion, 3x3 depthwise, 1x1 projection, residual add."""
+
+    def __init__(self, c: int, expand: int) -> None:
+        super().__init__()
+        hidden = c * expand
+        self.expand = conv_bn(c, hidden, 1)
+        self.dw = conv_bn(hidden, hidden, groups=hidden)
+        self.project = conv_bn(hidden, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(F.relu6(self.dw(F.relu6(self.expand(x)))))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc1, self.fc2 = (
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Linear(8, 2),
+            nn.Linear(2, 8),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(y.mean((2, 3))))))
+        return x + y * s.view(s.size(0), -1, 1, 1)
+
+
+def residual() -> nn.Module:
+    return nn.Sequential(
+        conv_bn(3, 8), nn.ReLU(), Basic(8, 8), Basic(8, 16, 2), Bottleneck(16, 4, 16),
+        Bottleneck(16, 8, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+
+
+def grouped() -> nn.Module:
+    return nn.Sequential(
+        conv_bn(3, 16), nn.ReLU(), Bottleneck(16, 8, 16, groups=4), Bottleneck(16, 8, 32, groups=2),
+        nn.Conv2d(32, 32, 3, padding=1, groups=8), nn.GroupNorm(4, 32), nn.Conv2d(32, 16, 1),
+    )  # fmt: skip
+
+
+def depthwise() -> nn.Module:
+    return nn.Sequential(
+        conv_bn(3, 8), nn.ReLU6(), InvertedResidual(8, 4), InvertedResidual(8, 2), SqueezeExcite(),
+        conv_bn(8, 8, groups=8), nn.Conv2d(8, 16, 1),
+    )  # fmt: skip
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "residual": residual,
+    "grouped": grouped,
+    "depthwise": depthwise,
+}
+X = torch.randn(2, 3, 16, 16)
+
+
+def nni_oracle(cls_name: str, model: nn.Module, x: torch.Tensor) -> Any:
+    """Run NNI's analysis; a failure of NNI itself on this torch becomes a skip with its error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return getattr(shape_dependency, cls_name)(model, x).dependency_sets
+    except Exception as err:  # NNI's own breakage on torch 2.13, recorded, not hidden
+        pytest.skip(f"NNI {cls_name} fails on torch {torch.__version__}: {type(err).__name__}: {err}")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_channel_dependency_matches_nni(name: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    ours = channel_dependency(model, X)
+    theirs = nni_oracle("ChannelDependency", model, X)
+    assert {frozenset(s) for s in ours} == {frozenset(s) for s in theirs}
+    assert any(len(s) > 1 for s in ours)  # the model really has dependencies
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_group_dependency_matches_nni(name: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    ours = group_dependency(capture(model, X))
+    theirs = nni_oracle("GroupDependency", model, X)
+    assert ours == {k: int(v) for k, v in theirs.items()}

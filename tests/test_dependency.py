@@ -1,0 +1,317 @@
+"""Graph capture and channel/group dependency analysis (purecompress.graph)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from purecompress.graph import (
+    GraphCaptureError,
+    capture,
+    channel_dependency,
+    group_dependency,
+    is_captured,
+)
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
+
+
+class Basic(nn.Module):
+    """ResNet basic block; a 1x1 downsample conv when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = conv_bn(cin, cout, stride=stride), conv_bn(cout, cout)
+        self.down = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(F.relu(self.conv1(x))) + self.down(x))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(cin, mid, 1), nn.ReLU(), conv_bn(mid, mid), nn.ReLU(), conv_bn(mid, cout, 1))
+        self.down = conv_bn(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.down is None else self.down(x)
+        return (self.body(x) + identity).relu()
+
+
+class ResNetish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.layer1 = nn.Sequential(Basic(8, 8), Basic(8, 8))
+        self.layer2 = nn.Sequential(Basic(8, 16, 2), Bottleneck(16, 4, 16), Bottleneck(16, 4, 24))
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(F.relu(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Cat(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim, self.a, self.b, self.c = (
+            dim,
+            nn.Conv2d(3, 4, 1),
+            nn.Conv2d(3, 4, 1),
+            nn.Conv2d(8, 4, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([self.a(x), F.relu(self.b(x))], dim=self.dim)
+        return self.c(y if self.dim in (1, -3) else y[:, :, :4].repeat(1, 2, 1, 1))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, linear: bool) -> None:
+        super().__init__()
+        self.linear = linear
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        make = nn.Linear if linear else (lambda i, o: nn.Conv2d(i, o, 1))
+        self.fc1, self.fc2 = make(8, 2), make(2, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        s = y.mean((2, 3)) if self.linear else F.adaptive_avg_pool2d(y, 1)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return y * (s.view(s.size(0), -1, 1, 1) if self.linear else s)
+
+
+class SpatialAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.gate = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y * torch.sigmoid(self.gate(y))  # [N, 1, H, W] broadcast along channels
+
+
+class Functional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Conv2d(3, 4, 1) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.add(F.relu(self.a(x)), self.b(x))
+        z = self.c(x)
+        z.add_(F.max_pool2d(y, 3, 1, 1))
+        return torch.sub(z, 2.0) * 0.5 + F.interpolate(self.d(x)[:, :, ::2, ::2], scale_factor=2.0)
+
+
+class Chain(nn.Module):
+    """a + b, then c + d, then the two sums: one set of four; e stays alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(3, 4, 1) for _ in range(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c, d, e = (conv(x) for conv in self.convs)
+        ab, cd = a + b, c - d
+        ab += cd
+        return torch.cat([ab, e], 1)
+
+
+class Grouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 8, 1)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.norm = nn.GroupNorm(8, 8)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pw(self.dw(F.relu(self.conv2(self.conv1(x)))))
+        return self.fc(self.norm(self.conv3(x)).flatten(1))
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.block = Gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.conv(x)) + self.conv(x)
+
+
+class Gate(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            return x
+        return -x
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def sets(groups: list[tuple[str, ...]]) -> set[frozenset[str]]:
+    return {frozenset(g) for g in groups}
+
+
+def test_resnet_basic_and_bottleneck_blocks() -> None:
+    deps = channel_dependency(ResNetish(), X)
+    assert deps == [
+        ("stem.0", "layer1.0.conv2.0", "layer1.1.conv2.0"),
+        ("layer1.0.conv1.0",),
+        ("layer1.1.conv1.0",),
+        ("layer2.0.conv1.0",),
+        ("layer2.0.conv2.0", "layer2.0.down.0", "layer2.1.body.4.0"),
+        ("layer2.1.body.0.0",),
+        ("layer2.1.body.2.0",),
+        ("layer2.2.down.0", "layer2.2.body.4.0"),  # the bottleneck calls down first
+        ("layer2.2.body.0.0",),
+        ("layer2.2.body.2.0",),
+        ("fc",),
+    ]
+
+
+def test_every_producer_appears_once_in_graph_order() -> None:
+    model = ResNetish()
+    gm = capture(model, X)
+    order = [str(n.target) for n in gm.graph.nodes if n.op == "call_module"]
+    deps = channel_dependency(gm)
+    flat = [name for group in deps for name in group]
+    producers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert sorted(flat) == sorted(producers)
+    for group in deps:
+        assert list(group) == sorted(group, key=order.index)
+    assert [g[0] for g in deps] == sorted((g[0] for g in deps), key=order.index)
+
+
+@pytest.mark.parametrize(
+    "dim, expected",
+    [(1, [("a",), ("b",), ("c",)]), (-3, [("a",), ("b",), ("c",)]), (2, [("a", "b"), ("c",)])],
+)
+def test_cat_joins_only_off_the_channel_dim(dim: int, expected: list[tuple[str, ...]]) -> None:
+    assert channel_dependency(Cat(dim), X) == expected
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_squeeze_excite_multiply_joins_the_gate(linear: bool) -> None:
+    assert channel_dependency(SqueezeExcite(linear), X) == [("conv", "fc2"), ("fc1",)]
+
+
+def test_broadcast_along_channels_adds_no_dependency() -> None:
+    assert channel_dependency(SpatialAttention(), X) == [("conv",), ("gate",)]
+
+
+def test_functional_and_inplace_ops() -> None:
+    assert channel_dependency(Functional(), X) == [("a", "b", "c", "d")]
+
+
+def test_chained_adds_merge_transitively() -> None:
+    assert sets(channel_dependency(Chain(), X)) == {
+        frozenset({"convs.0", "convs.1", "convs.2", "convs.3"}),
+        frozenset({"convs.4"}),
+    }
+
+
+def test_grouped_and_depthwise_convs() -> None:
+    model = Grouped()
+    assert group_dependency(model, X[:, :, :4, :4]) == {
+        "conv1": 4,  # feeds a conv with groups=4
+        "conv2": 4,
+        "dw": 1,  # depthwise adds nothing, and does not constrain conv2
+        "pw": 2,  # feeds conv3 (groups=2)
+        "conv3": 8,  # own groups 2, feeds GroupNorm(8): lcm
+        "norm": 8,
+    }
+    assert channel_dependency(model, X[:, :, :4, :4]) == [
+        ("conv1",), ("conv2",), ("dw",), ("pw",), ("conv3",), ("fc",)
+    ]  # fmt: skip
+
+
+def test_linear_after_flatten_and_residual_groups() -> None:
+    model = nn.Sequential(Basic(3, 8, 2), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
+    assert channel_dependency(model, X) == [("0.conv1.0",), ("0.conv2.0", "0.down.0"), ("2",)]
+    assert group_dependency(model, X) == {"0.conv1.0": 1, "0.conv2.0": 1, "0.down.0": 1}
+
+
+def test_model_and_inputs_unchanged() -> None:
+    model = ResNetish().train()
+    model.layer1.eval()
+    before, x = snapshot(model), X.clone()
+    modes = [m.training for m in model.modules()]
+    channel_dependency(model, X)
+    group_dependency(model, X)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [m.training for m in model.modules()] == modes
+    assert torch.equal(X, x)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_inplace_op_on_the_input_does_not_touch_the_caller_tensor() -> None:
+    class Inplace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x.mul_(2))
+
+    x = X.clone()
+    capture(Inplace(), x)
+    assert torch.equal(x, X)
+
+
+def test_capture_records_shapes_and_is_reusable() -> None:
+    model = Basic(3, 8, 2)
+    gm = capture(model, (X,))
+    assert is_captured(gm) and not is_captured(model)
+    shapes = {str(n.target): tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes
+              if n.op == "call_module"}  # fmt: skip
+    assert shapes["conv1.0"] == (2, 8, 4, 4) and shapes["down.1"] == (2, 8, 4, 4)
+    assert channel_dependency(gm) == channel_dependency(model, X)
+    assert group_dependency(gm) == group_dependency(model, X)
+    with pytest.raises(TypeError, match="example_inputs"):
+        channel_dependency(model)
+
+
+def test_keyword_inputs_and_defaults() -> None:
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+            return self.a(x) if y is None else self.a(x) + self.b(y)
+
+    assert channel_dependency(Masked(), {"x": X}) == [("a",)]
+    assert channel_dependency(Masked(), {"x": X, "y": X}) == [("a", "b")]
+
+
+def test_untraceable_model_names_the_module_and_the_remedies() -> None:
+    with pytest.raises(GraphCaptureError) as info:
+        channel_dependency(DataDependent(), X)
+    message = str(info.value)
+    assert info.value.module == "block"
+    assert "'block'" in message and "if x.sum() > 0" in message
+    assert "groups=" in message and "exclude" in message and "leaf_modules=['block']" in message
+    assert isinstance(info.value, RuntimeError)
+    # the remedy works: the leaf is kept whole and its channels pass through (same shape)
+    assert channel_dependency(DataDependent(), X, leaf_modules=["block"]) == [("conv",)]
+    assert channel_dependency(DataDependent(), X, leaf_modules=[Gate]) == [("conv",)]
+
+
+def test_failing_shape_run_names_the_op() -> None:
+    with pytest.raises(GraphCaptureError, match="running op") as info:
+        capture(Basic(3, 8), torch.randn(2, 5, 8, 8))
+    assert info.value.module == "conv1.0"
