@@ -1,0 +1,65 @@
+"""Quantization as pure functions: ranges, scales, fake quantization, observers, configs.
+
+API summary (stable names; everything is re-exported here):
+
+- Ranges and parameters (``qparams``): ``int_range(bits, dtype='uint', *, narrow=True)``,
+  ``QuantParams(scale, zero_point, qmin, qmax, axis=None)`` (record; ``.broadcast(ndim)``,
+  ``.per_channel``), ``quant_params(min, max, *, bits=8, dtype='uint', scheme='per_tensor_affine',
+  axis=None, qrange=None)``, ``quantize(x, qp)``, ``dequantize(q, qp)``, ``fake_quantize(x, qp)``,
+  ``SCHEMES``, ``DTYPES``, ``SCALE_EPS``, ``is_per_channel``, ``is_symmetric``.
+- Straight-through fake quantization (``ste``): ``fake_quantize_ste(x, qp, *, clip=False)``
+  (clip=True is NNI QAT's clipped STE), ``binarize(x, *, clip=False)`` (BNN),
+  ``lsq_fake_quantize(x, scale, qmin, qmax)``, ``lsq_init_scale(x, qmax)``.
+- Observers (``observers``): ``Range(min, max)`` record, ``current_range(x, *, axis=None)``,
+  ``minmax_range(prev, x, *, axis=None)``, ``ema_range(prev, x, *, decay=0.99, axis=None,
+  first=None)``, ``EMA_DECAY``.
+- Configs (``config``): ``TensorSpec(bits, dtype, scheme)`` (``.qrange``, ``.per_channel``),
+  ``QuantConfig(selector, specs, start_step)``, ``from_quant_config_list(config_list, *,
+  allowed_op_types=None, allowed_bits=None, allowed_quant_types=QUANT_TYPES)``, ``QUANT_TYPES``.
+"""
+
+from __future__ import annotations
+
+from purecompress.quant.config import QUANT_TYPES, QuantConfig, TensorSpec, from_quant_config_list
+from purecompress.quant.observers import EMA_DECAY, Range, current_range, ema_range, minmax_range
+from purecompress.quant.qparams import (
+    DTYPES,
+    SCALE_EPS,
+    SCHEMES,
+    QuantParams,
+    dequantize,
+    fake_quantize,
+    int_range,
+    is_per_channel,
+    is_symmetric,
+    quant_params,
+    quantize,
+)
+from purecompress.quant.ste import binarize, fake_quantize_ste, lsq_fake_quantize, lsq_init_scale
+
+__all__ = [
+    "DTYPES",
+    "EMA_DECAY",
+    "QUANT_TYPES",
+    "SCALE_EPS",
+    "SCHEMES",
+    "QuantConfig",
+    "QuantParams",
+    "Range",
+    "TensorSpec",
+    "binarize",
+    "current_range",
+    "dequantize",
+    "ema_range",
+    "fake_quantize",
+    "fake_quantize_ste",
+    "from_quant_config_list",
+    "int_range",
+    "is_per_channel",
+    "is_symmetric",
+    "lsq_fake_quantize",
+    "lsq_init_scale",
+    "minmax_range",
+    "quant_params",
+    "quantize",
+]

@@ -1,0 +1,95 @@
+"""Observers as pure state updates: a :class:`Range` in, a new :class:`Range` out.
+
+Per-tensor ranges are 0-d; per-channel ranges are ``[C]`` along ``axis`` (NNI: weights keep dim 0,
+activations keep dim 1, every other dim is reduced). Nothing is written in place.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from purecompress._pytree import record
+
+__all__ = ["EMA_DECAY", "Range", "current_range", "ema_range", "minmax_range"]
+
+#: NNI QAT's activation EMA decay.
+EMA_DECAY = 0.99
+
+
+@record
+class Range:
+    """An observed (tracked) range.
+
+    Attributes:
+        min: ``[]`` per tensor or ``[C]`` per channel.
+        max: same shape as ``min``.
+    """
+
+    min: Tensor
+    max: Tensor
+
+
+def current_range(x: Tensor, *, axis: int | None = None) -> Range:
+    """Min and max of ``x``: over everything (``axis=None``) or per channel along ``axis``.
+
+    >>> r = current_range(torch.tensor([[1., -2.], [3., 4.]]), axis=1)
+    >>> r.min, r.max
+    (tensor([ 1., -2.]), tensor([3., 4.]))
+    """
+    x = x.detach()
+    if axis is None:
+        lo, hi = torch.aminmax(x)
+        return Range(lo, hi)
+    lo, hi = torch.aminmax(x.movedim(axis, 0).reshape(x.shape[axis], -1), dim=1)
+    return Range(lo, hi)
+
+
+def minmax_range(prev: Range | None, x: Tensor, *, axis: int | None = None) -> Range:
+    """Running min/max: the union of ``prev`` and the range of ``x`` (first call: ``x``'s range).
+
+    >>> r = minmax_range(None, torch.tensor([1., 2.]))
+    >>> r = minmax_range(r, torch.tensor([-1., 0.]))
+    >>> r.min.item(), r.max.item()
+    (-1.0, 2.0)
+    """
+    cur = current_range(x, axis=axis)
+    if prev is None:
+        return cur
+    return Range(torch.minimum(prev.min, cur.min), torch.maximum(prev.max, cur.max))
+
+
+def ema_range(
+    prev: Range | None,
+    x: Tensor,
+    *,
+    decay: float = EMA_DECAY,
+    axis: int | None = None,
+    first: Tensor | bool | None = None,
+) -> Range:
+    """Exponential moving average of the range of ``x`` (NNI QAT's activation tracker).
+
+    ``tracked = decay * tracked + (1 - decay) * current``, where on the first step ``tracked`` is
+    first reset to the current range (so the result is the current range up to rounding), as NNI
+    does while ``steps == 1``.
+
+    Args:
+        prev: the tracked range, or None (then this is the first step).
+        x: the observed tensor.
+        decay: weight of the previous value.
+        axis: per-channel dimension (1 for activations) or None.
+        first: a bool tensor (traceable) or bool saying this is the first step; default
+            ``prev is None``.
+
+    >>> relu = torch.nn.functional.relu
+    >>> r = ema_range(None, relu(torch.tensor([[-0.2, 0.], [0.1, 0.2]])))
+    >>> r = ema_range(r, torch.tensor([[.2, .4], [.6, .8]]))
+    >>> round(r.min.item(), 6), round(r.max.item(), 6)
+    (0.002, 0.206)
+    """
+    cur = current_range(x, axis=axis)
+    if prev is None or first is True:
+        prev = cur
+    elif isinstance(first, Tensor):
+        prev = Range(torch.where(first, cur.min, prev.min), torch.where(first, cur.max, prev.max))
+    return Range(prev.min * decay + (1 - decay) * cur.min, prev.max * decay + (1 - decay) * cur.max)
