@@ -57,12 +57,17 @@ def keep_top(score: Tensor, k: int, dim: int = -1) -> Tensor:
         return torch.ones_like(score, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(score, dtype=torch.bool)
-    score = torch.nan_to_num(score.float(), nan=-math.inf)
+    score = torch.nan_to_num(_as_float(score), nan=-math.inf)
     threshold = torch.kthvalue(score, n - k, dim=dim, keepdim=True).values
     above = score > threshold
     tie = score == threshold
     need = k - above.sum(dim=dim, keepdim=True)
     return above | (tie & (tie.cumsum(dim) <= need))
+
+
+def _as_float(score: Tensor) -> Tensor:
+    """At least float32, never narrower than the input (float64 scores keep their precision)."""
+    return score.to(torch.promote_types(score.dtype, torch.float32))
 
 
 def _sparsity_for(sparsity: Sparsity, name: str) -> float:
@@ -90,7 +95,7 @@ def _scores(metrics: Metrics, prior: Masks | None) -> dict[str, Tensor]:
     """Scores with NaN -> -inf and, under continuous masking, prior-pruned blocks at -inf."""
     out = {}
     for name, metric in metrics.items():
-        score = torch.nan_to_num(metric.score.float(), nan=-math.inf)
+        score = torch.nan_to_num(_as_float(metric.score), nan=-math.inf)
         keep = _prior_keep(prior, name, metric)
         out[name] = score if keep is None else score.masked_fill(~keep, -math.inf)
     return out
@@ -206,10 +211,10 @@ def bias_masks(masks: Masks, shapes: Mapping[str, tuple[int, ...]]) -> Masks:
     """
     out = dict(masks)
     for name, mask in masks.items():
-        if not name.endswith("weight"):
+        if name != "weight" and not name.endswith(".weight"):
             continue
         bias = name[: -len("weight")] + "bias"
-        if bias not in shapes or len(shapes[bias]) != 1 or shapes[bias][0] != mask.shape[0] or not mask.shape:
+        if bias not in shapes or len(shapes[bias]) != 1 or not mask.shape or shapes[bias][0] != mask.shape[0]:
             continue
         rows = mask.keep.reshape(mask.keep.shape[0], -1).any(-1).repeat_interleave(mask.block[0])
         out[bias] = Mask(rows, shapes[bias])

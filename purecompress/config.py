@@ -81,7 +81,7 @@ class Selector:
         for pattern in self.op_names_re or ():
             try:
                 re.compile(pattern)
-            except re.error as err:
+            except (re.error, OverflowError, RecursionError) as err:  # huge repeats, deep nesting
                 raise ConfigError(None, "op_names_re", f"bad regular expression {pattern!r}: {err}") from err
 
     @property

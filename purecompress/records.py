@@ -191,7 +191,8 @@ class Mask:
             raise ValueError(f"cannot combine masks of shapes {self.shape} and {other.shape}")
         if self.keep.shape == other.keep.shape:
             return Mask(self.keep & other.keep, self.shape)
-        grid = tuple(max(a, b) for a, b in zip(self.keep.shape, other.keep.shape))
+        # lcm: the coarsest grid finer than both (both block counts divide the dim, so it does).
+        grid = tuple(math.lcm(a, b) for a, b in zip(self.keep.shape, other.keep.shape))
         return Mask(_regrid(self, grid) & _regrid(other, grid), self.shape)
 
 
