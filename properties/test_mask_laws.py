@@ -1,0 +1,113 @@
+"""Laws of masks: applying them, combining them, counting them, and ``keep_top``."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+from strategies import int_tensors, masks_for, metric_sets, params_and_masks, shapes, sparsities
+
+import purecompress as pc
+
+
+def _dense(mask: pc.Mask) -> torch.Tensor:
+    return mask.to_dense(torch.bool)
+
+
+@given(params_and_masks())
+def test_apply_masks_is_idempotent(pm: tuple[pc.Params, pc.Masks]) -> None:
+    params, masks = pm
+    once = pc.apply_masks(params, masks)
+    assert pc.trees_equal(pc.apply_masks(once, masks), once)
+
+
+@given(params_and_masks())
+def test_apply_masks_without_masks_is_identity(pm: tuple[pc.Params, pc.Masks]) -> None:
+    params, _ = pm
+    assert pc.trees_equal(pc.apply_masks(params, {}), params)
+
+
+@given(params_and_masks())
+def test_apply_masks_zeroes_exactly_the_pruned_entries(pm: tuple[pc.Params, pc.Masks]) -> None:
+    params, masks = pm
+    out = pc.apply_masks(params, masks)
+    for name, mask in masks.items():
+        keep = _dense(mask)
+        assert torch.equal(out[name][keep], params[name][keep])
+        assert not out[name][~keep].any()
+
+
+@given(st.data(), shapes())
+@example(data=None, shape=(6,))  # grids (2,) and (3,) do not nest: used to raise, now lcm grid (6,)
+def test_mask_and_is_elementwise_intersection(data: st.DataObject | None, shape: tuple[int, ...]) -> None:
+    if data is None:
+        a = pc.Mask(torch.tensor([True, False]), shape)
+        b = pc.Mask(torch.tensor([True, False, True]), shape)
+    else:
+        a, b = data.draw(masks_for(shape)), data.draw(masks_for(shape))
+    assert torch.equal(_dense(a & b), _dense(a) & _dense(b))
+
+
+@given(st.data(), shapes())
+def test_mask_dense_round_trip(data: st.DataObject, shape: tuple[int, ...]) -> None:
+    mask = data.draw(masks_for(shape))
+    again = pc.Mask.from_dense(mask.to_dense())
+    assert torch.equal(_dense(again), _dense(mask))
+    assert int(again.kept()) == int(mask.kept())
+
+
+@given(metric_sets(), sparsities())
+def test_per_layer_prunes_exactly_int_s_n_blocks(metrics: pc.Metrics, s: float) -> None:
+    masks = pc.allocate_per_layer(metrics, s)
+    for name, metric in metrics.items():
+        blocks = metric.score.numel()
+        pruned_blocks = blocks - int(masks[name].keep.sum())
+        assert pruned_blocks == int(s * blocks)
+        assert int(masks[name].kept()) == (blocks - int(s * blocks)) * metric.block_numel
+
+
+@given(st.data(), metric_sets(), sparsities(), sparsities())
+def test_masks_are_monotone_under_continuous_masking(data: st.DataObject, metrics: pc.Metrics,
+                                                     s1: float, s2: float) -> None:
+    # The prior may be at any granularity, not the metric's.
+    prior = {name: data.draw(masks_for(m.shape)) for name, m in metrics.items()}
+    for allocate in (pc.allocate_per_layer, pc.allocate_global):
+        new = allocate(metrics, s2, prior=prior)
+        for name in metrics:
+            assert not (_dense(new[name]) & ~_dense(prior[name])).any()
+        # and re-pruning a result of continuous masking keeps it monotone
+        again = allocate(metrics, s1, prior=new)
+        for name in metrics:
+            assert not (_dense(again[name]) & ~_dense(new[name])).any()
+
+
+@given(st.integers(1, 30).flatmap(lambda n: st.tuples(int_tensors((n,)), st.integers(-1, n + 1))))
+def test_keep_top_keeps_exactly_k(case: tuple[torch.Tensor, int]) -> None:
+    score, k = case
+    assert int(pc.keep_top(score, k).sum()) == min(max(k, 0), score.numel())
+
+
+@given(st.integers(1, 30).flatmap(lambda n: st.tuples(int_tensors((n,)), st.integers(0, n))))
+def test_keep_top_keeps_only_top_entries(case: tuple[torch.Tensor, int]) -> None:
+    score, k = case
+    keep = pc.keep_top(score, k)
+    if keep.all() or not keep.any():
+        return
+    assert score[keep].min() >= score[~keep].max()
+    # ties at the threshold keep the lower indices
+    t = score[keep].min()
+    tied = (score == t).nonzero().flatten()
+    kept_tied = keep[tied]
+    assert torch.equal(kept_tied, kept_tied.sort(descending=True, stable=True).values)
+
+
+@given(st.integers(1, 30).flatmap(lambda n: st.tuples(int_tensors((n,)), st.integers(0, n),
+                                                      st.lists(st.integers(0, n - 1), max_size=3))))
+def test_keep_top_ranks_nan_lowest(case: tuple[torch.Tensor, int, list[int]]) -> None:
+    score, k, nans = case
+    score = score.clone()
+    score[nans] = float("nan")
+    keep = pc.keep_top(score, k)
+    assert int(keep.sum()) == k
+    finite = ~score.isnan()
+    assert int((keep & finite).sum()) == min(k, int(finite.sum()))
