@@ -315,3 +315,29 @@ def test_failing_shape_run_names_the_op() -> None:
     with pytest.raises(GraphCaptureError, match="running op") as info:
         capture(Basic(3, 8), torch.randn(2, 5, 8, 8))
     assert info.value.module == "conv1.0"
+
+
+class MyConv(nn.Conv2d):
+    """A user subclass: still one producer node, fx does not trace into it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+class EncoderDecoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = MyConv(3, 4, 3, padding=1)
+        self.down = nn.Conv2d(4, 8, 2, stride=2)
+        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.seq = nn.Conv1d(4, 4, 1)
+        self.mix = nn.Conv1d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.enc(x)
+        y = (self.up(F.relu(self.down(e))) + e).flatten(2)  # [N, 4, H*W]
+        return self.seq(y) - self.mix(y).softmax(-1)
+
+
+def test_conv_subclasses_transposed_and_1d_convs_are_producers() -> None:
+    assert channel_dependency(EncoderDecoder(), X) == [("enc", "up"), ("down",), ("seq", "mix")]
