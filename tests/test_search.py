@@ -70,8 +70,8 @@ def test_annealing_stops_and_keeps_budget_and_order() -> None:
 
 
 def test_annealer_zero_total_and_deterministic() -> None:
-    annealer = Annealer({"a": 10, "b": 20}, 0.0)
-    assert annealer.init(random.Random(0)).candidate == (0.0, 0.0)
+    annealer = Annealer([{"a": 10, "b": 20}], [0.0])
+    assert annealer.init(random.Random(0)).candidate == ((0.0, 0.0),)
     a = anneal_sparsities(lambda s: s["a"], {"a": 10, "b": 20}, 0.5, seed=3)
     b = anneal_sparsities(lambda s: s["a"], {"a": 10, "b": 20}, 0.5, seed=3)
     assert a == b

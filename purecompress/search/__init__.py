@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from purecompress.search.amc import AmcLayer, AmcResult, amc_layers, amc_search, correct_action, layer_embeddings
+from purecompress.search.amc import (
+    AmcLayer,
+    AmcResult,
+    amc_episodes,
+    amc_layers,
+    amc_search,
+    correct_action,
+    layer_embeddings,
+)
 from purecompress.search.annealing import Annealer, AnnealResult, AnnealState, anneal_sparsities, rescale_to_budget
 from purecompress.search.counting import Counts, LayerCount, count_flops_params
 from purecompress.search.ddpg import DDPG, DDPGConfig
@@ -17,6 +25,7 @@ __all__ = [
     "Counts",
     "DDPGConfig",
     "LayerCount",
+    "amc_episodes",
     "amc_layers",
     "amc_search",
     "anneal_sparsities",

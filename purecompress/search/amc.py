@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Literal
 
 import attrs
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from purecompress.search.counting import Counts, count_flops_params
 from purecompress.search.ddpg import DDPG, DDPGConfig
 
-__all__ = ["AmcLayer", "AmcResult", "amc_layers", "amc_search", "correct_action", "layer_embeddings"]
+__all__ = ["AmcLayer", "AmcResult", "amc_episodes", "amc_layers", "amc_search", "correct_action", "layer_embeddings"]
 
 
 @attrs.frozen
@@ -132,34 +132,28 @@ def _whole_channels(action: float, channels: int) -> float:
     return min(1.0, (pruned + 1e-6) / channels) if pruned else 0.0
 
 
-def amc_search(
+def amc_episodes(
     layers: Sequence[AmcLayer],
-    evaluate: Callable[[dict[str, float]], float],
     measure: Callable[[dict[str, float]], Mapping[str, float]],
     *,
     total_sparsity: float,
     episodes: int,
     ddpg: DDPGConfig | None = None,
     seed: int = 0,
-    on_episode: Callable[[int, dict[str, float], float], None] | None = None,
-) -> AmcResult:
-    """Search per-layer sparsities removing ``total_sparsity`` of the layers' cost.
+) -> Generator[dict[str, float], float, None]:
+    """Ask/tell AMC: yields one allocation per episode and takes its score by ``send``.
 
-    Args:
-        layers: prunable layers in forward order.
-        evaluate: allocation (layer -> sparsity) -> score, higher is better (e.g. accuracy).
-        measure: allocation of the layers decided so far -> cost of *every* layer now.
-        total_sparsity: fraction of ``sum(layer.cost)`` to remove.
-        episodes: number of episodes; the first ``ddpg.warmup`` act at random.
-        ddpg: agent options (NNI's ``ddpg_params``); default warmup is ``episodes // 4``.
-        seed: seeds the agent's networks and exploration.
-        on_episode: called with (episode, allocation, score) after each episode.
+    >>> layers = [AmcLayer('a', 0, 'Linear', 4, 8, 1., 1., 32, 32., 8, 0.9)]
+    >>> measure = lambda alloc: {'a': 32. * (1 - int(alloc.get('a', 0) * 8) / 8)}
+    >>> search = amc_episodes(layers, measure, total_sparsity=0.5, episodes=2)
+    >>> alloc = next(search)
+    >>> round(alloc['a'], 3), round(search.send(0.9)['a'], 3)
+    (0.5, 0.5)
     """
     config = ddpg or DDPGConfig(warmup=episodes // 4)
     agent = DDPG(10, config, seed=seed)
     base = layer_embeddings(layers)
-    history: list[tuple[Mapping[str, float], float]] = []
-    best: tuple[dict[str, float], float] | None = None
+    origin = sum(la.cost for la in layers)
     for episode in range(episodes):
         emb = base.clone()
         observation = emb[0].clone()
@@ -170,23 +164,51 @@ def amc_search(
             action = correct_action(raw, k, layers, measure(allocation), total_sparsity)
             allocation[layer.name] = _whole_channels(action, layer.channels)
             after = measure(allocation)
-            origin = sum(la.cost for la in layers)
             emb[k, -3] = (origin - sum(after[la.name] for la in layers)) / origin
             emb[k, -2] = sum(after[la.name] for la in layers[k + 1:]) / origin
             emb[k, -1] = 1 - after[layer.name] / layer.cost if layer.cost else 0.0
             following = emb[k].clone()
             steps.append((observation, allocation[layer.name], following, k == len(layers) - 1))
             observation = following
-        score = float(evaluate(dict(allocation)))
+        score = float((yield dict(allocation)))
         for state, action, following, done in steps:
             agent.observe(score - 1, state, action, following, done)
             if episode > config.warmup:
                 agent.update_policy()
-        history.append((dict(allocation), score))
-        if best is None or score > best[1]:
-            best = (dict(allocation), score)
-        if on_episode is not None:
-            on_episode(episode, dict(allocation), score)
-    if best is None:
+
+
+def amc_search(
+    layers: Sequence[AmcLayer],
+    evaluate: Callable[[dict[str, float]], float],
+    measure: Callable[[dict[str, float]], Mapping[str, float]],
+    *,
+    total_sparsity: float,
+    episodes: int,
+    ddpg: DDPGConfig | None = None,
+    seed: int = 0,
+) -> AmcResult:
+    """Search per-layer sparsities removing ``total_sparsity`` of the layers' cost.
+
+    Args:
+        layers: prunable layers in forward order (see :func:`amc_layers`).
+        evaluate: allocation (layer -> sparsity) -> score, higher is better (e.g. accuracy).
+        measure: allocation of the layers decided so far -> cost of *every* layer now.
+        total_sparsity: fraction of ``sum(layer.cost)`` to remove.
+        episodes: number of episodes; the first ``ddpg.warmup`` act at random.
+        ddpg: agent options (NNI's ``ddpg_params``); default warmup is ``episodes // 4``.
+        seed: seeds the agent's networks and exploration.
+    """
+    if episodes < 1:
         raise ValueError("amc_search needs episodes >= 1")
+    search = amc_episodes(layers, measure, total_sparsity=total_sparsity, episodes=episodes, ddpg=ddpg, seed=seed)
+    history: list[tuple[Mapping[str, float], float]] = []
+    allocation = next(search)
+    while True:
+        score = float(evaluate(dict(allocation)))
+        history.append((allocation, score))
+        try:
+            allocation = search.send(score)
+        except StopIteration:
+            break
+    best = max(history, key=lambda h: h[1])
     return AmcResult(best[0], best[1], tuple(history))

@@ -45,63 +45,74 @@ def _valid(candidate: list[float] | None) -> bool:
     return candidate is not None and candidate[0] >= 0 and candidate[-1] < 1
 
 
+Candidate = tuple[tuple[float, ...], ...]
+
+
 @attrs.frozen
 class AnnealState:
-    """Attributes: temperature; candidate (to evaluate next, by ascending layer size);
-    current / score (accepted so far, None before the first score); done."""
+    """Attributes: temperature; candidate (to evaluate next: per group, sparsities by ascending
+    layer size); current / score (accepted so far, None before the first score); done."""
 
     temperature: float
-    candidate: tuple[float, ...]
-    current: tuple[float, ...] | None = None
+    candidate: Candidate
+    current: Candidate | None = None
     score: float | None = None
     done: bool = False
 
 
+def _tuple_of_dicts(groups: Sequence[Mapping[str, int]]) -> tuple[Mapping[str, int], ...]:
+    return tuple(dict(g) for g in groups)
+
+
 @attrs.frozen
 class Annealer:
-    """The search's fixed parameters.
+    """The search's fixed parameters. Groups (NNI: one per ``total_sparsity`` config) share the
+    temperature and the acceptance decision; each meets its own total.
 
     Attributes:
-        sizes: layer name -> number of (unpruned) weights.
-        total: fraction of all weights to prune, in ``[0, 1)``.
+        groups: per group, layer name -> number of (unpruned) weights.
+        totals: per group, the fraction of its weights to prune, in ``[0, 1)``.
         start_temperature, stop_temperature, cool_down_rate, perturbation_magnitude: as in NNI.
     """
 
-    sizes: Mapping[str, int]
-    total: float
+    groups: tuple[Mapping[str, int], ...] = attrs.field(converter=_tuple_of_dicts)
+    totals: tuple[float, ...] = attrs.field(converter=tuple)
     start_temperature: float = 100.0
     stop_temperature: float = 20.0
     cool_down_rate: float = 0.9
     perturbation_magnitude: float = 0.35
 
-    @property
-    def names(self) -> list[str]:
-        """Layer names in ascending size (stable), the order of a candidate's entries."""
-        return sorted(self.sizes, key=lambda n: self.sizes[n])
+    def names(self, group: int) -> list[str]:
+        """A group's layer names in ascending size (stable), the order of its candidate entries."""
+        sizes = self.groups[group]
+        return sorted(sizes, key=lambda n: sizes[n])
 
-    def allocation(self, candidate: Sequence[float]) -> dict[str, float]:
-        """Layer name -> sparsity for a candidate."""
-        return dict(zip(self.names, candidate))
+    def allocation(self, candidate: Candidate) -> dict[str, float]:
+        """Layer name -> sparsity for a candidate (all groups)."""
+        return {n: s for g, c in enumerate(candidate) for n, s in zip(self.names(g), c)}
 
-    def _resample(self, draw: Callable[[], list[float]]) -> tuple[float, ...]:
-        if self.total == 0:
-            return tuple(0.0 for _ in self.sizes)
-        sizes = [self.sizes[n] for n in self.names]
+    def _resample(self, group: int, draw: Callable[[], list[float]]) -> tuple[float, ...]:
+        if self.totals[group] == 0:
+            return tuple(0.0 for _ in self.groups[group])
+        sizes = [self.groups[group][n] for n in self.names(group)]
         for _ in range(10_000):
-            candidate = rescale_to_budget(draw(), sizes, self.total)
+            candidate = rescale_to_budget(draw(), sizes, self.totals[group])
             if _valid(candidate):
                 return tuple(candidate)  # type: ignore[arg-type]
-        raise RuntimeError(f"no per-layer sparsities reach total {self.total} for layer sizes {sizes}")
+        raise RuntimeError(f"no per-layer sparsities reach total {self.totals[group]} for layer sizes {sizes}")
 
     def init(self, rng: random.Random) -> AnnealState:
         """A random first candidate (NNI raises the lower bound by 5% per failed draw)."""
-        low = [0.0]
+        def first(group: int) -> tuple[float, ...]:
+            low = [0.0]
 
-        def draw() -> list[float]:
-            low[0] = (1 - low[0]) * 0.05 + low[0]
-            return sorted(rng.uniform(low[0], 1) for _ in self.sizes)
+            def draw() -> list[float]:
+                low[0] = (1 - low[0]) * 0.05 + low[0]
+                return sorted(rng.uniform(low[0], 1) for _ in self.groups[group])
 
-        return AnnealState(self.start_temperature, self._resample(draw))
+            return self._resample(group, draw)
+
+        return AnnealState(self.start_temperature, tuple(first(g) for g in range(len(self.groups))))
 
     def tell(self, state: AnnealState, score: float, rng: random.Random) -> AnnealState:
         """Take the candidate's score; accept or reject, cool, propose the next candidate."""
@@ -116,12 +127,15 @@ class Annealer:
         if temperature < self.stop_temperature:
             return AnnealState(temperature, state.candidate, current, best, done=True)
         magnitude = temperature / self.start_temperature * self.perturbation_magnitude
-        base = current
 
-        def draw() -> list[float]:
-            return [max(0.0, s + rng.uniform(-magnitude, magnitude)) for s in base]
+        def perturbed(group: int, base: tuple[float, ...]) -> tuple[float, ...]:
+            def draw() -> list[float]:
+                return [max(0.0, s + rng.uniform(-magnitude, magnitude)) for s in base]
 
-        return AnnealState(temperature, self._resample(draw), current, best)
+            return self._resample(group, draw)
+
+        candidate = tuple(perturbed(g, base) for g, base in enumerate(current))
+        return AnnealState(temperature, candidate, current, best)
 
 
 @attrs.frozen
@@ -151,7 +165,7 @@ def anneal_sparsities(evaluate: Callable[[dict[str, float]], float], sizes: Mapp
     >>> sorted(r.sparsities), len(r.history) > 1
     (['a', 'b'], True)
     """
-    annealer = Annealer(sizes, total, **options)
+    annealer = Annealer([sizes], [total], **options)
     rng = random.Random(seed)
     state = annealer.init(rng)
     history: list[tuple[Mapping[str, float], float]] = []
