@@ -83,7 +83,7 @@ class SqueezeExcite(nn.Module):
         y = self.conv(x)
         s = y.mean((2, 3)) if self.linear else F.adaptive_avg_pool2d(y, 1)
         s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
-        return y * (s.view(s.size(0), -1, 1, 1) if self.linear else s)
+        return y * (s.view(s.size(0), -1, 1, 1).expand_as(y) if self.linear else s)
 
 
 class SpatialAttention(nn.Module):
@@ -211,6 +211,21 @@ def test_squeeze_excite_multiply_joins_the_gate(linear: bool) -> None:
 
 def test_broadcast_along_channels_adds_no_dependency() -> None:
     assert channel_dependency(SpatialAttention(), X) == [("conv",), ("gate",)]
+
+
+def test_shape_and_dtype_arguments_carry_no_channels() -> None:
+    class Like(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = self.a(x), self.b(x)
+            return a.type_as(b) + b.mean((2, 3), keepdim=True).expand_as(a) + F.pad(self.c(x), (0, 0, 0, 0, 0, 1))
+
+    # a meets b; the second operand of type_as / expand_as is no channel source, and padding
+    # c's 3 channels to 4 stops the search
+    assert channel_dependency(Like(), X) == [("a", "b"), ("c",)]
 
 
 def test_functional_and_inplace_ops() -> None:

@@ -44,6 +44,7 @@ class Kind(enum.Enum):
     KEEP = "keep"  # element-wise or channel-wise: output channel i comes from input channel i
     MERGE = "merge"  # KEEP, and its operands' channels must agree (add, mul, ...)
     RESHAPE = "reshape"  # passes channels when dim 1 keeps its size (views, reductions)
+    FIRST = "first"  # RESHAPE of the first argument; the others give a shape or dtype
     CAT = "cat"  # RESHAPE, and a dependency when it joins off the channel dim
     STACK = "stack"  # a dependency always (stacked tensors have one shape)
     MIX = "mix"  # every output channel mixes input channels: the search stops
@@ -60,7 +61,7 @@ _KINDS: dict[str, Kind] = {
         relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu celu gelu silu mish hardtanh
         hardtanh_ hardswish hardsigmoid sigmoid sigmoid_ tanh tanh_ softplus softsign logsigmoid
         prelu rrelu threshold softmax log_softmax abs neg exp log sqrt rsqrt square pow clamp
-        clamp_ clip sign reciprocal pos contiguous clone detach float half to type_as
+        clamp_ clip sign reciprocal pos contiguous clone detach float half
         dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
         batch_norm instance_norm group_norm layer_norm local_response_norm normalize
         max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d lp_pool2d
@@ -78,9 +79,10 @@ _KINDS: dict[str, Kind] = {
         maximum minimum where logical_and logical_or logical_xor
     """),
     **_table(Kind.RESHAPE, """
-        view reshape flatten squeeze unsqueeze permute transpose expand expand_as getitem mean
-        sum amax amin split chunk pixel_shuffle Flatten Unflatten
+        view reshape flatten squeeze unsqueeze permute transpose expand getitem mean sum amax
+        amin split chunk pixel_shuffle Flatten Unflatten
     """),
+    **_table(Kind.FIRST, "to type_as expand_as view_as reshape_as"),
     "cat": Kind.CAT, "concat": Kind.CAT, "concatenate": Kind.CAT, "stack": Kind.STACK,
     **_table(Kind.MIX, "linear conv1d conv2d conv3d matmul mm bmm einsum bilinear Bilinear"),
 }  # fmt: skip
@@ -112,18 +114,16 @@ def _channels(node: fx.Node) -> int | None:
 
 
 def _keep(node: fx.Node) -> list[fx.Node]:
-    """Inputs whose channels reach the output: all but those broadcast along the channel dim."""
+    """Tensor inputs whose channels reach the output: not broadcast along it, not resized."""
     out = node.meta.get("tensor_meta")
     if not isinstance(out, TensorMetadata) or len(out.shape) < 2:
         return node.all_input_nodes
     kept = []
     for x in node.all_input_nodes:
         meta = x.meta.get("tensor_meta")
-        if isinstance(meta, TensorMetadata):
-            axis = len(meta.shape) - len(out.shape) + 1  # dim 1 of the output, right-aligned
-            if axis < 0 or (meta.shape[axis] == 1 and out.shape[1] != 1):
-                continue
-        kept.append(x)
+        axis = len(meta.shape) - len(out.shape) + 1 if isinstance(meta, TensorMetadata) else -1
+        if axis >= 0 and meta.shape[axis] == out.shape[1]:  # dim 1 of the output, right-aligned
+            kept.append(x)
     return kept
 
 
@@ -131,6 +131,11 @@ def _reshape(node: fx.Node) -> list[fx.Node]:
     """Inputs with as many channels as the output (NNI's ``reshape_break_channel_dependency``)."""
     out = _channels(node)
     return [x for x in node.all_input_nodes if out is not None and _channels(x) == out]
+
+
+def _first(node: fx.Node) -> list[fx.Node]:
+    """The first argument, when it has as many channels as the output (``x.expand_as(y)``)."""
+    return [x for x in _reshape(node) if node.args and x is node.args[0]]
 
 
 def _cat_dim(node: fx.Node) -> int | None:
@@ -146,6 +151,7 @@ _FLOW: dict[Kind, Callable[[fx.Node], list[fx.Node]]] = {
     Kind.KEEP: _keep,
     Kind.MERGE: _keep,
     Kind.RESHAPE: _reshape,
+    Kind.FIRST: _first,
     Kind.CAT: _reshape,
     Kind.STACK: _reshape,
     Kind.MIX: lambda node: [],
