@@ -118,8 +118,7 @@ class _ShapeRecorder(fx.Interpreter):
                 module=str(module),
                 op=str(n.target),
             ) from err
-        tensors = [x for x in optree.tree_leaves(result) if isinstance(x, torch.Tensor)]
-        if tensors:
+        if any(isinstance(x, torch.Tensor) for x in optree.tree_leaves(result)):
             n.meta["tensor_meta"] = optree.tree_map(
                 lambda x: _extract_tensor_metadata(x) if isinstance(x, torch.Tensor) else x,
                 result,
