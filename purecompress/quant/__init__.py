@@ -16,10 +16,21 @@ API summary (stable names; everything is re-exported here):
 - Configs (``config``): ``TensorSpec(bits, dtype, scheme)`` (``.qrange``, ``.per_channel``),
   ``QuantConfig(selector, specs, start_step)``, ``from_quant_config_list(config_list, *,
   allowed_op_types=None, allowed_bits=None, allowed_quant_types=QUANT_TYPES)``, ``QUANT_TYPES``.
+- Transform (``transform``): ``QuantTransform`` (``.init(params) -> QuantState``,
+  ``.update(state)`` = step + 1 after each optimizer step, ``.keys``, ``.plan``, calling it =
+  ``quantized_call``), ``quantized_call(q, model, params, state, args, kwargs=None, *,
+  training=True) -> (output, new_state)``, ``QuantState(step, tensors)`` with
+  ``tensors['<module>.<weight|input|output>'] = TensorState(range, qparams)``; ``Kernel``,
+  ``KernelContext`` for new algorithms.
+- Algorithms (``algorithms``), each ``f(model, config_list) -> QuantTransform``: ``qat``, ``naive``,
+  ``dorefa`` (+ ``dorefa_weight``), ``bnn``, ``lsq`` (+ ``lsq_scales(q, model, params, args)``:
+  learnable steps ``'<module>.<kind>_scale'`` to merge into the trainable params), ``observer``
+  (calibrate with ``training=True``, evaluate with ``training=False``); ``QAT_OP_TYPES``.
 """
 
 from __future__ import annotations
 
+from purecompress.quant.algorithms import QAT_OP_TYPES, bnn, dorefa, dorefa_weight, lsq, lsq_scales, naive, observer, qat
 from purecompress.quant.config import QUANT_TYPES, QuantConfig, TensorSpec, from_quant_config_list
 from purecompress.quant.observers import EMA_DECAY, Range, current_range, ema_range, minmax_range
 from purecompress.quant.qparams import (
@@ -35,21 +46,31 @@ from purecompress.quant.qparams import (
     quant_params,
     quantize,
 )
-from purecompress.quant.ste import binarize, fake_quantize_ste, lsq_fake_quantize, lsq_init_scale
+from purecompress.quant.ste import binarize, fake_quantize_ste, lsq_fake_quantize, lsq_init_scale, straight_through
+from purecompress.quant.transform import Kernel, KernelContext, QuantState, QuantTransform, TensorState, quantized_call
 
 __all__ = [
     "DTYPES",
     "EMA_DECAY",
+    "QAT_OP_TYPES",
     "QUANT_TYPES",
     "SCALE_EPS",
     "SCHEMES",
+    "Kernel",
+    "KernelContext",
     "QuantConfig",
     "QuantParams",
+    "QuantState",
+    "QuantTransform",
     "Range",
     "TensorSpec",
+    "TensorState",
     "binarize",
+    "bnn",
     "current_range",
     "dequantize",
+    "dorefa",
+    "dorefa_weight",
     "ema_range",
     "fake_quantize",
     "fake_quantize_ste",
@@ -57,9 +78,16 @@ __all__ = [
     "int_range",
     "is_per_channel",
     "is_symmetric",
+    "lsq",
     "lsq_fake_quantize",
     "lsq_init_scale",
+    "lsq_scales",
     "minmax_range",
+    "naive",
+    "observer",
+    "qat",
     "quant_params",
     "quantize",
+    "quantized_call",
+    "straight_through",
 ]

@@ -8,6 +8,8 @@ Every function here is written in the ``forward`` / ``setup_context`` style with
   backward passes the gradient through unchanged (NNI's default ``QuantGrad``) or, with
   ``clip=True``, zeroes it where the unclamped code ``round(x / s + zp)`` falls outside
   ``[qmin, qmax]`` (NNI's ``QATGrad``).
+- :func:`straight_through`: the value of ``y`` with the identity gradient to ``x`` (NNI's default
+  ``QuantGrad`` around any quantizer, e.g. Naive and DoReFa).
 - :func:`binarize`: ``sign`` with 0 -> +1; ``clip=True`` zeroes the gradient where ``|x| > 1``
   (NNI's BNN ``ClipGrad`` for outputs).
 - :func:`lsq_fake_quantize`: Learned Step Size Quantization; the step gets the LSQ gradient
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from purecompress.quant.qparams import SCALE_EPS, QuantParams
 
-__all__ = ["binarize", "fake_quantize_ste", "lsq_fake_quantize", "lsq_init_scale"]
+__all__ = ["binarize", "fake_quantize_ste", "lsq_fake_quantize", "lsq_init_scale", "straight_through"]
 
 
 class _FakeQuantSTE(torch.autograd.Function):
@@ -32,8 +34,9 @@ class _FakeQuantSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
-        q = torch.clamp(torch.round(x / scale + zero_point), qmin, qmax)
-        return (q - zero_point) * scale
+        # In-place steps on fresh temporaries (fewer allocations; clamp_ has no vmap rule).
+        q = (x / scale).add_(zero_point).round_().clamp(qmin, qmax)
+        return q.sub_(zero_point).mul_(scale)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -49,9 +52,10 @@ class _FakeQuantClipped(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
-        code = torch.round(x / scale + zero_point)
-        q = torch.clamp(code, qmin, qmax)
-        return (q - zero_point) * scale, q == code
+        code = (x / scale).add_(zero_point).round_()
+        q = code.clamp(qmin, qmax)
+        inside = q == code
+        return q.sub_(zero_point).mul_(scale), inside
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
@@ -61,7 +65,7 @@ class _FakeQuantClipped(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor, grad_mask: Tensor | None) -> tuple[Tensor | None, ...]:
         (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None, None
+        return grad.masked_fill(~inside, 0.0), None, None, None, None
 
 
 def fake_quantize_ste(x: Tensor, qp: QuantParams, *, clip: bool = False) -> Tensor:
@@ -82,6 +86,36 @@ def fake_quantize_ste(x: Tensor, qp: QuantParams, *, clip: bool = False) -> Tens
     if clip:
         return _FakeQuantClipped.apply(x, scale, zero_point, qp.qmin, qp.qmax)[0]
     return _FakeQuantSTE.apply(x, scale, zero_point, qp.qmin, qp.qmax)
+
+
+class _StraightThrough(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, y: Tensor) -> Tensor:
+        return y.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+def straight_through(x: Tensor, y: Tensor) -> Tensor:
+    """The value of ``y`` (same shape as ``x``) whose gradient flows to ``x`` unchanged.
+
+    ``y`` gets no gradient: compute it from ``x.detach()``.
+
+    >>> x = torch.tensor([0.2, 1.7], requires_grad=True)
+    >>> out = straight_through(x, torch.trunc(x.detach()))
+    >>> out.sum().backward()
+    >>> out.detach(), x.grad
+    (tensor([0., 1.]), tensor([1., 1.]))
+    """
+    return _StraightThrough.apply(x, y)
 
 
 class _Binarize(torch.autograd.Function):

@@ -1,0 +1,201 @@
+"""Quantization algorithms as small kernels plus factories returning a :class:`QuantTransform`.
+
+Each factory takes ``(model, config_list)`` (NNI dicts or parsed :class:`QuantConfig` s), validates
+the configs with the algorithm's NNI rules and returns a transform; mixed precision per layer is
+just several config entries with different ``quant_bits``.
+
+- :func:`qat`: weights use their current min/max every training step, activations an EMA
+  (decay 0.99, reset while ``step == 1``); clipped STE; ``quant_start_step`` delays quantization.
+- :func:`naive`: 8-bit weights, running max of ``max|w| / 127``, truncation toward zero.
+- :func:`dorefa`: weights ``tanh`` -> ``[0, 1]`` -> ``2^k - 1`` levels -> ``[-1, 1]``; STE.
+- :func:`bnn`: weights and outputs ``sign`` (0 -> +1); outputs clip the gradient at ``|x| > 1``.
+- :func:`lsq`: learnable steps read from ``params['<module>.<kind>_scale']``; create them with
+  :func:`lsq_scales`.
+- :func:`observer`: post-training calibration; ``training=True`` calls only observe (running
+  min/max), ``training=False`` calls fake-quantize (weights symmetric ``[-127, 127]``,
+  activations affine ``[0, 127]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from purecompress.quant.config import QuantConfig, TensorSpec, from_quant_config_list
+from purecompress.quant.observers import current_range, ema_range, minmax_range
+from purecompress.quant.qparams import SCALE_EPS, QuantParams, quant_params
+from purecompress.quant.ste import binarize, fake_quantize_ste, lsq_fake_quantize, lsq_init_scale, straight_through
+from purecompress.quant.transform import KernelContext, QuantTransform, TensorState, build, quantized_call
+from purecompress.records import Params
+
+__all__ = ["QAT_OP_TYPES", "bnn", "dorefa", "dorefa_weight", "lsq", "lsq_scales", "naive", "observer", "qat"]
+
+#: Module types NNI's QAT quantizer accepts.
+QAT_OP_TYPES: tuple[str, ...] = ("Conv2d", "Linear", "ReLU", "ReLU6")
+ConfigList = Sequence[Mapping[str, object]] | Sequence[QuantConfig]
+
+
+def _configs(config_list: ConfigList, **rules: Any) -> tuple[QuantConfig, ...]:
+    if all(isinstance(c, QuantConfig) for c in config_list):
+        return tuple(config_list)  # type: ignore[arg-type]
+    return from_quant_config_list(config_list, **rules)  # type: ignore[arg-type]
+
+
+# --- QAT -----------------------------------------------------------------------------------
+
+def _qat_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    spec = ctx.spec
+    if not ctx.training:
+        if prev is None or prev.qparams is None:  # never observed: nothing to quantize with
+            return x, prev
+        return fake_quantize_ste(x, prev.qparams, clip=True), prev
+    if ctx.kind == "weight":
+        rng, tracked = current_range(x, axis=ctx.axis), None
+    else:
+        old = prev.range if prev is not None else None
+        tracked = rng = ema_range(old, x, axis=ctx.axis, first=None if old is None else ctx.step == 1)
+    qp = quant_params(rng.min, rng.max, bits=spec.bits, dtype=spec.dtype, scheme=spec.scheme, axis=ctx.axis)
+    out = fake_quantize_ste(x, qp, clip=True)
+    if ctx.start_step > 1:  # NNI: quantize once step >= quant_start_step; ranges are still tracked
+        active = ctx.step >= ctx.start_step
+        out = torch.where(active, out, x)
+        old_qp = prev.qparams if prev is not None and prev.qparams is not None else qp
+        qp = QuantParams(torch.where(active, qp.scale, old_qp.scale),
+                         torch.where(active, qp.zero_point, old_qp.zero_point), qp.qmin, qp.qmax, qp.axis)
+    return out, TensorState(tracked, qp)
+
+
+def _qat_init(key: str, weight: Tensor, spec: TensorSpec) -> TensorState:
+    axis = 0 if spec.per_channel else None
+    rng = current_range(weight, axis=axis)
+    return TensorState(None, quant_params(rng.min, rng.max, bits=spec.bits, dtype=spec.dtype,
+                                          scheme=spec.scheme, axis=axis))
+
+
+def qat(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
+    """Quantization-aware training (Jacob et al.), NNI's ``QAT_Quantizer`` math.
+
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    >>> q = qat(model, [{'quant_types': ['weight', 'output'], 'quant_bits': 8, 'op_types': ['Linear']}])
+    >>> params = dict(model.named_parameters())
+    >>> out, state = q(model, params, q.init(params), torch.ones(2, 4))
+    >>> sorted(state.tensors)
+    ['0.output', '0.weight']
+    """
+    configs = _configs(config_list, allowed_op_types=QAT_OP_TYPES)
+    return build(model, configs, _qat_kernel, name="qat", init_tensor=_qat_init, warn=warn)
+
+
+# --- Naive, DoReFa, BNN ----------------------------------------------------------------------
+
+def _naive_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    scale = torch.clamp(x.detach().abs().max() / 127, min=SCALE_EPS)
+    if prev is not None and prev.qparams is not None:
+        scale = torch.maximum(prev.qparams.scale, scale)
+    out = torch.trunc(x.detach() / scale) * scale  # NNI casts to int8: truncation toward zero
+    return straight_through(x, out), TensorState(None, QuantParams(scale, torch.zeros_like(scale), -127, 127))
+
+
+def naive(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
+    """NNI's ``NaiveQuantizer``: 8-bit weights with a running scale ``max|w| / 127``."""
+    configs = _configs(config_list, allowed_bits=(8,), allowed_quant_types=("weight",))
+    return build(model, configs, _naive_kernel, name="naive", warn=warn)
+
+
+def dorefa_weight(w: Tensor, bits: int) -> Tensor:
+    """DoReFa weight quantization (forward value, no gradient).
+
+    >>> dorefa_weight(torch.tensor([-1.0, 0.0, 2.0]), 2)
+    tensor([-1.0000,  0.3333,  1.0000])
+    """
+    t = torch.tanh(w)
+    t = t / (2 * torch.clamp(t.abs().max(), min=SCALE_EPS)) + 0.5
+    levels = 2**bits - 1
+    return 2 * (torch.round(t * levels) / levels) - 1
+
+
+def _dorefa_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    return straight_through(x, dorefa_weight(x.detach(), ctx.spec.bits)), None
+
+
+def dorefa(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
+    """NNI's ``DoReFaQuantizer`` (weights only)."""
+    configs = _configs(config_list, allowed_quant_types=("weight",))
+    return build(model, configs, _dorefa_kernel, name="dorefa", warn=warn)
+
+
+def _bnn_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    return binarize(x, clip=ctx.kind == "output"), None
+
+
+def bnn(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
+    """NNI's ``BNNQuantizer``: binary weights and outputs (sign, 0 -> +1)."""
+    configs = _configs(config_list, allowed_quant_types=("weight", "output"))
+    return build(model, configs, _bnn_kernel, name="bnn", warn=warn)
+
+
+# --- LSQ -------------------------------------------------------------------------------------
+
+def _lsq_range(spec: TensorSpec) -> tuple[int, int]:
+    return -(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1
+
+
+def _lsq_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    name = f"{ctx.key}_scale"
+    if name not in ctx.params:
+        raise KeyError(f"lsq: params has no learnable step {name!r}; add lsq_scales(...) to the params")
+    qmin, qmax = _lsq_range(ctx.spec)
+    scale = ctx.params[name]
+    out = lsq_fake_quantize(x, scale, qmin, qmax)
+    return out, TensorState(None, QuantParams(scale.detach(), torch.zeros_like(scale.detach()), qmin, qmax))
+
+
+def lsq(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
+    """Learned Step Size Quantization (Esser et al.), NNI's ``LsqQuantizer`` math."""
+    return build(model, _configs(config_list), _lsq_kernel, name="lsq", warn=warn)
+
+
+def lsq_scales(q: QuantTransform, model: nn.Module, params: Params, args: Any = (),
+               kwargs: Mapping[str, Any] | None = None) -> Params:
+    """Initial learnable steps ``{'<module>.<kind>_scale': []}``: ``2 mean|x| / sqrt(qmax)``.
+
+    Weights use ``params``; activations use one forward pass on ``args`` (NNI initialises them on
+    the first batch). Merge the result into the trainable params.
+    """
+    seen: dict[str, Tensor] = {}
+
+    def observe(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+        seen.setdefault(f"{ctx.key}_scale", lsq_init_scale(x, _lsq_range(ctx.spec)[1]))
+        return x, None
+
+    observing = QuantTransform(q.plan, observe, None, "lsq-init")
+    with torch.no_grad():
+        quantized_call(observing, model, params, observing.init(params), args, kwargs, training=True)
+    return seen
+
+
+# --- Observer (post-training calibration) ------------------------------------------------------
+
+def _observer_qparams(kind: str, rng: Any) -> QuantParams:
+    if kind == "weight":  # torch MinMaxObserver(qint8, per_tensor_symmetric), NNI clamps to +-127
+        scale = torch.clamp(torch.maximum(-rng.min, rng.max).clamp(min=0) / 127.5, min=SCALE_EPS)
+        return QuantParams(scale, torch.zeros_like(scale), -127, 127)
+    return quant_params(rng.min, rng.max, scheme="per_tensor_affine", qrange=(0, 127))
+
+
+def _observer_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    if ctx.training:  # calibration: observe only
+        rng = minmax_range(prev.range if prev is not None else None, x)
+        return x, TensorState(rng, _observer_qparams(ctx.kind, rng))
+    if prev is None or prev.qparams is None:
+        return x, prev
+    return fake_quantize_ste(x, prev.qparams), prev
+
+
+def observer(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
+    """NNI's ``ObserverQuantizer`` (8 bits): calibrate with ``training=True``, evaluate with False."""
+    configs = _configs(config_list, allowed_bits=(8,))
+    return build(model, configs, _observer_kernel, name="observer", warn=warn)

@@ -1,0 +1,154 @@
+"""Saving and loading quantization parameters safely: safetensors tensors plus a JSON header.
+
+Two things are saved:
+
+- :class:`~purecompress.quant.qparams.QuantParams` by tensor name (``save_quant_params`` /
+  ``load_quant_params``): scales and zero points as tensors, ``qmin``/``qmax``/``axis`` in JSON.
+- NNI calibration configs (``save_calibration`` / ``load_calibration``): the
+  ``{layer: {'weight_bits': 8, 'weight_scale': tensor, 'tracked_min_input': 0.1, ...}}`` dicts that
+  NNI's ``Quantizer.export_model`` returns. Tensors go into safetensors, numbers into JSON.
+
+Nothing here unpickles. safetensors files hold raw tensors and a JSON header; NNI's own
+``torch.save`` calibration files are read by :func:`load_nni_calibration` with
+``torch.load(..., weights_only=True)``, which refuses arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from purecompress.quant.qparams import QuantParams
+
+__all__ = [
+    "CalibrationConfig",
+    "load_calibration",
+    "load_nni_calibration",
+    "load_quant_params",
+    "save_calibration",
+    "save_quant_params",
+]
+
+#: NNI calibration config: ``{layer: {key: int | float | Tensor}}``.
+CalibrationConfig = dict[str, dict[str, "int | float | Tensor"]]
+
+_QP_KEY = "purecompress.quant_params"
+_CAL_KEY = "purecompress.calibration"
+_SEP = "/"  # layer and key names never contain '/'
+
+
+def save_quant_params(
+    path: str | os.PathLike[str],
+    qparams: Mapping[str, QuantParams],
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``qparams`` (tensor name -> :class:`QuantParams`) to a safetensors file.
+
+    Args:
+        path: destination file (``.safetensors`` by convention).
+        qparams: e.g. ``{'conv1.weight': QuantParams(scale [C], zero_point [C], -127, 127, 0)}``.
+        metadata: extra string entries for the header (e.g. the algorithm name).
+
+    >>> import tempfile
+    >>> qp = {'fc.weight': QuantParams(torch.tensor([0.1, 0.2]), torch.zeros(2), -127, 127, 0)}
+    >>> path = os.path.join(tempfile.mkdtemp(), 'qp.safetensors')
+    >>> save_quant_params(path, qp); load_quant_params(path) == qp
+    True
+    """
+    tensors: dict[str, Tensor] = {}
+    header: dict[str, dict[str, int | None]] = {}
+    for name, qp in qparams.items():
+        tensors[f"{name}{_SEP}scale"] = qp.scale.detach().cpu().contiguous()
+        tensors[f"{name}{_SEP}zero_point"] = qp.zero_point.detach().cpu().contiguous()
+        header[name] = {"qmin": int(qp.qmin), "qmax": int(qp.qmax), "axis": qp.axis}
+    meta = dict(metadata or {})
+    meta[_QP_KEY] = json.dumps(header)
+    save_file(tensors, os.fspath(path), metadata=meta)
+
+
+def _header(path: str | os.PathLike[str], key: str, what: str) -> dict:
+    with safe_open(os.fspath(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(key)
+    if raw is None:
+        raise ValueError(f"{os.fspath(path)!r} is not a purecompress {what} file (no {key!r} metadata)")
+    return json.loads(raw)
+
+
+def load_quant_params(path: str | os.PathLike[str]) -> dict[str, QuantParams]:
+    """Read quantization parameters written by :func:`save_quant_params` (no unpickling)."""
+    header = _header(path, _QP_KEY, "quantization parameters")
+    tensors = load_file(os.fspath(path))
+    out = {}
+    for name, info in header.items():
+        try:
+            scale, zero_point = tensors[f"{name}{_SEP}scale"], tensors[f"{name}{_SEP}zero_point"]
+        except KeyError as err:
+            raise ValueError(f"{os.fspath(path)!r}: tensor {err.args[0]!r} named in the header is missing") from None
+        out[name] = QuantParams(scale, zero_point, int(info["qmin"]), int(info["qmax"]), info["axis"])
+    return out
+
+
+def save_calibration(path: str | os.PathLike[str], config: Mapping[str, Mapping[str, object]]) -> None:
+    """Write an NNI calibration config safely (tensors to safetensors, numbers to JSON).
+
+    Args:
+        path: destination file.
+        config: ``{layer: {key: int | float | bool | str | Tensor}}`` as returned by
+            ``Quantizer.export_model``.
+
+    Raises:
+        TypeError: for a value that is neither a number, a string nor a tensor.
+
+    >>> import tempfile
+    >>> cal = {'fc': {'weight_bits': 8, 'weight_scale': torch.tensor([0.02]), 'tracked_min_input': -1.5}}
+    >>> path = os.path.join(tempfile.mkdtemp(), 'cal.safetensors')
+    >>> save_calibration(path, cal); out = load_calibration(path)
+    >>> out['fc']['weight_bits'], out['fc']['tracked_min_input'], out['fc']['weight_scale']
+    (8, -1.5, tensor([0.0200]))
+    """
+    tensors: dict[str, Tensor] = {}
+    numbers: dict[str, dict[str, int | float | bool | str]] = {}
+    for layer, entries in config.items():
+        if _SEP in layer:
+            raise ValueError(f"layer name {layer!r} contains {_SEP!r}")
+        numbers[layer] = {}
+        for key, value in entries.items():
+            if isinstance(value, Tensor):
+                tensors[f"{layer}{_SEP}{key}"] = value.detach().cpu().contiguous()
+            elif isinstance(value, (bool, int, float, str)):
+                numbers[layer][key] = value
+            else:
+                raise TypeError(f"calibration[{layer!r}][{key!r}] is a {type(value).__name__}; "
+                                "only numbers, strings and tensors can be saved")
+    save_file(tensors, os.fspath(path), metadata={_CAL_KEY: json.dumps(numbers)})
+
+
+def load_calibration(path: str | os.PathLike[str]) -> CalibrationConfig:
+    """Read a calibration config written by :func:`save_calibration` (no unpickling)."""
+    numbers = _header(path, _CAL_KEY, "calibration")
+    out: CalibrationConfig = {layer: dict(entries) for layer, entries in numbers.items()}
+    for name, tensor in load_file(os.fspath(path)).items():
+        layer, _, key = name.partition(_SEP)
+        out.setdefault(layer, {})[key] = tensor
+    return out
+
+
+def load_nni_calibration(path: str | os.PathLike[str]) -> CalibrationConfig:
+    """Read a calibration file written by NNI (``torch.save`` of the dict) with ``weights_only=True``.
+
+    Raises:
+        ValueError: the file does not hold a ``{layer: {key: value}}`` dict.
+        pickle.UnpicklingError: the file holds objects other than tensors and plain containers
+            (``weights_only`` refuses them: nothing is executed).
+    """
+    data = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    if not isinstance(data, Mapping) or not all(isinstance(v, Mapping) for v in data.values()):
+        raise ValueError(f"{os.fspath(path)!r} does not hold an NNI calibration dict")
+    return {str(layer): dict(entries) for layer, entries in data.items()}

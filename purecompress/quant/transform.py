@@ -1,0 +1,225 @@
+"""Quantization as a transform: ``init`` / ``update`` / ``quantized_call`` over a params dict.
+
+A :class:`QuantTransform` is the static part (which modules, which tensor kinds, how: a
+*kernel* per algorithm); a :class:`QuantState` record is the dynamic part (step counter and, per
+quantized tensor, the observed :class:`~purecompress.quant.observers.Range` and the last
+:class:`~purecompress.quant.qparams.QuantParams`). :func:`quantized_call` runs the model through
+``torch.func.functional_call`` with fake-quantized weights and, for configured modules,
+fake-quantized inputs (first positional argument) and outputs through forward hooks that exist
+only inside the call. It returns ``(output, new_state)``; the model, the params and the state
+passed in are never modified.
+
+State keys are ``'<module>.weight'``, ``'<module>.input'``, ``'<module>.output'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from purecompress._pytree import record
+from purecompress.quant.config import QuantConfig, TensorSpec
+from purecompress.quant.observers import Range
+from purecompress.quant.qparams import QuantParams
+from purecompress.records import Params
+from purecompress.selection import Plan, select
+
+__all__ = ["Kernel", "KernelContext", "QuantState", "QuantTransform", "TensorState", "quantized_call"]
+
+
+@record
+class TensorState:
+    """What is known about one quantized tensor.
+
+    Attributes:
+        range: the observed/tracked range (activations, calibration), or None.
+        qparams: the scale/zero point last used (eval mode and export use these), or None.
+    """
+
+    range: Range | None = None
+    qparams: QuantParams | None = None
+
+
+@record
+class QuantState:
+    """The dynamic state of a quantization transform.
+
+    Attributes:
+        step: int64 ``[]``, starts at 1 and is advanced by ``update`` after each optimizer step
+            (NNI's ``steps`` buffer).
+        tensors: ``'<module>.<weight|input|output>'`` -> :class:`TensorState`.
+    """
+
+    step: Tensor
+    tensors: dict[str, TensorState]
+
+
+@attrs.frozen
+class KernelContext:
+    """Everything a kernel may read besides the tensor itself.
+
+    Attributes:
+        key: ``'<module>.<kind>'``.
+        kind: 'weight', 'input' or 'output'.
+        spec: the tensor's bits/dtype/scheme.
+        step: the state's step (a tensor: compare it with tensor ops, never ``.item()``).
+        start_step: the config's ``quant_start_step`` (static).
+        training: observe and update (True) or use the stored parameters (False).
+        params: the params dict of the call (LSQ reads its learnable scales from it).
+    """
+
+    key: str
+    kind: str
+    spec: TensorSpec
+    step: Tensor
+    start_step: int
+    training: bool
+    params: Mapping[str, Tensor]
+
+    @property
+    def axis(self) -> int | None:
+        """Per-channel axis: 0 for weights, 1 for activations; None per tensor."""
+        if not self.spec.per_channel:
+            return None
+        return 0 if self.kind == "weight" else 1
+
+
+class Kernel(Protocol):
+    """How an algorithm quantizes one tensor: ``(x, previous state, ctx) -> (x_q, new state)``."""
+
+    def __call__(self, x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+        ...
+
+
+@attrs.frozen
+class QuantTransform:
+    """A quantization algorithm bound to a model's selected modules.
+
+    Attributes:
+        plan: the selected modules and their :class:`QuantConfig`.
+        kernel: the algorithm's per-tensor function.
+        init_tensor: optional ``(key, weight, spec) -> TensorState`` for weights at ``init``.
+        name: algorithm name, for messages.
+    """
+
+    plan: Plan[QuantConfig]
+    kernel: Kernel
+    init_tensor: Callable[[str, Tensor, TensorSpec], TensorState | None] | None = None
+    name: str = "quantization"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """All quantized tensor keys, in module order."""
+        return tuple(f"{e.module}.{t}" for e in self.plan for t in e.config.quant_types)
+
+    def init(self, params: Params) -> QuantState:
+        """The initial state (step 1); weights may get parameters from their current values."""
+        tensors = {}
+        for entry in self.plan:
+            spec = entry.config.specs.get("weight")
+            key = f"{entry.module}.weight"
+            if spec is not None and self.init_tensor is not None and key in params:
+                state = self.init_tensor(key, params[key].detach(), spec)
+                if state is not None:
+                    tensors[key] = state
+        return QuantState(torch.tensor(1, dtype=torch.int64), tensors)
+
+    def update(self, state: QuantState) -> QuantState:
+        """Advance the step (call after each optimizer step, like NNI's patched ``step``)."""
+        return QuantState(state.step + 1, state.tensors)
+
+    def __call__(self, model: nn.Module, params: Params, state: QuantState, args: Any = (),
+                 kwargs: Mapping[str, Any] | None = None, *, training: bool = True) -> tuple[Any, QuantState]:
+        """Same as :func:`quantized_call` with this transform."""
+        return quantized_call(self, model, params, state, args, kwargs, training=training)
+
+
+def build(model: nn.Module, configs: Sequence[QuantConfig], kernel: Kernel, *, name: str,
+          init_tensor: Callable[[str, Tensor, TensorSpec], TensorState | None] | None = None,
+          warn: bool = True) -> QuantTransform:
+    """Select ``configs`` on ``model`` and bind ``kernel`` (used by the algorithm factories)."""
+    plan = select(model, configs, warn=warn)
+    for entry in plan:
+        if "weight" in entry.config.specs and f"{entry.module}.weight" not in entry.params:
+            raise ValueError(f"{name}: module {entry.module!r} ({entry.type_name}) has no weight to quantize")
+    return QuantTransform(plan, kernel, init_tensor, name)
+
+
+def quantized_call(
+    q: QuantTransform,
+    model: nn.Module,
+    params: Params,
+    state: QuantState,
+    args: Any = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    training: bool = True,
+) -> tuple[Any, QuantState]:
+    """Run ``model`` with quantization; return ``(output, new_state)``.
+
+    Args:
+        q: the transform.
+        model: the module (only read; its own train/eval mode is the caller's business).
+        params: full parameter names -> tensors (missing ones come from the module); extra keys
+            (e.g. LSQ's ``'<module>.weight_scale'``) are read by kernels, not passed to the model.
+        state: the current :class:`QuantState`.
+        args: positional inputs (a tensor or a tuple).
+        kwargs: keyword inputs.
+        training: observe and update ranges (True), or quantize with the stored parameters.
+    """
+    args = args if isinstance(args, tuple) else (args,)
+    new: dict[str, TensorState | None] = {}
+
+    def run(x: Tensor, key: str, kind: str, config: QuantConfig) -> Tensor:
+        prev = new[key] if key in new else state.tensors.get(key)
+        ctx = KernelContext(key, kind, config.specs[kind], state.step, config.start_step, training, params)
+        out, new[key] = q.kernel(x, prev, ctx)
+        return out
+
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    call_params = {k: v for k, v in params.items() if k in names}
+    handles = []
+    try:
+        for entry in q.plan:
+            config, module = entry.config, model.get_submodule(entry.module)
+            wkey = f"{entry.module}.weight"
+            if "weight" in config.specs:
+                weight = params[wkey] if wkey in params else module.get_parameter("weight")
+                call_params[wkey] = run(weight, wkey, "weight", config)
+            if "input" in config.specs:
+                handles.append(module.register_forward_pre_hook(_input_hook(run, f"{entry.module}.input", config)))
+            if "output" in config.specs:
+                handles.append(module.register_forward_hook(_output_hook(run, f"{entry.module}.output", config)))
+        out = torch.func.functional_call(model, call_params, args, dict(kwargs or {}))
+    finally:
+        for handle in handles:
+            handle.remove()
+    tensors = dict(state.tensors)
+    for key, value in new.items():
+        if value is None:
+            tensors.pop(key, None)
+        else:
+            tensors[key] = value
+    return out, QuantState(state.step, tensors)
+
+
+def _input_hook(run: Callable[..., Tensor], key: str, config: QuantConfig) -> Callable[..., Any]:
+    def hook(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not inputs or not isinstance(inputs[0], Tensor):
+            raise TypeError(f"{key}: input quantization needs a tensor as the first positional input")
+        return (run(inputs[0], key, "input", config), *inputs[1:])
+
+    return hook
+
+
+def _output_hook(run: Callable[..., Tensor], key: str, config: QuantConfig) -> Callable[..., Any]:
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> Tensor:
+        if not isinstance(output, Tensor):
+            raise TypeError(f"{key}: output quantization needs a module that returns one tensor")
+        return run(output, key, "output", config)
+
+    return hook
