@@ -18,6 +18,7 @@ from purecompress.allocate import (
     kept_count,
 )
 from purecompress.config import DEFAULT_OP_TYPES, ConfigError, PruneConfig, Selector, from_config_list
+from purecompress.graph import GraphCaptureError, capture, channel_dependency, group_dependency
 from purecompress.io import load_masks, load_nni_masks, masks_from_nni, masks_to_nni, save_masks
 from purecompress.metrics import fpgm, l1_norm, l2_norm, level, lp_norm, metric_by
 from purecompress.params import apply_masks, params_of
@@ -33,6 +34,7 @@ __all__ = [
     "NAMESPACE",
     "Block",
     "ConfigError",
+    "GraphCaptureError",
     "LayerSparsity",
     "Mask",
     "Masks",
@@ -52,8 +54,11 @@ __all__ = [
     "allocate_threshold",
     "apply_masks",
     "bias_masks",
+    "capture",
+    "channel_dependency",
     "fpgm",
     "from_config_list",
+    "group_dependency",
     "keep_top",
     "kept_count",
     "l1_norm",
