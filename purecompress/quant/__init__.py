@@ -30,7 +30,17 @@ API summary (stable names; everything is re-exported here):
 
 from __future__ import annotations
 
-from purecompress.quant.algorithms import QAT_OP_TYPES, bnn, dorefa, dorefa_weight, lsq, lsq_scales, naive, observer, qat
+from purecompress.quant.algorithms import (
+    QAT_OP_TYPES,
+    bnn,
+    dorefa,
+    dorefa_weight,
+    lsq,
+    lsq_scales,
+    naive,
+    observer,
+    qat,
+)
 from purecompress.quant.config import QUANT_TYPES, QuantConfig, TensorSpec, from_quant_config_list
 from purecompress.quant.observers import EMA_DECAY, Range, current_range, ema_range, minmax_range
 from purecompress.quant.qparams import (
