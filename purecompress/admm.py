@@ -65,12 +65,21 @@ def admm_penalty(params: Mapping[str, Tensor], state: AdmmState, *,
     """``sum rho/2 * ||W - Z + U||^2`` over the targets; differentiable in ``params``.
 
     ``form='nni'`` gives NNI 2.10's term ``rho/2 * sqrt(||W - Z + U||)`` (the compat layer uses it
-    to train exactly as NNI does; the paper's term is the squared norm).
+    to train as NNI does; the paper's term is the squared norm), with a zero gradient where the
+    distance is 0: NNI's gradient there is NaN, which turns every weight into NaN on the first step.
     """
     terms = []
     for name, z in state.z.items():
-        dist = torch.linalg.vector_norm(params[name] - z + state.u[name])
-        terms.append(state.rho[name] / 2 * (dist.sqrt() if form == "nni" else dist.square()))
+        diff = params[name] - z + state.u[name]
+        squared = (diff * diff).sum()
+        if form == "nni":
+            # sqrt(||d||) = ||d||**2 ** 0.25; its gradient is 0 at d = 0 here, NaN in NNI (the first
+            # training step of every ADMM run has W = Z, U = 0, and NNI's weights all become NaN).
+            positive = squared > 0
+            term = torch.where(positive, torch.where(positive, squared, 1.0) ** 0.25, 0.0)
+        else:
+            term = squared
+        terms.append(state.rho[name] / 2 * term)
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
