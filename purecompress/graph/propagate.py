@@ -1,0 +1,331 @@
+"""Mask propagation: from the masks a pruner gave, every channel that can be removed.
+
+The rule, in full:
+
+1. **Dead elements.** :mod:`~purecompress.graph.liveness` finds, on the masked model, where each
+   tensor is a constant (the same for every input) and where it is unused (cannot change the
+   output).
+2. **Channel classes.** Every output channel of a producer layer (Conv, ConvTranspose, Linear)
+   starts a class; the class follows the channel through channel-wise ops (activations,
+   BatchNorm, pooling, dropout, interpolation, padding of other dims), views that keep the channel
+   dim traceable (flatten into a Linear, squeeze, permute, transpose), concatenation along the
+   channel dim, and depthwise convs. An element-wise op between operands that carry channels
+   (residual ``add``, squeeze-excite ``mul``) **merges** the classes of channel ``c`` of every
+   operand: they are removed together or not at all (NNI's channel dependency sets).
+3. **Blocking.** A class cannot be removed where its channels reach something whose shape or
+   values would change: the graph's output, an op without a rule, a split/chunk/slice of the
+   channel dim, a view with the channel count written as a literal, a GroupNorm or LayerNorm over
+   the channel dim (its statistics include every channel), or a functional conv/linear.
+4. **Conflict rule.** A class is removed only if, at **every** layer that consumes it (every
+   Conv/Linear input it reaches), each of its channels is constant or unused there. So after a
+   residual ``add`` a channel goes only if every operand has it pruned. The constant a removed
+   channel still carries (bias, BatchNorm beta through ReLU) is folded into the consumer's bias
+   by :mod:`~purecompress.graph.shrink`.
+5. **Groups.** A grouped (not depthwise) conv must keep the same number of channels in every
+   remaining group; if the masks do not, its channels are kept (``strict=True``: an error).
+
+The result, :class:`ChannelPlan`, holds a :class:`~purecompress.graph.replace.ChannelSlice`
+per layer and the **propagated masks**: the given masks plus every removed channel masked in
+producers (weight rows, bias), in norm layers (weight, bias) and in consumers (weight columns).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import optree
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from purecompress.params import params_of
+from purecompress.records import Mask, Masks
+
+from .capture import capture
+from .channels import Classes, Track, trace_channels
+from .liveness import liveness
+from .replace import ChannelSlice, Replacement
+
+__all__ = [
+    "Analysis",
+    "ChannelPlan",
+    "analyse",
+    "EmptyLayerError",
+    "ShrinkError",
+    "UnbalancedGroupsError",
+    "channel_plan",
+    "propagate",
+]
+
+
+class ShrinkError(ValueError):
+    """The masks cannot be turned into a compact model."""
+
+
+class EmptyLayerError(ShrinkError):
+    """Every output channel of a layer would be removed."""
+
+
+class UnbalancedGroupsError(ShrinkError):
+    """A grouped conv would keep different channel counts in its groups."""
+
+
+@attrs.frozen
+class ChannelPlan:
+    """What shrinking removes.
+
+    Attributes:
+        slices: module name -> :class:`ChannelSlice` for every module that changes.
+        fold_error: producer name -> max abs deviation of the folded constants over the output
+            elements that are used (0.0: the fold is exact).
+        masks: the propagated masks (see the module docstring).
+    """
+
+    slices: dict[str, ChannelSlice]
+    fold_error: dict[str, float]
+    masks: Masks
+
+
+@attrs.frozen
+class Analysis:
+    """A plan with what shrinking needs next: ``masked`` (a private copy of the model with the
+    given masks applied, eval mode), its ``output`` on the example inputs, and those inputs bound
+    to ``forward`` as ``(args, kwargs)``."""
+
+    plan: ChannelPlan
+    masked: nn.Module
+    output: Any
+    inputs: tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def _bind(model: nn.Module, example_inputs: Any) -> inspect.BoundArguments:
+    if isinstance(example_inputs, Tensor):
+        bound = inspect.signature(model.forward).bind(example_inputs)
+    elif isinstance(example_inputs, Mapping):
+        bound = inspect.signature(model.forward).bind(**example_inputs)
+    else:
+        bound = inspect.signature(model.forward).bind(*example_inputs)
+    bound.apply_defaults()
+    return bound
+
+
+def _masked_copy(model: nn.Module, masks: Mapping[str, Mask]) -> nn.Module:
+    work = copy.deepcopy(model).eval()
+    params = params_of(work)
+    unknown = sorted(set(masks) - set(params))
+    if unknown:
+        raise KeyError(f"masks for names that are not parameters or buffers of the model: {unknown}")
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].copy_(mask.apply(params[name]))
+    return work
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        self.values[n] = optree.tree_map(lambda v: v.clone() if isinstance(v, Tensor) else v, out, none_is_leaf=True)
+        return out
+
+
+def _keep(classes: Classes, track: Track | None, size: int) -> Tensor:
+    return torch.ones(size, dtype=torch.bool) if track is None else ~classes.removed(track.ids)
+
+
+def _balanced(keep_in: Tensor, keep_out: Tensor, groups: int) -> bool:
+    counts = {(int(i.sum()), int(o.sum())) for i, o in zip(keep_in.chunk(groups), keep_out.chunk(groups))}
+    counts.discard((0, 0))
+    return len(counts) == 1 and all(i > 0 and o > 0 for i, o in counts)
+
+
+def _fold(
+    module: nn.Module, x: Tensor, removed: Tensor, cd: int, cd_out: int, used: Tensor, keep_out: Tensor
+) -> tuple[Tensor, float]:
+    """Contribution of the removed input channels (as a bias) and its max deviation."""
+    view = [1] * x.dim()
+    view[cd] = -1
+    xr = x * removed.reshape(view).to(x.dtype)
+    with torch.no_grad():
+        contrib = module(xr) - module(torch.zeros_like(xr))
+    first = contrib[0].movedim(cd_out - 1, 0)
+    centre = first[(slice(None), *(s // 2 for s in first.shape[1:]))]
+    shape = [1] * contrib.dim()
+    shape[cd_out] = -1
+    deviation = (contrib - centre.reshape(shape)).abs() * used * keep_out.reshape(shape)
+    return centre, float(deviation.max()) if deviation.numel() else 0.0
+
+
+def channel_plan(
+    model: nn.Module,
+    masks: Mapping[str, Mask],
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    strict: bool = False,
+) -> ChannelPlan:
+    """Decide which channels go (the rule in the module docstring). The model is not modified.
+
+    Args:
+        model: the dense model.
+        masks: core masks keyed by parameter name (any granularity; channel masks shrink).
+        example_inputs: a tensor, tuple or dict of inputs, e.g. ``[2, 3, 32, 32]``.
+        leaf_modules: passed to :func:`~purecompress.graph.capture`.
+        replacements: extra replacement-table entries (custom channel-wise or producer modules).
+        strict: raise :class:`UnbalancedGroupsError` instead of keeping the channels of an
+            unbalanced grouped conv.
+
+    Raises:
+        EmptyLayerError: a layer would lose all its output channels.
+    """
+    return analyse(
+        model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements, strict=strict
+    ).plan
+
+
+def analyse(
+    model: nn.Module,
+    masks: Mapping[str, Mask],
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    strict: bool = False,
+) -> Analysis:
+    """:func:`channel_plan` with the masked copy, its output and the bound inputs."""
+    masked = _masked_copy(model, masks)
+    gm = capture(masked, example_inputs, leaf_modules=leaf_modules)
+    bound = _bind(masked, example_inputs)
+    recorder = _Recorder(gm)
+    with torch.no_grad():
+        output = recorder.run(*bound.args, *bound.kwargs.values())
+    live = liveness(gm, recorder.values, replacements)
+    classes, calls, consumers = trace_channels(gm, live, replacements)
+    for x, cd, track in consumers:  # the conflict rule: dead at every consumer
+        if track is not None:
+            classes.block(track.ids[~live.dead(x, cd)])
+    modules = dict(gm.named_modules())
+    changed = True
+    while changed:
+        changed = False
+        for name, call in calls.items():
+            groups = getattr(modules[name], "groups", 1)
+            if call.depthwise or groups == 1:
+                continue
+            keep_in = _keep(classes, call.tin, call.c_in)
+            keep_out = _keep(classes, call.tout, call.c_out)
+            if not _balanced(keep_in, keep_out, groups) and not (keep_in.all() and keep_out.all()):
+                if strict:
+                    raise UnbalancedGroupsError(f"layer {name!r}: the channels kept in its {groups} groups differ")
+                for t in (call.tin, call.tout):
+                    if t is not None:
+                        classes.block(t.ids)
+                changed = True
+    slices: dict[str, ChannelSlice] = {}
+    fold_error: dict[str, float] = {}
+    for name, call in calls.items():
+        keep_in = _keep(classes, call.tin, call.c_in)
+        keep_out = _keep(classes, call.tout, call.c_out) if call.kind == "producer" else keep_in
+        if call.kind == "producer" and not keep_out.any():
+            raise EmptyLayerError(f"all {call.c_out} output channels of layer {name!r} would be removed")
+        delta = None
+        if call.kind == "producer" and not call.depthwise and not keep_in.all():
+            x = call.node.args[0]
+            delta, fold_error[name] = _fold(
+                modules[name], recorder.values[x], ~keep_in, call.cd_in, call.cd_out, live.used[call.node], keep_out
+            )
+        if not (keep_in.all() and keep_out.all()) or delta is not None:
+            slices[name] = ChannelSlice(keep_in, keep_out if call.kind == "producer" else None, delta)
+    bound_inputs = (tuple(bound.args), dict(bound.kwargs))
+    plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls))
+    return Analysis(plan, masked, output, bound_inputs)
+
+
+def _grid(module: nn.Module, keep_in: Tensor, keep_out: Tensor) -> Tensor:
+    """``[out, in/groups]`` keep grid of a producer's weight (rows: outputs, cols: inputs)."""
+    if isinstance(module, nn.Linear):
+        return keep_out[:, None] & keep_in[None, :]
+    g = module.groups
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        c_out = keep_out.numel() // g
+        cols = keep_out.reshape(g, c_out).repeat_interleave(keep_in.numel() // g, 0)
+        return keep_in[:, None] & cols
+    rows = keep_in.reshape(g, -1).repeat_interleave(keep_out.numel() // g, 0)
+    return keep_out[:, None] & rows
+
+
+def _and(a: Mask | None, b: Mask) -> Mask:
+    if a is None:
+        return b
+    try:
+        return a & b
+    except ValueError:  # grids that do not nest: combine at element granularity
+        return Mask.from_dense(a.to_dense() * b.to_dense())
+
+
+def _propagated(
+    model: nn.Module, masks: Mapping[str, Mask], slices: Mapping[str, ChannelSlice], calls: Mapping[str, Any]
+) -> Masks:
+    out: Masks = dict(masks)
+    for name, sl in slices.items():
+        module = model.get_submodule(name)
+        prefix = f"{name}." if name else ""
+        keep_in = sl.keep_in
+        if calls[name].kind == "producer":
+            keep_out = sl.keep_out
+            w = module.weight
+            grid = _grid(module, keep_in, keep_out)
+            new = {"weight": Mask(grid.reshape(*grid.shape, *([1] * (w.dim() - 2))), tuple(w.shape))}
+            if getattr(module, "bias", None) is not None:
+                new["bias"] = Mask(keep_out, tuple(module.bias.shape))
+        else:
+            new = {
+                k: Mask(keep_in, tuple(p.shape))
+                for k, p in module.named_parameters(recurse=False)
+                if p.dim() == 1 and p.numel() == keep_in.numel()
+            }
+        for k, mask in new.items():
+            if not bool(mask.keep.all()):
+                out[prefix + k] = _and(out.get(prefix + k), mask)
+    return out
+
+
+def propagate(
+    model: nn.Module,
+    masks: Mapping[str, Mask],
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    replacements: Mapping[type[nn.Module], Replacement] | None = None,
+) -> Masks:
+    """The full masks implied by ``masks``: every channel that shrinking removes, masked everywhere.
+
+    Applied with :func:`~purecompress.apply_masks`, they give a masked model whose outputs equal
+    the compact model's from :func:`~purecompress.graph.shrink` (use them to fine-tune).
+
+    Args:
+        model: the dense model (not modified).
+        masks: core masks keyed by parameter name.
+        example_inputs: a tensor, tuple or dict of inputs.
+        leaf_modules: passed to :func:`~purecompress.graph.capture`.
+        replacements: extra replacement-table entries.
+
+    Returns:
+        The given masks (combined where a key repeats) plus the masks of producers' output rows
+        and biases, norm weights and biases, and consumers' input columns of removed channels.
+
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    >>> keep = torch.tensor([True, False, True, True]).reshape(4, 1, 1, 1)
+    >>> m = propagate(net, {'0.weight': Mask(keep, (4, 3, 1, 1))}, torch.randn(1, 3, 4, 4))
+    >>> sorted(m), m['3.weight'].keep.flatten().tolist()
+    (['0.bias', '0.weight', '1.bias', '1.weight', '3.weight'], [True, False, True, True, True, False, True, True])
+    """
+    return channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements).masks

@@ -1,0 +1,175 @@
+"""The module replacement table: how a layer is rebuilt with fewer channels.
+
+A :class:`Replacement` says how channels flow through a module type (``'producer'``: Conv/Linear,
+new output channels from all input channels; ``'channelwise'``: BatchNorm, InstanceNorm, PReLU,
+output channel ``c`` from input channel ``c``) and how to build the smaller module from a
+:class:`ChannelSlice`. :data:`REPLACEMENTS` is the default table; :func:`~purecompress.shrink`
+takes extra entries (``replacements={MyNorm: Replacement('channelwise', fn)}``) that win over it.
+Nothing here edits a module in place: each function returns a new module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+__all__ = ["REPLACEMENTS", "ChannelSlice", "Replacement", "replacement_for"]
+
+
+@attrs.frozen
+class ChannelSlice:
+    """What to keep of one module.
+
+    Attributes:
+        keep_in: ``[C_in]`` bool, input channels kept (None: all).
+        keep_out: ``[C_out]`` bool, output channels kept (None: all).
+        bias_delta: ``[C_out]`` constant added to the bias (the folded contribution of removed
+            constant input channels), or None.
+    """
+
+    keep_in: Tensor | None = None
+    keep_out: Tensor | None = None
+    bias_delta: Tensor | None = None
+
+
+ReplaceFn = Callable[[nn.Module, ChannelSlice], nn.Module]
+
+
+@attrs.frozen
+class Replacement:
+    """One table entry.
+
+    Attributes:
+        kind: ``'producer'`` (new channels from all inputs) or ``'channelwise'``.
+        fn: ``(module, ChannelSlice) -> new module``.
+        channel_dim: the tensor dim holding channels at the module's input and output
+            (1 for NCHW layers, -1 for Linear).
+    """
+
+    kind: Literal["producer", "channelwise"]
+    fn: ReplaceFn
+    channel_dim: int = 1
+
+
+def _index(keep: Tensor | None, n: int) -> Tensor:
+    return torch.arange(n) if keep is None else keep.nonzero().flatten()
+
+
+def _copy(dst: Tensor, src: Tensor) -> None:
+    with torch.no_grad():
+        dst.copy_(src)
+
+
+def _bias(module: nn.Module, out: Tensor, sl: ChannelSlice) -> Tensor | None:
+    old = module.bias.detach() if module.bias is not None else None
+    if sl.bias_delta is not None and bool(sl.bias_delta.ne(0).any()):
+        old = sl.bias_delta.to(module.weight.dtype) + (0 if old is None else old)
+    return None if old is None else old[out]
+
+
+def _conv(module: nn.Module, sl: ChannelSlice) -> nn.Module:
+    w = module.weight.detach()
+    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+    c_in = w.shape[0] if transposed else w.shape[1] * module.groups
+    c_out = w.shape[1] * module.groups if transposed else w.shape[0]
+    idx_in, idx_out = _index(sl.keep_in, c_in), _index(sl.keep_out, c_out)
+    g = module.groups
+    step_in, step_out = c_in // g, c_out // g
+    groups, blocks = 0, []
+    for k in range(g):  # keep the groups that still have channels; they must stay equal in size
+        gi = idx_in[(idx_in >= k * step_in) & (idx_in < (k + 1) * step_in)]
+        go = idx_out[(idx_out >= k * step_out) & (idx_out < (k + 1) * step_out)]
+        if len(gi) or len(go):
+            groups += 1
+            blocks.append((gi, go - k * step_out) if transposed else (go, gi - k * step_in))
+    if transposed:
+        w_new = torch.cat([w[gi][:, go] for gi, go in blocks]) if blocks else w[:0]
+    else:
+        w_new = torch.cat([w[go][:, gi] for go, gi in blocks]) if blocks else w[:0]
+    bias = _bias(module, idx_out, sl)
+    kwargs = dict(
+        kernel_size=module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        groups=max(groups, 1),
+        bias=bias is not None,
+        padding_mode=module.padding_mode,
+        device=w.device,
+        dtype=w.dtype,
+    )
+    if transposed:
+        kwargs["output_padding"] = module.output_padding
+    new = type(module)(len(idx_in), len(idx_out), **kwargs)
+    _copy(new.weight, w_new)
+    if bias is not None:
+        _copy(new.bias, bias)
+    return new
+
+
+def _linear(module: nn.Module, sl: ChannelSlice) -> nn.Module:
+    w = module.weight.detach()
+    idx_in, idx_out = _index(sl.keep_in, w.shape[1]), _index(sl.keep_out, w.shape[0])
+    bias = _bias(module, idx_out, sl)
+    new = type(module)(len(idx_in), len(idx_out), bias=bias is not None, device=w.device, dtype=w.dtype)
+    _copy(new.weight, w[idx_out][:, idx_in])
+    if bias is not None:
+        _copy(new.bias, bias)
+    return new
+
+
+def _norm(module: nn.Module, sl: ChannelSlice) -> nn.Module:
+    """BatchNorm*d / InstanceNorm*d: slice affine parameters and running statistics."""
+    idx = _index(sl.keep_in, module.num_features)
+    new = type(module)(
+        len(idx),
+        eps=module.eps,
+        momentum=module.momentum,
+        affine=module.affine,
+        track_running_stats=module.track_running_stats,
+    )
+    state = {k: v.detach()[idx] if v is not None and v.dim() == 1 else v for k, v in module.state_dict().items()}
+    new.load_state_dict(state)
+    return new.to(next(iter(module.state_dict().values())).device) if state else new
+
+
+def _prelu(module: nn.Module, sl: ChannelSlice) -> nn.Module:
+    if module.num_parameters == 1:
+        return module
+    idx = _index(sl.keep_in, module.num_parameters)
+    new = nn.PReLU(len(idx), device=module.weight.device, dtype=module.weight.dtype)
+    _copy(new.weight, module.weight.detach()[idx])
+    return new
+
+
+_PRODUCER = Replacement("producer", _conv)
+_CHANNELWISE = Replacement("channelwise", _norm)
+
+#: The default table, keyed by module type (subclasses match through their MRO).
+REPLACEMENTS: Mapping[type[nn.Module], Replacement] = {
+    nn.Conv1d: _PRODUCER, nn.Conv2d: _PRODUCER, nn.Conv3d: _PRODUCER,
+    nn.ConvTranspose1d: _PRODUCER, nn.ConvTranspose2d: _PRODUCER, nn.ConvTranspose3d: _PRODUCER,
+    nn.Linear: Replacement("producer", _linear, -1),
+    nn.BatchNorm1d: _CHANNELWISE, nn.BatchNorm2d: _CHANNELWISE, nn.BatchNorm3d: _CHANNELWISE,
+    nn.InstanceNorm1d: _CHANNELWISE, nn.InstanceNorm2d: _CHANNELWISE, nn.InstanceNorm3d: _CHANNELWISE,
+    nn.PReLU: Replacement("channelwise", _prelu),
+}  # fmt: skip
+
+
+def replacement_for(
+    module: nn.Module, extra: Mapping[type[nn.Module], Replacement] | None = None
+) -> Replacement | None:
+    """The entry for ``module``'s type: ``extra`` first, then :data:`REPLACEMENTS`, along the MRO.
+
+    >>> replacement_for(nn.Linear(2, 3)).kind, replacement_for(nn.ReLU()) is None
+    ('producer', True)
+    """
+    for cls in type(module).__mro__:
+        for table in (extra or {}, REPLACEMENTS):
+            if cls in table:
+                return table[cls]
+    return None
