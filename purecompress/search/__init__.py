@@ -12,7 +12,7 @@ from purecompress.search.amc import (
     layer_embeddings,
 )
 from purecompress.search.annealing import Annealer, AnnealResult, AnnealState, anneal_sparsities, rescale_to_budget
-from purecompress.search.counting import Counts, LayerCount, count_flops_params
+from purecompress.search.counting import Counts, LayerCount, count_flops_params, with_masks
 from purecompress.search.ddpg import DDPG, DDPGConfig
 
 __all__ = [
@@ -33,4 +33,5 @@ __all__ = [
     "count_flops_params",
     "layer_embeddings",
     "rescale_to_budget",
+    "with_masks",
 ]

@@ -20,7 +20,7 @@ from torch.func import functional_call
 
 from purecompress.records import Mask
 
-__all__ = ["Counts", "LayerCount", "count_flops_params"]
+__all__ = ["Counts", "LayerCount", "count_flops_params", "with_masks"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -34,6 +34,8 @@ class LayerCount:
         flops: multiply-accumulates per sample (kept part); params: kept parameter entries.
         input_shape / output_shape: per-sample shapes seen in the forward.
         kernel / stride: geometric mean of the kernel size and stride (1 for Linear).
+        spatial: output positions per sample (FLOPs = kept weights * spatial).
+        weight_numel / bias_numel: dense sizes.
     """
 
     name: str
@@ -44,6 +46,9 @@ class LayerCount:
     output_shape: tuple[int, ...]
     kernel: float = 1.0
     stride: float = 1.0
+    spatial: int = 1
+    weight_numel: int = 0
+    bias_numel: int = 0
 
 
 @attrs.frozen
@@ -73,8 +78,27 @@ def _count(name: str, module: nn.Module, x: Tensor, y: Tensor, masks: Mapping[st
         stride = math.prod(module.stride) ** (1 / len(module.stride))
     else:
         flops = weight * spatial
+    w, b = getattr(module, "weight", None), bias_t
     return LayerCount(name, type(module).__name__, int(flops), weight + bias, tuple(x.shape[1:]),
-                      tuple(y.shape[1:]), kernel, stride)
+                      tuple(y.shape[1:]), kernel, stride, int(spatial), w.numel() if w is not None else 0,
+                      b.numel() if b is not None else 0)
+
+
+def with_masks(counts: Counts, masks: Mapping[str, Mask]) -> Counts:
+    """Recount ``counts`` (of the dense model) under ``masks`` without running the model again.
+
+    >>> m = nn.Linear(4, 3)
+    >>> mask = Mask(torch.tensor([[True], [False], [True]]), (3, 4))
+    >>> with_masks(count_flops_params(m, torch.randn(1, 4)), {'weight': mask}).flops
+    8
+    """
+    layers = {}
+    for name, c in counts.layers.items():
+        prefix = f"{name}." if name else ""
+        weight = int(masks[prefix + "weight"].kept()) if prefix + "weight" in masks else c.weight_numel
+        bias = int(masks[prefix + "bias"].kept()) if prefix + "bias" in masks else c.bias_numel
+        layers[name] = attrs.evolve(c, flops=weight * c.spatial, params=weight + bias)
+    return Counts(sum(r.flops for r in layers.values()), sum(r.params for r in layers.values()), layers)
 
 
 def count_flops_params(model: nn.Module, example_input: Any, masks: Mapping[str, Mask] | None = None) -> Counts:
@@ -107,6 +131,7 @@ def count_flops_params(model: nn.Module, example_input: Any, masks: Mapping[str,
     state = {k: v.detach() for k, v in model.named_parameters()}
     state.update({k: v.detach().clone() for k, v in model.named_buffers()})
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    inputs = tuple(x[:1] if isinstance(x, Tensor) and x.dim() > 0 else x for x in inputs)  # counts are per sample
     try:
         with torch.no_grad():
             functional_call(model, state, inputs)
