@@ -29,11 +29,13 @@ def test_apply_masks_without_masks_is_identity(pm: tuple[pc.Params, pc.Masks]) -
 
 @given(params_and_masks())
 def test_apply_masks_zeroes_exactly_the_pruned_entries(pm: tuple[pc.Params, pc.Masks]) -> None:
+    # Finite params only: apply is t * keep (3x faster than torch.where for element masks in
+    # forward+backward), so a pruned NaN/inf entry stays NaN.
     params, masks = pm
     out = pc.apply_masks(params, masks)
     for name, mask in masks.items():
         keep = _dense(mask)
-        assert torch.equal(out[name][keep], params[name][keep])
+        torch.testing.assert_close(out[name][keep], params[name][keep], rtol=0, atol=0, equal_nan=True)
         assert not out[name][~keep].any()
 
 

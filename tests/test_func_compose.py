@@ -114,7 +114,8 @@ def test_mask_apply_under_vmap_over_tensors_and_over_masks() -> None:
     mask = pc.Mask(torch.tensor([[True, False, True]]), (4, 6))  # blocks of 4x2: not broadcastable
     assert torch.equal(vmap(mask.apply)(ts), torch.stack([mask.apply(t) for t in ts]))
     keeps = torch.rand(5, 4, 1, generator=torch.Generator().manual_seed(0)) > 0.5
-    masks = pc.Mask(keeps, (4, 6))  # a batch of channel masks as one record
+    spec = torch_pytree.tree_structure(pc.Mask(keeps[0], (4, 6)))
+    masks = torch_pytree.tree_unflatten([keeps], spec)  # a batch of channel masks as one record
     batched = vmap(lambda m, t: m.apply(t))(masks, ts)
     assert torch.equal(batched, torch.stack([pc.Mask(k, (4, 6)).apply(t) for k, t in zip(keeps, ts)]))
 

@@ -128,6 +128,12 @@ def test_mask_apply_is_differentiable_and_new() -> None:
     assert out.data_ptr() != w.data_ptr()
 
 
+def test_mask_apply_keeps_dtype() -> None:
+    mask = pc.Mask(torch.tensor([True, False]), (2,))
+    assert mask.apply(torch.ones(2, dtype=torch.float16)).dtype == torch.float16
+    assert mask.apply(torch.ones(2, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_one_element_mask() -> None:
     mask = pc.Mask(torch.tensor([False]), (1,))
     assert mask.sparsity() == 1.0 and int(mask.kept()) == 0
