@@ -53,7 +53,9 @@ class SparsityReport:
 
 def sparsity_report(params: Mapping[str, Tensor], masks: Mapping[str, Mask],
                     plan: Plan | None = None) -> SparsityReport:
-    """Measure ``masks`` against ``params`` (buffers in ``params`` are not counted).
+    """Measure ``masks`` against ``params`` (``params_total`` counts every floating tensor given,
+    float buffers such as BN running stats included: pass ``params_of(model, buffers=False)`` to
+    count parameters only).
 
     ``total`` is the sparsity over the masked targets' weights; ``groups`` gives NNI's
     per-config-group sparsity of the plan's ``weight`` targets.

@@ -87,3 +87,9 @@ def test_table_has_a_row_per_layer_and_a_total() -> None:
     assert len(lines) == 1 + len(masks) + 1
     assert lines[-1].startswith("total")
     assert any(line.split() == ["0.weight", "40", "20", "50.00%"] for line in lines)
+
+
+def test_float_buffers_count_unless_left_out() -> None:
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4))
+    assert pc.sparsity_report(pc.params_of(model), {}).params_total == 12 + 8 + 8  # + running stats
+    assert pc.sparsity_report(pc.params_of(model, buffers=False), {}).params_total == 20
