@@ -162,14 +162,16 @@ def lsq_scales(q: QuantTransform, model: nn.Module, params: Params, args: Any = 
                kwargs: Mapping[str, Any] | None = None) -> Params:
     """Initial learnable steps ``{'<module>.<kind>_scale': []}``: ``2 mean|x| / sqrt(qmax)``.
 
-    Weights use ``params``; activations use one forward pass on ``args`` (NNI initialises them on
-    the first batch). Merge the result into the trainable params.
+    Weights use ``params``; activations use one forward pass on ``args`` in which every tensor is
+    already quantized with its new step (NNI initialises them during the first step, so a layer's
+    input step sees the quantized outputs upstream). Merge the result into the trainable params.
     """
     seen: dict[str, Tensor] = {}
 
     def observe(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
-        seen.setdefault(f"{ctx.key}_scale", lsq_init_scale(x, _lsq_range(ctx.spec)[1]))
-        return x, None
+        qmin, qmax = _lsq_range(ctx.spec)
+        scale = seen.setdefault(f"{ctx.key}_scale", lsq_init_scale(x, qmax))
+        return lsq_fake_quantize(x, scale, qmin, qmax), None
 
     observing = QuantTransform(q.plan, observe, None, "lsq-init")
     with torch.no_grad():
