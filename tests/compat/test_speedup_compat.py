@@ -1,0 +1,109 @@
+"""purecompress.compat.speedup.ModelSpeedup: NNI's API, in place, errors, replacement table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import purecompress as pc
+from purecompress.compat.speedup import (
+    EmptyLayerError,
+    ModelSpeedup,
+    SpeedupError,
+    UnBalancedGroupError,
+)
+from purecompress.compat.utils import compute_sparsity_compact2origin
+from purecompress.graph.propagate import ShrinkError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 4)).eval()
+
+
+def channel_masks(pruned: list[int], n: int = 8) -> dict:
+    keep = torch.ones(n)
+    keep[pruned] = 0
+    return {"0": {"weight": keep.reshape(n, 1, 1, 1).expand(n, 3, 3, 3).clone(), "bias": keep.clone()}}
+
+
+def masked(model: nn.Module, masks: dict, x: torch.Tensor) -> torch.Tensor:
+    core = {f"{m}.{t}": pc.Mask.from_dense(v) for m, ts in masks.items() for t, v in ts.items()}
+    with torch.no_grad():
+        return torch.func.functional_call(model, pc.apply_masks(pc.params_of(model), core), (x,))
+
+
+def test_in_place_from_a_mask_file(tmp_path) -> None:
+    model = net()
+    model[1].bias.data.uniform_(-1, 1)  # constants of pruned channels: folded, not dropped as in NNI
+    x = torch.randn(2, 3, 6, 6)
+    masks = channel_masks([1, 5, 6])
+    expected = masked(model, masks, x)
+    path = tmp_path / "mask.pth"
+    torch.save(masks, path)
+    relu, linear = model[2], model[5]
+    ModelSpeedup(model, x, str(path), map_location="cpu").speedup_model()
+    assert model[0].out_channels == 5 and model[1].num_features == 5 and model[5].in_features == 5
+    assert model[2] is relu and model[5] is not linear
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+    assert compute_sparsity_compact2origin(net(), model, [{"op_types": ["Conv2d"]}])[0]["total_sparsity"] == 3 / 8
+
+
+def test_tuple_and_dict_dummy_inputs() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.relu(self.a(x) + self.b(y)).mean((2, 3)))
+
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    masks = {n: {"weight": keep.reshape(4, 1, 1, 1).expand(4, 3, 1, 1).clone(), "bias": keep.clone()} for n in "ab"}
+    x, y = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    for dummy in ((x, y), [x, y], {"x": x, "y": y}):
+        model = Two()
+        ModelSpeedup(model, dummy, masks).speedup_model()
+        assert model.a.out_channels == model.b.out_channels == model.fc.in_features == 3
+
+
+def test_nni_errors() -> None:
+    with pytest.raises(EmptyLayerError, match="empty") as info:
+        ModelSpeedup(net(), torch.randn(1, 3, 4, 4), channel_masks(list(range(8)))).speedup_model()
+    assert isinstance(info.value, SpeedupError) and isinstance(info.value, ShrinkError)
+    grouped = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1, groups=2), nn.Flatten(), nn.Linear(4, 2))
+    keep = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    masks = {"0": {"weight": keep.reshape(4, 1, 1, 1).expand(4, 3, 1, 1).clone(), "bias": keep}}
+    with pytest.raises(UnBalancedGroupError):
+        ModelSpeedup(grouped, torch.randn(1, 3, 1, 1), masks).speedup_model()
+    with pytest.raises(Exception, match="Please provide the mask"):
+        ModelSpeedup(net(), torch.randn(1, 3, 4, 4), "/no/such/file.pth")
+
+
+def test_customized_replace_func() -> None:
+    calls = []
+
+    def replace_bn(module: nn.Module, masks: tuple) -> nn.Module:
+        in_masks, out_mask, _ = masks
+        keep = in_masks[0].flatten().bool()
+        calls.append(int(keep.sum()))
+        new = nn.BatchNorm2d(int(keep.sum()))
+        new.load_state_dict({k: v[keep] if v.dim() else v for k, v in module.state_dict().items()})
+        return new.eval()
+
+    model = net()
+    ModelSpeedup(model, torch.randn(2, 3, 4, 4), channel_masks([0, 3]),
+                 customized_replace_func={"BatchNorm2d": replace_bn}).speedup_model()
+    assert calls == [6] and model[1].num_features == 6
