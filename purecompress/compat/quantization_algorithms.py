@@ -24,6 +24,7 @@ from purecompress.quant import (
     QuantParams,
     Range,
     binarize,
+    dorefa_weight,
     fake_quantize,
     int_range,
     lsq_fake_quantize,
@@ -48,15 +49,6 @@ def naive_quantize(weight: Tensor, scale: Tensor) -> Tensor:
     """``trunc(w / scale) * scale``: NNI casts to int8, which truncates toward zero."""
     # core-request: purecompress.quant naive_quantize (see .notes/quant_requests.md)
     return torch.trunc(weight / scale) * scale
-
-
-def dorefa_quantize(weight: Tensor, bits: int) -> Tensor:
-    """DoReFa weights: ``tanh``, map to [0, 1], round to ``2^bits - 1`` levels, map to [-1, 1]."""
-    # core-request: purecompress.quant dorefa_quantize (see .notes/quant_requests.md)
-    t = torch.tanh(weight)
-    t = t / torch.clamp(2 * t.abs().max(), min=SCALE_EPS) + 0.5
-    levels = 2**bits - 1
-    return 2 * (torch.round(t * levels) / levels) - 1
 
 
 class NaiveQuantizer(Quantizer):
@@ -111,14 +103,14 @@ class DoReFaQuantizer(Quantizer):
                                                                      device=w.module.weight.device))
 
     def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
-        return dorefa_quantize(wrapper.module.weight, wrapper.quant_config.bits("weight"))
+        return dorefa_weight(wrapper.module.weight, wrapper.quant_config.bits("weight"))
 
     def _calibration_config(self) -> dict[str, dict[str, Any]]:
         return {w.name: {"weight_bits": int(w.module.weight_bits)} for w in self.modules_wrapper
                 if hasattr(w.module, "weight_bits")}
 
     def _onnx_plan(self) -> OnnxPlan:  # the grid is not affine-integer: bake the weights
-        return OnnxPlan(replace={f"{w.name}.weight": dorefa_quantize(w.module.old_weight.detach(),
+        return OnnxPlan(replace={f"{w.name}.weight": dorefa_weight(w.module.old_weight.detach(),
                                                                       w.quant_config.bits("weight"))
                                  for w in self.modules_wrapper if w.quantizes_weight})
 

@@ -29,8 +29,34 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from purecompress.quant.qparams import QuantParams, fake_quantize
+from purecompress.quant.transform import QuantState
 
-__all__ = ["export_qdq_onnx", "onnx_fake_quantize", "qdq_forward"]
+__all__ = ["export_qdq_onnx", "onnx_fake_quantize", "qdq_forward", "qdq_targets"]
+
+
+def qdq_targets(state: QuantState) -> dict[str, dict[str, QuantParams]]:
+    """Split a functional :class:`QuantState` into :func:`export_qdq_onnx`'s keyword arguments.
+
+    ``'<module>.weight'`` entries go to ``weights`` (keyed by the parameter name), ``'<module>.input'``
+    and ``'<module>.output'`` to ``inputs`` / ``outputs`` (keyed by the module name); tensors without
+    parameters (never observed, or not affine such as DoReFa's) are left out.
+
+    >>> qp = QuantParams(torch.tensor(0.1), torch.tensor(0.), -127, 127)
+    >>> from purecompress.quant.transform import TensorState
+    >>> state = QuantState(torch.tensor(1), {'fc.weight': TensorState(None, qp), 'fc.output': TensorState()})
+    >>> {k: list(v) for k, v in qdq_targets(state).items()}
+    {'weights': ['fc.weight'], 'inputs': [], 'outputs': []}
+    """
+    out: dict[str, dict[str, QuantParams]] = {"weights": {}, "inputs": {}, "outputs": {}}
+    for key, tensor_state in state.tensors.items():
+        if tensor_state.qparams is None:
+            continue
+        module, _, kind = key.rpartition(".")
+        if kind == "weight":
+            out["weights"][key] = tensor_state.qparams
+        else:
+            out[f"{kind}s"][module] = tensor_state.qparams
+    return out
 
 
 def _onnx_range(qp: QuantParams) -> tuple[int, int]:
