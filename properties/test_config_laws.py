@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
+import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import config_lists, malformed_config_lists, valid_config_entries
@@ -63,3 +67,57 @@ def test_config_parsing_is_deterministic_and_does_not_modify_its_input(config_li
     snapshot = repr(config_list)
     assert pc.from_config_list(config_list) == pc.from_config_list(config_list)
     assert repr(config_list) == snapshot
+
+
+_LAYERS = {
+    "Conv2d": lambda: torch.nn.Conv2d(2, 2, 1),
+    "Linear": lambda: torch.nn.Linear(2, 2),
+    "BatchNorm2d": lambda: torch.nn.BatchNorm2d(2),
+    "ReLU": torch.nn.ReLU,
+    "Embedding": lambda: torch.nn.Embedding(3, 2),
+}
+
+
+@st.composite
+def _models(draw: st.DrawFn) -> torch.nn.Module:
+    def layer() -> torch.nn.Module:
+        return _LAYERS[draw(st.sampled_from(sorted(_LAYERS)))]()
+
+    return torch.nn.Sequential(*[
+        torch.nn.Sequential(*[layer() for _ in range(draw(st.integers(1, 2)))]) if draw(st.booleans()) else layer()
+        for _ in range(draw(st.integers(1, 4)))
+    ])
+
+
+@st.composite
+def _model_and_nni_configs(draw: st.DrawFn) -> tuple[torch.nn.Module, list[dict[str, object]]]:
+    model = draw(_models())
+    names = [n for n, _ in model.named_modules() if n] + ["missing"]
+    entries = []
+    for i in range(draw(st.integers(1, 4))):
+        entry: dict[str, object] = {}
+        if draw(st.booleans()):
+            entry["op_types"] = draw(st.lists(st.sampled_from([*_LAYERS, "default"]), min_size=1, max_size=2))
+        if draw(st.booleans()) or not entry:
+            entry["op_names"] = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3))
+        if draw(st.integers(0, 3)) == 0:
+            entry["exclude"] = True  # NNI excludes for exclude: False too; purecompress does not
+        else:
+            entry["sparsity"] = (i + 1) / 10  # identifies the winning entry
+        entries.append(entry)
+    return model, entries
+
+
+@given(_model_and_nni_configs())
+def test_config_selection_equals_nnis(case: tuple[torch.nn.Module, list[dict[str, object]]]) -> None:
+    nni_base = pytest.importorskip("nni.algorithms.compression.v2.pytorch.base.compressor",
+                                   reason="NNI 2.10.1 is the oracle for selection")
+    model, config_list = case
+    plan = pc.select(model, pc.from_config_list(config_list), warn=False)
+    nni = SimpleNamespace(config_list=config_list)
+    for name, module in model.named_modules():
+        if module is model:
+            continue
+        theirs = nni_base.Compressor._select_config(nni, nni_base.LayerInfo(name, module))
+        ours = plan[name].config.sparsity if name in plan else None
+        assert ours == (None if theirs is None else theirs["sparsity"]), name
