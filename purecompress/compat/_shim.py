@@ -4,7 +4,8 @@
 modules (searched in order) whose public names it serves. :class:`NniFinder`, first in
 ``sys.meta_path``, answers every ``nni`` import from the table, so NNI itself is never imported
 even when installed; a module or name not served fails with an error that says purecompress does
-not provide it yet, and which feature brings it when that is known.
+not provide it yet, and which feature brings it when that is known. A missing *name* raises
+:class:`NotProvidedError` (an ImportError), so ``from nni.x import Name`` keeps the message.
 """
 
 from __future__ import annotations
@@ -18,20 +19,28 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MODULES", "NniFinder", "install", "uninstall"]
+__all__ = ["MODULES", "NniFinder", "NotProvidedError", "install", "uninstall"]
 
 _C = "purecompress.compat."
-_PRUNING = (_C + "pruning", _C + "iterative_pruner", _C + "scheduler")
-_TOOLS = (_C + "tools", _C + "task_generator")
+_TRAINING = _C + "training_pruners"
+_PRUNERS = (_C + "pruning", _TRAINING + ":" + ",".join((
+    "ADMMPruner", "ActivationAPoZRankPruner", "ActivationMeanRankPruner", "MovementPruner", "SlimPruner",
+    "TaylorFOWeightPruner")), _C + "iterative", _C + "scheduler:PruningScheduler")
+_TOOLS = (_C + "tools", _TRAINING + ":" + ",".join((
+    "APoZRankMetricsCalculator", "DependencyAwareAllocator", "EvaluatorBasedHookDataCollector",
+    "EvaluatorBasedTargetDataCollector", "HookDataNormMetricsCalculator", "MeanRankMetricsCalculator")),
+    _C + "task_generator")
 _EVALUATOR = (_C + "evaluator",)
+_BASE = (_C + "base", _C + "scheduler:BasePruningScheduler,Task,TaskResult")
 
-#: NNI module -> compat modules whose public names it serves.
+#: NNI module -> its sources: ``"compat.module"`` (its ``__all__``) or ``"compat.module:Name,Name"``.
 MODULES: dict[str, tuple[str, ...]] = {
-    "nni": (_C + "trace",),
+    "nni": (_C + "trace:trace",),
     "nni.compression": (),
-    "nni.compression.pytorch": (_C + "base", *_EVALUATOR, _C + "speedup", _C + "quantization"),
-    "nni.compression.pytorch.base": (_C + "base",),
-    "nni.compression.pytorch.pruning": _PRUNING,
+    "nni.compression.pytorch": (_C + "base:Pruner", _C + "quantization:Quantizer", *_EVALUATOR,
+                                _C + "speedup:ModelSpeedup"),
+    "nni.compression.pytorch.base": _BASE,
+    "nni.compression.pytorch.pruning": _PRUNERS,
     "nni.compression.pytorch.pruning.tools": _TOOLS,
     "nni.compression.pytorch.utils": (_C + "utils", _C + "counter"),
     "nni.compression.pytorch.speedup": (_C + "speedup",),
@@ -43,9 +52,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni.algorithms.compression.pytorch.quantization": (_C + "quantization",),
     "nni.algorithms.compression.v2": (),
     "nni.algorithms.compression.v2.pytorch": _EVALUATOR,
-    "nni.algorithms.compression.v2.pytorch.base": (_C + "base",),
-    "nni.algorithms.compression.v2.pytorch.pruning": _PRUNING,
-    "nni.algorithms.compression.v2.pytorch.pruning.basic_pruner": (_C + "pruning",),
+    "nni.algorithms.compression.v2.pytorch.base": _BASE,
+    "nni.algorithms.compression.v2.pytorch.pruning": _PRUNERS,
+    "nni.algorithms.compression.v2.pytorch.pruning.basic_pruner": (_C + "pruning", *_PRUNERS[1:2]),
     "nni.algorithms.compression.v2.pytorch.pruning.tools": _TOOLS,
     "nni.algorithms.compression.v2.pytorch.utils": (_C + "utils", _C + "scaling", *_EVALUATOR),
     "nni.algorithms.compression.v2.pytorch.utils.scaling": (_C + "scaling",),
@@ -53,13 +62,7 @@ MODULES: dict[str, tuple[str, ...]] = {
 
 #: What brings a compat module that does not exist yet (for the error message).
 COMING: dict[str, str] = {
-    _C + "iterative_pruner": "iterative pruners (AGP, Linear, LotteryTicket, SimulatedAnnealing, AutoCompress, AMC)",
-    _C + "scheduler": "pruning schedulers and task generators",
-    _C + "task_generator": "pruning schedulers and task generators",
-    _C + "evaluator": "evaluators and training-aware pruners (TorchEvaluator, Slim, Taylor, APoZ, MeanRank, ADMM)",
-    _C + "speedup": "ModelSpeedup (compact models)",
-    _C + "quantization": "quantizers (QAT, LSQ, DoReFa, BNN, Naive, Observer)",
-    _C + "counter": "count_flops_params",
+    _C + "counter": "count_flops_params (not provided yet)",
     _C + "pruning_v1": "NNI 1.x pruner names (not planned: use nni.compression.pytorch.pruning)",
 }
 
@@ -73,6 +76,10 @@ def _import(name: str) -> types.ModuleType | None:
         raise
 
 
+class NotProvidedError(ImportError):
+    """An NNI name that purecompress does not serve (yet)."""
+
+
 class NniModule(types.ModuleType):
     """A stand-in for an NNI module: attribute lookups go to its compat sources."""
 
@@ -83,20 +90,33 @@ class NniModule(types.ModuleType):
         if name == "nni":
             self.__version__ = "2.10.1+purecompress"
 
-    def _modules(self) -> list[types.ModuleType]:
-        return [m for m in map(_import, self.__dict__["_sources"]) if m is not None]
+    def _served(self) -> list[tuple[types.ModuleType, tuple[str, ...]]]:
+        """(compat module, the names it serves here) for each source that exists."""
+        out = []
+        for source in self.__dict__["_sources"]:
+            path, _, names = source.partition(":")
+            module = _import(path)
+            if module is not None:
+                out.append((module, tuple(names.split(",")) if names else tuple(getattr(module, "__all__", ()))))
+        return out
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") and name != "__all__":
-            raise AttributeError(name)
         if name == "__all__":
-            return sorted({n for m in self._modules() for n in getattr(m, "__all__", ())})
-        for module in self._modules():
-            if name in getattr(module, "__all__", ()) or (not name.startswith("_") and hasattr(module, name)):
+            return sorted({n for _, names in self._served() for n in names})
+        if name.startswith("__"):
+            raise AttributeError(name)
+        for module, names in self._served():
+            if name in names:
                 return getattr(module, name)
-        missing = [COMING.get(s, s) for s in self.__dict__["_sources"] if _import(s) is None]
+        if f"{self.__name__}.{name}" in MODULES:  # a submodule not imported yet: let the import system do it
+            raise AttributeError(name)
+        paths = [s.partition(":")[0] for s in self.__dict__["_sources"]]
+        missing = [COMING.get(p, p) for p in paths if _import(p) is None]
         hint = f"; it may come with: {', '.join(missing)}" if missing else ""
-        raise AttributeError(f"purecompress does not provide {self.__name__}.{name} yet{hint}")
+        # An ImportError, not an AttributeError: `from nni.x import Name` would replace an
+        # AttributeError's message with a generic "cannot import name".
+        raise NotProvidedError(f"purecompress does not provide {self.__name__}.{name} yet{hint}",
+                               name=self.__name__)
 
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(self.__getattr__("__all__")))
@@ -110,8 +130,9 @@ class NniFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if fullname != "nni" and not fullname.startswith("nni."):
             return None
         if fullname not in MODULES:
-            raise ModuleNotFoundError(f"purecompress does not provide {fullname!r} yet (the NNI shim serves: "
-                                      f"{', '.join(sorted(MODULES))})", name=fullname)
+            raise ModuleNotFoundError(f"purecompress does not provide {fullname!r} yet (the NNI shim serves "
+                                      f"nni.compression.pytorch.* and nni.algorithms.compression.*; see "
+                                      f"purecompress.compat._shim.MODULES)", name=fullname)
         return importlib.util.spec_from_loader(fullname, self, origin=__file__, is_package=True)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
