@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
-from strategies import int_tensors, masks_for, metric_sets, params_and_masks, shapes, sparsities
+from strategies import blocks_for, int_tensors, masks_for, metric_sets, params_and_masks, shapes, sparsities
 
 import purecompress as pc
+from purecompress.records import blocks_of, unblock
 
 
 def _dense(mask: pc.Mask) -> torch.Tensor:
@@ -113,3 +116,20 @@ def test_keep_top_ranks_nan_lowest(case: tuple[torch.Tensor, int, list[int]]) ->
     assert int(keep.sum()) == k
     finite = ~score.isnan()
     assert int((keep & finite).sum()) == min(k, int(finite.sum()))
+
+
+@given(st.data(), shapes())
+def test_blocks_of_then_unblock_is_identity(data: st.DataObject, shape: tuple[int, ...]) -> None:
+    t = data.draw(int_tensors(shape))
+    grid = data.draw(blocks_for(shape)).grid(shape)
+    blocks = blocks_of(t, grid)
+    assert tuple(blocks.shape) == (*grid, t.numel() // max(1, math.prod(grid)))
+    assert torch.equal(unblock(blocks, shape), t)
+
+
+@given(st.data(), shapes())
+def test_a_block_mask_equals_its_dense_expansion(data: st.DataObject, shape: tuple[int, ...]) -> None:
+    mask = data.draw(masks_for(shape))
+    t = data.draw(int_tensors(shape)) + 1
+    assert torch.equal(mask.apply(t), t * mask.to_dense())
+    assert int(mask.kept()) == int(mask.to_dense().sum())
