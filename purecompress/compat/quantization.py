@@ -22,9 +22,9 @@ from purecompress.compat.quantization_algorithms import (
     DoReFaQuantizer,
     LsqQuantizer,
     NaiveQuantizer,
-    ObserverQuantizer,
 )
 from purecompress.compat.quantization_base import OnnxPlan, Quantizer
+from purecompress.compat.quantization_observer import ObserverQuantizer
 from purecompress.compat.quantization_qat import QAT_Quantizer
 from purecompress.compat.quantization_wrappers import (
     BN_FOLD_TAG,

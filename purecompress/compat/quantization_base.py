@@ -165,6 +165,9 @@ class Quantizer:
             self.identity_wrappers.append(QuantizerIdentityWrapper(bn_module, bn_name))
         wrapper = QuantizerModuleWrapper(layer.module, layer.name, layer.type, config, self, bn_module)
         wrapper.quant_config = quant_config
+        wrapper.train(layer.module.training)  # NNI's wrappers start in training mode even in an eval model
+        for identity in self.identity_wrappers:
+            identity.train(identity.module.training)
         return wrapper
 
     def _wrap_model(self) -> None:
