@@ -224,7 +224,8 @@ class LsqQuantizer(Quantizer):
                                      f"the quantizer uses {spec.bits}")
                 if kind != "weight":
                     step = float(entry[f"tracked_max_{kind}"]) / getattr(m, f"{kind}_qmax")
-                    getattr(m, f"{kind}_scale").data = torch.tensor([max(step, SCALE_EPS)])
+                    scale = getattr(m, f"{kind}_scale")
+                    scale.data = torch.tensor([max(step, SCALE_EPS)], device=scale.device)
 
     def _onnx_plan(self) -> OnnxPlan:
         plan: dict[str, dict[str, QuantParams]] = {"weight": {}, "input": {}, "output": {}}
