@@ -59,6 +59,7 @@ def record(cls: type[T]) -> type[T]:
     """
     cls = attrs.frozen(eq=False, slots=True)(cls)
     fields = attrs.fields(cls)
+    cls.__init__ = _compile_friendly_init(cls.__init__, fields)  # type: ignore[method-assign]
     children = tuple(f.name for f in fields if not f.metadata.get(_STATIC, False))
     statics = tuple(f.name for f in fields if f.metadata.get(_STATIC, False))
 
@@ -78,13 +79,25 @@ def record(cls: type[T]) -> type[T]:
         values, context = flatten(obj)
         return values, context, children
 
+    # torch's pytree treats None as a leaf (optree as an empty node): for torch, None children
+    # travel in the spec, so torch.func transforms only ever see tensor leaves.
+    def torch_flatten(obj: Any) -> tuple[list[Any], tuple[Any, ...]]:
+        values, context = flatten(obj)
+        present = tuple(v is not None for v in values)
+        return [v for v in values if v is not None], (context, present)
+
+    def torch_unflatten(values: Any, ctx: tuple[Any, ...]) -> Any:
+        context, present = ctx
+        it = iter(values)
+        return unflatten(context, [next(it) if p else None for p in present])
+
     optree.register_pytree_node(
         cls, optree_flatten, lambda ctx, values: unflatten(ctx, values), namespace=NAMESPACE
     )
     torch_pytree.register_pytree_node(
         cls,
-        flatten,
-        lambda values, ctx: unflatten(ctx, values),
+        torch_flatten,
+        torch_unflatten,
         serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
     )
 
@@ -96,6 +109,32 @@ def record(cls: type[T]) -> type[T]:
     cls.__eq__ = __eq__  # type: ignore[method-assign]
     cls.__hash__ = None  # type: ignore[assignment]
     return cls
+
+
+def _compile_friendly_init(attrs_init: Callable[..., None], fields: Any) -> Callable[..., None]:
+    """attrs' frozen ``__init__``, except while ``torch.compile`` traces: there (dynamo cannot
+    trace attrs' cached ``object.__setattr__``) fields are set directly, with defaults and
+    converters applied and validators skipped, as in pytree unflattening."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not torch.compiler.is_compiling():
+            attrs_init(self, *args, **kwargs)
+            return
+        for i, field in enumerate(fields):
+            if i < len(args):
+                value = args[i]
+            elif field.name in kwargs:
+                value = kwargs[field.name]
+            elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+                value = field.default.factory(self) if field.default.takes_self else field.default.factory()
+            else:
+                value = field.default
+            if field.converter is not None:
+                value = field.converter(value)
+            object.__setattr__(self, field.name, value)
+
+    __init__.__wrapped__ = attrs_init  # type: ignore[attr-defined]
+    return __init__
 
 
 def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
