@@ -15,7 +15,7 @@ State keys are ``'<module>.weight'``, ``'<module>.input'``, ``'<module>.output'`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import attrs
 import torch
@@ -58,9 +58,8 @@ class QuantState:
     tensors: dict[str, TensorState]
 
 
-@attrs.frozen
-class KernelContext:
-    """Everything a kernel may read besides the tensor itself.
+class KernelContext(NamedTuple):
+    """Everything a kernel may read besides the tensor itself (a NamedTuple: cheap under torch.compile).
 
     Attributes:
         key: ``'<module>.<kind>'``.
