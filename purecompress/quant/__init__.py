@@ -26,6 +26,9 @@ API summary (stable names; everything is re-exported here):
   ``dorefa`` (+ ``dorefa_weight``), ``bnn``, ``lsq`` (+ ``lsq_scales(q, model, params, args)``:
   learnable steps ``'<module>.<kind>_scale'`` to merge into the trainable params), ``observer``
   (calibrate with ``training=True``, evaluate with ``training=False``); ``QAT_OP_TYPES``.
+- Conv-BN folding (``fold``): ``find_conv_bn(model) -> {conv: bn}`` (torch.fx),
+  ``fold_conv_bn(w, b, gamma, beta, mean, var, eps) -> (w', b')``, ``fold_params(model, params,
+  pairs) -> (params', extra_bias)``, ``folded_call(model, params, pairs, args)``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from purecompress.quant.algorithms import (
     qat,
 )
 from purecompress.quant.config import QUANT_TYPES, QuantConfig, TensorSpec, from_quant_config_list
+from purecompress.quant.fold import find_conv_bn, fold_conv_bn, fold_params, folded_call
 from purecompress.quant.observers import EMA_DECAY, Range, current_range, ema_range, minmax_range
 from purecompress.quant.qparams import (
     DTYPES,
@@ -84,6 +88,10 @@ __all__ = [
     "ema_range",
     "fake_quantize",
     "fake_quantize_ste",
+    "find_conv_bn",
+    "fold_conv_bn",
+    "fold_params",
+    "folded_call",
     "from_quant_config_list",
     "int_range",
     "is_per_channel",
