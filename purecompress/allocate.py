@@ -45,29 +45,41 @@ def kept_count(numel: int, sparsity: float) -> int:
 def keep_top(score: Tensor, k: int, dim: int = -1) -> Tensor:
     """Bool mask of the ``k`` largest entries along ``dim``; ties keep the lower index.
 
-    Linear time (``kthvalue``), no ``.item()``: usable under ``vmap`` and ``torch.compile``.
+    Linear time (``kthvalue``), no ``.item()`` under transforms: usable under ``vmap`` and
+    ``torch.compile``. NaN counts as the smallest value.
 
     >>> keep_top(torch.tensor([1., 3., 3., 0.]), 2)
     tensor([False,  True,  True, False])
     >>> keep_top(torch.tensor([2., 2., 2.]), 2)
     tensor([ True,  True, False])
     """
-    n = score.shape[dim]
-    if k >= n:
-        return torch.ones_like(score, dtype=torch.bool)
-    if k <= 0:
-        return torch.zeros_like(score, dtype=torch.bool)
-    score = torch.nan_to_num(_as_float(score), nan=-math.inf)
-    threshold = torch.kthvalue(score, n - k, dim=dim, keepdim=True).values
-    above = score > threshold
-    tie = score == threshold
-    need = k - above.sum(dim=dim, keepdim=True)
-    return above | (tie & (tie.cumsum(dim) <= need))
+    return _keep_top(torch.nan_to_num(_as_float(score), nan=-math.inf), k, dim)
 
 
 def _as_float(score: Tensor) -> Tensor:
     """At least float32, never narrower than the input (float64 scores keep their precision)."""
     return score.to(torch.promote_types(score.dtype, torch.float32))
+
+
+def _traced(t: Tensor) -> bool:
+    """Whether ``t`` is seen through vmap/grad or torch.compile (no data-dependent branches)."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _keep_top(score: Tensor, k: int, dim: int) -> Tensor:
+    """:func:`keep_top` for a float tensor without NaN."""
+    n = score.shape[dim]
+    if k >= n:
+        return torch.ones_like(score, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    threshold = torch.kthvalue(score, n - k, dim=dim, keepdim=True).values
+    above = score > threshold
+    count = above.sum(dim=dim, keepdim=True)
+    if not _traced(score) and bool((count == k).all()):  # no tie at the threshold: done
+        return above
+    tie = score == threshold
+    return above | (tie & (tie.cumsum(dim) <= k - count))
 
 
 def _sparsity_for(sparsity: Sparsity, name: str) -> float:
@@ -123,7 +135,7 @@ def allocate_per_layer(metrics: Metrics, sparsity: Sparsity, *, prior: Masks | N
     masks = {}
     for name, metric in metrics.items():
         flat = scores[name].reshape(-1)
-        keep = keep_top(flat, kept_count(flat.numel(), _sparsity_for(sparsity, name)))
+        keep = _keep_top(flat, kept_count(flat.numel(), _sparsity_for(sparsity, name)), -1)
         masks[name] = Mask(keep.reshape(metric.score.shape), metric.shape)
     return _finish(masks, prior)
 
@@ -146,7 +158,7 @@ def allocate_global(metrics: Metrics, sparsity: float, *, max_sparsity: Sparsity
     for name in names:
         s = scores[name].reshape(-1)
         cap = max_sparsity.get(name, 0.99) if isinstance(max_sparsity, Mapping) else max_sparsity
-        protected = keep_top(s, kept_count(s.numel(), cap))
+        protected = _keep_top(s, kept_count(s.numel(), cap), -1)
         flat.append(s.masked_fill(protected, math.inf))
         sizes.append(metrics[name].block_numel)
     score = torch.cat(flat)
@@ -154,7 +166,7 @@ def allocate_global(metrics: Metrics, sparsity: float, *, max_sparsity: Sparsity
     unprotected = int(size[score != math.inf].sum())
     n = min(int(sparsity * int(size.sum())), unprotected)
     if len(set(sizes)) == 1:
-        keep = keep_top(score, score.numel() - math.ceil(n / sizes[0]))
+        keep = _keep_top(score, score.numel() - math.ceil(n / sizes[0]), -1)
     else:
         order = torch.sort(score, descending=True, stable=True).indices
         after = size[order].flip(0).cumsum(0).flip(0) - size[order]  # elements ranked below each
@@ -190,7 +202,7 @@ def allocate_balanced(metrics: Metrics, sparsity: Sparsity, *, gran: Sequence[in
             raise ValueError(f"{name!r}: metric of shape {grid} is not aligned with balance_gran "
                              f"{list(gran)}") from err
         banks = blocks_of(scores[name], banks_grid)
-        keep = keep_top(banks, kept_count(banks.shape[-1], _sparsity_for(sparsity, name)))
+        keep = _keep_top(banks, kept_count(banks.shape[-1], _sparsity_for(sparsity, name)), -1)
         masks[name] = Mask(unblock(keep, grid), metric.shape)
     return _finish(masks, prior)
 
