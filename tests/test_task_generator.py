@@ -189,3 +189,29 @@ def test_task_without_skeleton_explains(tmp_path: Path) -> None:
     torch.save(_model().state_dict(), path)
     with pytest.raises(RuntimeError, match="skeleton"):
         Task(0, path, path, path).load_data()
+
+
+def test_speedup_rebuilds_compact_models_from_state_dicts(tmp_path: Path) -> None:
+    pytest.importorskip("purecompress.compat.speedup", reason="shrinking comes with the speedup feature")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 10))
+    x = torch.randn(2, 1, 8, 8)
+    pruner = iterative.AGPPruner(model, [{"op_names": ["0"], "sparsity": 0.5}], "l1", 2, log_dir=str(tmp_path),
+                                 speedup=True, dummy_input=x)
+    pruner.compress()
+    _, compact, masks, _, configs = pruner.get_best_result()
+    assert masks == {} and compact[0].out_channels == 4 and compact(x).shape == (2, 10)
+    root = _root(tmp_path)
+    assert isinstance(torch.load(root / "best_result" / "model.pth", weights_only=True), dict)
+
+
+def test_progress_bar_on_request_and_off_by_default(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pruner = iterative.LinearPruner(_model(), CONFIG, "level", 2, log_dir=str(tmp_path))
+    pruner.compress()  # stderr is not a terminal here: no bar
+    assert "LinearPruner" not in capsys.readouterr().err
+    pruner = iterative.LinearPruner(_model(), CONFIG, "level", 2, log_dir=str(tmp_path))
+    pruner.progress = True
+    pruner.compress()
+    err = capsys.readouterr().err
+    assert "LinearPruner" in err and "3/3" in err and "sparsity" in err
