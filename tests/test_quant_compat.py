@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -255,7 +257,7 @@ def test_custom_quantizer_with_quant_grad_subclass():
     assert torch.allclose(model[0].module.old_weight.grad, torch.full((2, 3), 0.5))
 
 
-def test_config_and_argument_errors_are_clear():
+def test_config_and_argument_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config_list\[0\]\['quant_bits'\]"):
         _qat(_net(), [{"quant_types": ["weight"], "quant_bits": 33, "op_types": ["Conv2d"]}])
     with pytest.raises(SchemaError, match="op_types"):
@@ -268,4 +270,5 @@ def test_config_and_argument_errors_are_clear():
     model = _net()
     quantizer, _ = _qat(model)
     with pytest.raises(ValueError, match="input_shape"):
-        quantizer.export_model("unused.pth", onnx_path="unused.onnx")
+        quantizer.export_model(tmp_path / "unused.pth", onnx_path=tmp_path / "unused.onnx")
+    assert not (tmp_path / "unused.pth").exists()  # nothing written when the arguments are wrong

@@ -326,6 +326,15 @@ class Quantizer:
                           onnx_path: str | os.PathLike[str] | None = None,
                           input_shape: Sequence[int] | None = None, device: torch.device | str | None = None) -> None:
         """Save ``model``'s state_dict, the calibration config and (optionally) a QDQ ONNX model."""
+        example: Any = None
+        if onnx_path is not None:  # check before writing anything: no partial exports
+            if input_shape is not None:
+                example = (torch.zeros(*input_shape, device=device or "cpu"),)
+            elif self.dummy_input is not None:
+                example = self.dummy_input if isinstance(self.dummy_input, tuple) else (self.dummy_input,)
+            else:
+                raise ValueError("exporting ONNX needs an example input: pass input_shape "
+                                 "(or dummy_input to the quantizer)")
         torch.save(model.state_dict(), os.fspath(model_path))
         if calibration_path is not None:
             if os.fspath(calibration_path).endswith(".safetensors"):
@@ -334,13 +343,6 @@ class Quantizer:
                 torch.save(dict(calibration_config or {}), os.fspath(calibration_path))
         if onnx_path is None:
             return
-        if input_shape is not None:
-            example: Any = (torch.zeros(*input_shape, device=device or "cpu"),)
-        elif self.dummy_input is not None:
-            example = self.dummy_input if isinstance(self.dummy_input, tuple) else (self.dummy_input,)
-        else:
-            raise ValueError("exporting ONNX needs an example input: pass input_shape "
-                             "(or dummy_input to the quantizer)")
         plan = getattr(self, "_export_onnx_plan", None) or self._onnx_plan()
         target = model
         if plan.replace or plan.identities:
