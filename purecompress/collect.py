@@ -128,12 +128,18 @@ def batch_activation_stats(output: Tensor, channel_dim: int, activation: Activat
     """
     act = activation_fn(activation)(output.detach())
     cdim = act.dim() + channel_dim
-    samples = 1
-    for n in act.shape[:cdim]:
-        samples *= int(n)
-    per_channel = act.movedim(cdim, 0).reshape(act.shape[cdim], -1).double()
-    positions = per_channel.shape[1] // max(samples, 1)
-    return ActivationStats((per_channel == 0).sum(1).double(), per_channel.sum(1), samples, positions, 1)
+    dims = [d for d in range(act.dim()) if d != cdim]
+    samples, positions = 1, 1
+    for d, n in enumerate(act.shape):
+        if d < cdim:
+            samples *= int(n)
+        elif d > cdim:
+            positions *= int(n)
+    if not dims:
+        return ActivationStats((act == 0).double(), act.double(), samples, positions, 1)
+    # Reduce in place of a channel-first copy; counts are exact integers, sums accumulate in the
+    # activation's dtype (as NNI's float32 buffers do) and are stored as float64.
+    return ActivationStats((act == 0).sum(dims).double(), act.sum(dims).double(), samples, positions, 1)
 
 
 def _module_names(targets: Plan | Iterable[str]) -> list[str]:
