@@ -23,7 +23,7 @@ def _load(name: str) -> ModuleType:
 
 
 def test_functional_agp_reaches_sparsity_and_accuracy() -> None:
-    result = _load("functional_agp").main(sparsity=0.8, steps=120, begin=10, end=80, every=10)
+    result = _load("functional_agp").main(sparsity=0.8, steps=80, begin=10, end=60, every=10)
     assert result["scheduled"] == pytest.approx(0.8)
     assert result["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert result["accuracy"] > 0.7
@@ -39,6 +39,6 @@ def test_nni_style_agp_script(tmp_path: Path) -> None:
 
 
 def test_lottery_ticket_procedure() -> None:
-    result = _load("lottery_ticket").main(rounds=2, sparsity=0.75, steps=40)
+    result = _load("lottery_ticket").main(rounds=2, sparsity=0.75, steps=30)
     assert result["sparsity"] == pytest.approx(0.75)
     assert result["ticket"] > 0.5

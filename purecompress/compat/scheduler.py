@@ -174,8 +174,9 @@ class BasePruningScheduler:
         """Run every task."""
         from tqdm.auto import tqdm
 
+        # a task is a whole pruning step: draw the bar after every one (mininterval=0)
         with tqdm(total=self.total_tasks, desc=type(self).__name__, unit="task",
-                  disable=_progress_enabled(self.progress), leave=False) as bar:
+                  disable=_progress_enabled(self.progress), leave=False, mininterval=0) as bar:
             task = self.generate_task()
             while task is not None:
                 result = self.pruning_one_step(task)
