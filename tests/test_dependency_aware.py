@@ -97,3 +97,28 @@ def test_errors_name_the_problem() -> None:
     mixed = {"a.weight": Metric(torch.ones(4, 1), (4, 3)), "b.weight": Metric(torch.ones(5, 1), (5, 3))}
     with pytest.raises(ValueError, match="channel counts"):
         allocate_dependency_aware(mixed, 0.5, channel_sets=[("a", "b")])
+
+
+def test_compat_allocator_takes_dependencies_by_hand_and_explains_trace_failures() -> None:
+    from purecompress.compat.pruning import L1NormPruner
+    from purecompress.compat.training_pruners import DependencyAwareAllocator
+    from purecompress.graph import GraphCaptureError
+
+    torch.manual_seed(0)
+    model = Residual()
+    pruner = L1NormPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}])
+    pruner.sparsity_allocator = DependencyAwareAllocator(pruner, None, channel_dependency=[("stem", "b")],
+                                                         group_dependency={})
+    _, masks = pruner.compress()
+    assert torch.equal(masks["stem"]["weight"].flatten(1).any(1), masks["b"]["weight"].flatten(1).any(1))
+
+    class Untraceable(Residual):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                return super().forward(x)
+            return self.head(self.stem(x))
+
+    pruner = L1NormPruner(Untraceable(), [{"sparsity": 0.5, "op_types": ["Conv2d"]}])
+    with pytest.raises(GraphCaptureError, match="by hand"):
+        DependencyAwareAllocator(pruner, torch.zeros(1, 3, 8, 8))
+    assert pruner.is_wrapped

@@ -176,7 +176,7 @@ class DependencyAwareAllocator(SparsityAllocator):
             if dummy_input is None:
                 raise ValueError("mode='dependency_aware' needs dummy_input (an example input of the model, e.g. "
                                  "torch.rand(1, 3, 224, 224)) to find the layers whose channels must agree")
-            from purecompress.graph import capture
+            from purecompress.graph import GraphCaptureError, capture
             from purecompress.graph import channel_dependency as channels
             from purecompress.graph import group_dependency as groups
 
@@ -185,6 +185,12 @@ class DependencyAwareAllocator(SparsityAllocator):
                 graph = capture(pruner._bound(), dummy_input)
                 channel_dependency = channels(graph) if channel_dependency is None else channel_dependency
                 group_dependency = groups(graph) if group_dependency is None else group_dependency
+            except GraphCaptureError as err:
+                raise GraphCaptureError(
+                    f"{err} In purecompress.compat, give the dependencies by hand: build the pruner with "
+                    "mode='normal', then set pruner.sparsity_allocator = DependencyAwareAllocator(pruner, None, "
+                    "channel_dependency=[('conv1', 'conv2'), ...], group_dependency={'conv1': 1, ...}).",
+                    module=err.module, op=err.op) from err
             finally:
                 pruner._wrap_model()
         self.channel_dependency = [tuple(s) for s in channel_dependency]
