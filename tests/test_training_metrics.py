@@ -64,6 +64,7 @@ from purecompress.compat.evaluator import (  # noqa: E402
     LightningEvaluator,
     OptimizerRecipe,
     TorchEvaluator,
+    TransformersEvaluator,
 )
 from purecompress.config import ConfigError  # noqa: E402
 
@@ -160,6 +161,8 @@ def test_torch_evaluator_contract() -> None:
     assert not model[0]._forward_hooks and evaluator.get_all_hooks() == []
     with pytest.raises(NotImplementedError, match="TorchEvaluator"):
         LightningEvaluator(None, None)
+    with pytest.raises(NotImplementedError, match="TorchEvaluator"):
+        TransformersEvaluator(None)
     scheduler = torch.optim.lr_scheduler.StepLR(torch.optim.SGD(model.parameters(), lr=0.1), 1)
     bad = TorchEvaluator(training_func, scheduler.optimizer, F.cross_entropy, lr_schedulers=scheduler)
     with pytest.raises(TypeError, match="traced"):

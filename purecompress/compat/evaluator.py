@@ -37,6 +37,7 @@ __all__ = [
     "OptimizerRecipe",
     "TensorHook",
     "TorchEvaluator",
+    "TransformersEvaluator",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -409,4 +410,17 @@ class LightningEvaluator:
     def __init__(self, trainer: Any, data_module: Any, dummy_input: Any = None) -> None:
         del trainer, data_module, dummy_input
         raise NotImplementedError("LightningEvaluator is not provided by purecompress.compat; wrap your training "
+                                  "loop in a function and use TorchEvaluator(training_func, optimizers, criterion)")
+
+
+class TransformersEvaluator:
+    """Not provided: purecompress does not depend on Hugging Face ``transformers``.
+
+    Raises:
+        NotImplementedError: always; use :class:`TorchEvaluator` with a plain training function.
+    """
+
+    def __init__(self, trainer: Any, dummy_input: Any = None) -> None:
+        del trainer, dummy_input
+        raise NotImplementedError("TransformersEvaluator is not provided by purecompress.compat; wrap your training "
                                   "loop in a function and use TorchEvaluator(training_func, optimizers, criterion)")
