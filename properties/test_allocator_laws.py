@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
-from strategies import int_tensors, metric_sets, shapes, sparsities
+from properties.strategies import int_tensors, metric_sets, shapes, sparsities
 
 import purecompress as pc
 from purecompress.records import blocks_of

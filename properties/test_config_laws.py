@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
-from strategies import config_lists, malformed_config_lists, valid_config_entries
+from properties.strategies import config_lists, malformed_config_lists, valid_config_entries
 
 import purecompress as pc
 

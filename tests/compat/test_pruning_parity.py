@@ -15,7 +15,7 @@ nni = pytest.importorskip("nni", reason="parity tests need nni==2.10.1 as the or
 
 import nni.algorithms.compression.v2.pytorch.pruning.tools as NT  # noqa: E402
 import nni.compression.pytorch.pruning as N  # noqa: E402
-from models import build  # noqa: E402
+from tests.compat.models import build  # noqa: E402
 from nni.algorithms.compression.v2.pytorch.pruning.basic_pruner import BasicPruner as NBasicPruner  # noqa: E402
 from nni.algorithms.compression.v2.pytorch.utils import Scaling as NScaling  # noqa: E402
 from schema import SchemaError  # noqa: E402

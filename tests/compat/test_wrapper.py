@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import MODELS, build
+from tests.compat.models import MODELS, build
 from torch import Tensor, nn
 from torch.func import functional_call
 
