@@ -227,6 +227,8 @@ def _structural(
 
         return fn, inputs
     inputs = _data_inputs(node, values)
+    if kind == "producer" and isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        return _conv_channels(module, shape), inputs[:1]
     if kind == "producer" and module is not None:
         binary = {k: (v.detach() != 0).float() for k, v in module.named_parameters(recurse=False)}
         if "bias" in binary:
@@ -260,6 +262,20 @@ def _structural(
         return optree.tree_map(lambda v: torch.ones(v.shape) * total if _is_tensor(v) else v, out)
 
     return everything, inputs
+
+
+def _conv_channels(module: nn.Module, shape: torch.Size) -> Callable[[Tensor], Tensor]:
+    """A conv at channel level: output channel ``o`` depends on input channel ``c`` wherever the
+    kernel ``w[o, c]`` has a non-zero tap. Conservative (a constant border or a pixel a stride
+    skips counts as varying / used) and far cheaper than a structural conv."""
+    taps = (module.weight.detach() != 0).flatten(2).any(-1).float()  # [O, C / groups]
+    links = torch.block_diag(*taps.chunk(module.groups))  # [O, C]
+    view = (shape[0], shape[1], *([1] * (len(shape) - 2)))
+
+    def fn(x: Tensor) -> Tensor:
+        channels = x.mean(list(range(2, x.dim()))) if x.dim() > 2 else x
+        return (channels @ links.T).reshape(view).expand(shape)
+    return fn
 
 
 def _statistics(kind: str, module: nn.Module, node: fx.Node, shape: torch.Size) -> Callable[[Tensor], Tensor]:

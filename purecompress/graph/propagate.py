@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -93,13 +94,16 @@ class ChannelPlan:
 @attrs.frozen
 class Analysis:
     """A plan with what shrinking needs next: ``masked`` (a private copy of the model with the
-    given masks applied, eval mode), its ``output`` on the example inputs, and those inputs bound
-    to ``forward`` as ``(args, kwargs)``."""
+    given masks applied, eval mode), its ``output`` on the example inputs, those inputs bound
+    to ``forward`` as ``(args, kwargs)``, and ``sizes``: per called module, the per-sample
+    positions its weights are applied at (output spatial size, summed over calls) and the
+    per-sample input size (for norm layers)."""
 
     plan: ChannelPlan
     masked: nn.Module
     output: Any
     inputs: tuple[tuple[Any, ...], dict[str, Any]]
+    sizes: dict[str, tuple[int, int]]
 
 
 def _bind(model: nn.Module, example_inputs: Any) -> inspect.BoundArguments:
@@ -121,7 +125,7 @@ def _masked_copy(model: nn.Module, masks: Mapping[str, Mask]) -> nn.Module:
         raise KeyError(f"masks for names that are not parameters or buffers of the model: {unknown}")
     with torch.no_grad():
         for name, mask in masks.items():
-            params[name].copy_(mask.apply(params[name]))
+            params[name].mul_(mask.broadcastable())
     return work
 
 
@@ -132,8 +136,21 @@ class _Recorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
-        self.values[n] = optree.tree_map(lambda v: v.clone() if isinstance(v, Tensor) else v, out, none_is_leaf=True)
+        if any(_in_place(u, self.module) for u in n.users):  # keep the value as it was produced
+            out = optree.tree_map(lambda v: v.clone() if isinstance(v, Tensor) else v, out, none_is_leaf=True)
+        self.values[n] = out
         return out
+
+
+def _in_place(node: fx.Node, root: nn.Module) -> bool:
+    """Whether ``node`` may write into its inputs (``x.relu_()``, ``x += y``, ``ReLU(inplace=True)``)."""
+    if node.op == "call_module":
+        return bool(getattr(root.get_submodule(str(node.target)), "inplace", False))
+    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return name.endswith("_") or name.startswith("__i") or name in _IN_PLACE or bool(node.kwargs.get("inplace"))
+
+
+_IN_PLACE = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior", "ixor"}
 
 
 def _keep(classes: Classes, track: Track | None, size: int) -> Tensor:
@@ -153,6 +170,8 @@ def _fold(
     view = [1] * x.dim()
     view[cd] = -1
     xr = x * removed.reshape(view).to(x.dtype)
+    if not bool(xr.any()):  # the removed channels are zero (pruned row, BN masked): nothing to fold
+        return None, 0.0
     with torch.no_grad():
         contrib = module(xr) - module(torch.zeros_like(xr))
     first = contrib[0].movedim(cd_out - 1, 0)
@@ -246,7 +265,23 @@ def analyse(
             slices[name] = ChannelSlice(keep_in, keep_out if call.kind == "producer" else None, delta)
     bound_inputs = (tuple(bound.args), dict(bound.kwargs))
     plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls))
-    return Analysis(plan, masked, output, bound_inputs)
+    return Analysis(plan, masked, output, bound_inputs, _sizes(gm, recorder.values))
+
+
+def _sizes(gm: fx.GraphModule, values: Mapping[fx.Node, Any]) -> dict[str, tuple[int, int]]:
+    sizes: dict[str, tuple[int, int]] = {}
+    for node in gm.graph.nodes:
+        out = values.get(node)
+        if node.op != "call_module" or not isinstance(out, Tensor) or not node.args:
+            continue
+        x = values.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        module = gm.get_submodule(str(node.target))
+        linear = isinstance(module, nn.Linear)
+        positions = math.prod(out.shape[1:-1] if linear else out.shape[2:])
+        before = sizes.get(str(node.target), (0, 0))
+        numel = x[0].numel() if isinstance(x, Tensor) and x.dim() > 0 else 0
+        sizes[str(node.target)] = (before[0] + positions, before[1] + numel)
+    return sizes
 
 
 def _grid(module: nn.Module, keep_in: Tensor, keep_out: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from typing import Literal
 import attrs
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 __all__ = ["REPLACEMENTS", "ChannelSlice", "Replacement", "replacement_for"]
 
@@ -104,7 +105,7 @@ def _conv(module: nn.Module, sl: ChannelSlice) -> nn.Module:
     )
     if transposed:
         kwargs["output_padding"] = module.output_padding
-    new = type(module)(len(idx_in), len(idx_out), **kwargs)
+    new = skip_init(type(module), len(idx_in), len(idx_out), **kwargs)  # every tensor is copied below
     _copy(new.weight, w_new)
     if bias is not None:
         _copy(new.bias, bias)
@@ -115,7 +116,7 @@ def _linear(module: nn.Module, sl: ChannelSlice) -> nn.Module:
     w = module.weight.detach()
     idx_in, idx_out = _index(sl.keep_in, w.shape[1]), _index(sl.keep_out, w.shape[0])
     bias = _bias(module, idx_out, sl)
-    new = type(module)(len(idx_in), len(idx_out), bias=bias is not None, device=w.device, dtype=w.dtype)
+    new = skip_init(type(module), len(idx_in), len(idx_out), bias=bias is not None, device=w.device, dtype=w.dtype)
     _copy(new.weight, w[idx_out][:, idx_in])
     if bias is not None:
         _copy(new.bias, bias)

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from purecompress.records import Mask, Masks
-from purecompress.search.counting import count_flops_params
 
 from .propagate import ShrinkError, analyse
 from .replace import Replacement, replacement_for
@@ -109,9 +108,29 @@ def _rel_error(a: Any, b: Any) -> float:
     return max(errors, default=0.0)
 
 
-def _counts(model: nn.Module, inputs: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
-    args, kwargs = inputs
-    return count_flops_params(model, args) if not kwargs else None
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_NORM = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def _count(module: nn.Module, positions: int, numel: int) -> tuple[int, int]:
+    """(params, FLOPs per sample) by NNI's rule: weight multiply-accumulates, 2 per norm element."""
+    params = sum(p.numel() for p in module.parameters(recurse=False))
+    if isinstance(module, (*_CONV, nn.Linear)):
+        return params, module.weight.numel() * positions
+    return params, 2 * numel
+
+
+def _layers(model: nn.Module, compact: nn.Module, sizes: Mapping[str, tuple[int, int]], folds: Mapping[str, float],
+            ratio: Mapping[str, float]) -> list[LayerShrink]:
+    rows = []
+    for name, (positions, numel) in sizes.items():
+        module = model.get_submodule(name)
+        if not isinstance(module, (*_CONV, nn.Linear, *_NORM)):
+            continue
+        params, flops = _count(module, positions, numel)
+        new_params, new_flops = _count(compact.get_submodule(name), positions, int(numel * ratio.get(name, 1.0)))
+        rows.append(LayerShrink(name, type(module).__name__, params, new_params, flops, new_flops, folds.get(name)))
+    return rows
 
 
 def shrink(
@@ -170,21 +189,15 @@ def shrink(
             "compute them from the input (x.flatten(1))."
         ) from err
     compact.train(model.training)
-    before, after = _counts(model, analysis.inputs), _counts(compact, analysis.inputs)
-    layers = []
-    if before is not None:
-        for name, b in before.layers.items():
-            a = after.layers.get(name, b)
-            layers.append(
-                LayerShrink(name, b.type_name, b.params, a.params, b.flops, a.flops, plan.fold_error.get(name))
-            )
+    ratio = {name: float(sl.keep_in.float().mean()) for name, sl in plan.slices.items() if sl.keep_in is not None}
+    layers = _layers(model, compact, analysis.sizes, plan.fold_error, ratio)
     inexact = {k: v for k, v in plan.fold_error.items() if v > _EXACT}
     return compact, ShrinkReport(
         layers=tuple(layers),
         params_before=sum(p.numel() for p in model.parameters()),
         params_after=sum(p.numel() for p in compact.parameters()),
-        flops_before=before.flops if before is not None else 0,
-        flops_after=after.flops if after is not None else 0,
+        flops_before=sum(r.flops_before for r in layers),
+        flops_after=sum(r.flops_after for r in layers),
         output_error=_rel_error(output, analysis.output),
         inexact=inexact,
         replaced=tuple(plan.slices),
