@@ -167,9 +167,8 @@ def test_nni_sparsity_bands(case: str, base: TorchModel) -> None:
         model = copy.deepcopy(base)
         cls = {"level": pc_pruning.LevelPruner, "l1": pc_pruning.L1NormPruner, "l2": pc_pruning.L2NormPruner,
                "fpgm": pc_pruning.FPGMPruner}[case]
-        pruner = cls(model, copy.deepcopy(config))
-        if case != "level":  # dependency-aware, as NNI's test
-            pruner.sparsity_allocator = ours.DependencyAwareAllocator(pruner, dummy, ours._channel_scaler())
+        kwargs = {} if case == "level" else {"mode": "dependency_aware", "dummy_input": dummy}  # as NNI's test
+        pruner = cls(model, copy.deepcopy(config), **kwargs)
         _, masks = pruner.compress()
         pruner._unwrap_model()
     assert 0.78 < _band(model, masks, config) < 0.82
@@ -218,7 +217,7 @@ def test_dependency_aware_masks_equal_nni(model_cls: type, shape: tuple, sparsit
     nni_pruner = nni_pruning.L1NormPruner(copy.deepcopy(model), copy.deepcopy(config), mode="dependency_aware",
                                           dummy_input=dummy)
     _, expected = nni_pruner.compress()
-    pruner = pc_pruning.L1NormPruner(copy.deepcopy(model), copy.deepcopy(config))
-    pruner.sparsity_allocator = ours.DependencyAwareAllocator(pruner, dummy, ours._channel_scaler())
+    pruner = pc_pruning.L1NormPruner(copy.deepcopy(model), copy.deepcopy(config), mode="dependency_aware",
+                                     dummy_input=dummy)
     _, got = pruner.compress()
     _assert_same(expected, got)
