@@ -8,6 +8,7 @@ selection, metrics, allocators, and :func:`apply_masks` for
 from __future__ import annotations
 
 from purecompress._pytree import NAMESPACE, trees_equal
+from purecompress.admm import AdmmState, admm, admm_masks, admm_metric, admm_penalty
 from purecompress.allocate import (
     allocate_balanced,
     allocate_global,
@@ -17,10 +18,30 @@ from purecompress.allocate import (
     keep_top,
     kept_count,
 )
+from purecompress.allocate_dependency import allocate_dependency_aware, dependency_kept_count, group_keep
+from purecompress.collect import (
+    ActivationStats,
+    TaylorStats,
+    batch_activation_stats,
+    collect_activations,
+    collect_taylor,
+    taylor_accumulate,
+)
 from purecompress.config import DEFAULT_OP_TYPES, ConfigError, PruneConfig, Selector, from_config_list
 from purecompress.graph import GraphCaptureError, capture, channel_dependency, group_dependency
 from purecompress.io import load_masks, load_nni_masks, masks_from_nni, masks_to_nni, save_masks
 from purecompress.metrics import fpgm, l1_norm, l2_norm, level, lp_norm, metric_by
+from purecompress.metrics_data import apoz, bn_scale, mean_activation, slim_penalty, taylor_fo
+from purecompress.movement import (
+    MovementState,
+    apply_movement,
+    cubic_sparsity,
+    movement,
+    movement_masks,
+    movement_regularizer,
+    movement_scores,
+    straight_through,
+)
 from purecompress.params import apply_masks, params_of
 from purecompress.pipeline import allocate, prune
 from purecompress.records import Block, Mask, Masks, Metric, Metrics, Params
@@ -30,50 +51,77 @@ from purecompress.selection import Plan, PlanEntry, UnmatchedSelectorWarning, se
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_OP_TYPES",
-    "NAMESPACE",
+    "ActivationStats",
+    "AdmmState",
     "Block",
     "ConfigError",
+    "DEFAULT_OP_TYPES",
     "GraphCaptureError",
     "LayerSparsity",
     "Mask",
     "Masks",
     "Metric",
     "Metrics",
+    "MovementState",
+    "NAMESPACE",
     "Params",
     "Plan",
     "PlanEntry",
     "PruneConfig",
     "Selector",
     "SparsityReport",
+    "TaylorStats",
     "UnmatchedSelectorWarning",
+    "admm",
+    "admm_masks",
+    "admm_metric",
+    "admm_penalty",
     "allocate",
     "allocate_balanced",
+    "allocate_dependency_aware",
     "allocate_global",
     "allocate_per_layer",
     "allocate_threshold",
+    "apoz",
     "apply_masks",
+    "apply_movement",
+    "batch_activation_stats",
     "bias_masks",
+    "bn_scale",
     "capture",
     "channel_dependency",
+    "collect_activations",
+    "collect_taylor",
+    "cubic_sparsity",
+    "dependency_kept_count",
     "fpgm",
     "from_config_list",
     "group_dependency",
+    "group_keep",
     "keep_top",
     "kept_count",
     "l1_norm",
-    "load_masks",
-    "load_nni_masks",
-    "masks_from_nni",
-    "masks_to_nni",
     "l2_norm",
     "level",
+    "load_masks",
+    "load_nni_masks",
     "lp_norm",
+    "masks_from_nni",
+    "masks_to_nni",
+    "mean_activation",
     "metric_by",
+    "movement",
+    "movement_masks",
+    "movement_regularizer",
+    "movement_scores",
     "params_of",
     "prune",
     "save_masks",
     "select",
+    "slim_penalty",
     "sparsity_report",
+    "straight_through",
+    "taylor_accumulate",
+    "taylor_fo",
     "trees_equal",
 ]
