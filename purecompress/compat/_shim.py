@@ -105,8 +105,12 @@ class NniModule(types.ModuleType):
             return sorted({n for _, names in self._served() for n in names})
         if name.startswith("__"):
             raise AttributeError(name)
-        for module, names in self._served():
-            if name in names:
+        for source in self.__dict__["_sources"]:  # lazily: import only what can serve ``name``
+            path, _, names = source.partition(":")
+            if names and name not in names.split(","):
+                continue
+            module = _import(path)
+            if module is not None and name in (names.split(",") if names else getattr(module, "__all__", ())):
                 return getattr(module, name)
         if f"{self.__name__}.{name}" in MODULES:  # a submodule not imported yet: let the import system do it
             raise AttributeError(name)

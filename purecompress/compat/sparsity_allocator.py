@@ -75,6 +75,9 @@ class SparsityAllocator(abc.ABC):
         self.pruner = pruner
         self.scalers = normalize_scalers(scalers)
         self.continuous_mask = continuous_mask
+        # Dense masks this allocator made in to_nni -> the core masks they came from (already
+        # intersected with the prior): generate_sparsity then needs no second pass over them.
+        self._made: dict[str, tuple[Tensor, Mask]] = {}
 
     def _get_scaler(self, module_name: str, target_name: str) -> Scaling | None:
         return get_scaler(self.scalers, module_name, target_name)
@@ -105,8 +108,9 @@ class SparsityAllocator(abc.ABC):
         out = {}
         for name in names:
             module_name, _, target = name.rpartition(".")
-            if target == "weight":
-                out[name] = Mask.from_dense(self._wrapper(module_name).weight_mask)
+            mask = self._wrapper(module_name).mask_record(target) if target == "weight" else None
+            if mask is not None:  # dense masks prune nothing: no prior needed
+                out[name] = mask
         return out
 
     def sparsity_of(self, names: Sequence[str]) -> dict[str, float]:
@@ -119,8 +123,17 @@ class SparsityAllocator(abc.ABC):
         for name, mask in masks.items():
             module_name, _, target = name.rpartition(".")
             holder = getattr(self._wrapper(module_name), f"{target}_mask")
-            out.setdefault(module_name, {})[target] = mask.to_dense(holder.dtype).to(holder.device)
+            dense = mask.to_dense(holder.dtype).to(holder.device)
+            out.setdefault(module_name, {})[target] = dense
+            self._made[name] = (dense, mask)
         return out
+
+    def _core_mask(self, name: str, dense: Tensor) -> tuple[Mask, bool]:
+        """(core mask of ``dense``, whether this allocator made it from a core mask)."""
+        made = self._made.get(name)
+        if made is not None and made[0] is dense:
+            return made[1], True
+        return Mask.from_dense(dense), False
 
     @abc.abstractmethod
     def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
@@ -131,8 +144,9 @@ class SparsityAllocator(abc.ABC):
         core, shapes = {}, {}
         for module_name, targets in masks.items():
             wrapper = self._wrapper(module_name)
-            if targets.get("weight") is not None and wrapper.bias_mask is not None:
-                core[f"{module_name}.weight"] = Mask.from_dense(targets["weight"])
+            weight = targets.get("weight")
+            if weight is not None and wrapper.bias_mask is not None:
+                core[f"{module_name}.weight"] = self._core_mask(f"{module_name}.weight", weight)[0]
                 shapes[f"{module_name}.bias"] = tuple(wrapper.bias_mask.shape)
         for name, mask in bias_masks(core, shapes).items():
             module_name, _, target = name.rpartition(".")
@@ -142,12 +156,16 @@ class SparsityAllocator(abc.ABC):
 
     def generate_sparsity(self, metrics: NniMetrics) -> NniMasks:
         """Weight masks, kept pruned where already pruned (continuous masking), then bias masks."""
+        self._made = {}
         masks = self.common_target_masks_generation(metrics)
-        if self.continuous_mask:  # a no-op after the core's prior=, a guarantee for custom subclasses
+        if self.continuous_mask:  # done by the core's prior= for masks made here; a guarantee for subclasses
             for module_name, targets in masks.items():
-                old = self._wrapper(module_name).weight_mask
-                if targets.get("weight") is not None:
-                    targets["weight"] = torch.minimum(targets["weight"], old.to(targets["weight"]))  # type: ignore
+                wrapper = self._wrapper(module_name)
+                weight = targets.get("weight")
+                if weight is None or wrapper.mask_record("weight") is None \
+                        or self._core_mask(f"{module_name}.weight", weight)[1]:
+                    continue
+                targets["weight"] = torch.minimum(weight, wrapper.weight_mask.to(weight))
         return self.special_target_masks_generation(masks)
 
 

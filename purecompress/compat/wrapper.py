@@ -22,6 +22,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from purecompress.records import Mask
+
 __all__ = ["PrunerModuleWrapper", "TARGETS"]
 
 TARGETS = ("weight", "bias")
@@ -62,20 +64,23 @@ class _Factors:
 
     params: dict[str, Tensor]
     output: Tensor | None = None
+    records: dict[str, Mask] = attrs.field(factory=dict)
 
 
 def _plan(module: nn.Module, targets: tuple[str, ...], masks: tuple[Tensor | None, ...],
           dtype: torch.dtype) -> _Factors:
     factors = {t: compact_mask(m, dtype) for t, m in zip(targets, masks) if m is not None}
     factors = {t: f for t, f in factors.items() if f is not None}
+    shapes = {t: tuple(m.shape) for t, m in zip(targets, masks) if m is not None}
+    records = {t: Mask(f != 0, shapes[t]) for t, f in factors.items()}
     rows = factors.get("weight")
     if type(module) is nn.Linear and rows is not None and rows.shape[1:] == (1,):
         row = rows.reshape(-1)
         bias = dict(zip(targets, masks)).get("bias")
         # Masking the output also zeroes the bias of pruned rows: only equal when the bias mask does.
         if bias is None or torch.equal((bias != 0).to(dtype), row):
-            return _Factors({}, row)
-    return _Factors(factors)
+            return _Factors({}, row, records)
+    return _Factors(factors, None, records)
 
 
 class PrunerModuleWrapper(nn.Module):
@@ -105,6 +110,9 @@ class PrunerModuleWrapper(nn.Module):
             tensor = getattr(module, target, None) if target in self.targets else None
             self.register_parameter(target, module._parameters.get(target) if tensor is not None else None)
             self.register_buffer(f"{target}_mask", None if tensor is None else torch.ones_like(tensor.detach()))
+        # The masks start all ones: seed the cache as dense rather than scanning them.
+        masks = tuple(self._buffers[f"{t}_mask"] for t in self.targets)
+        self._cache = (masks, tuple(m._version for m in masks), module.weight.dtype, _Factors({}))
 
     def _weight2buffer(self) -> None:
         """Move the module's Parameters here; the module keeps a buffer (NNI's layout)."""
@@ -141,6 +149,10 @@ class PrunerModuleWrapper(nn.Module):
             cached = (masks, versions, dtype, _plan(self.module, self.targets, masks, dtype))
             self._cache = cached
         return cached[3]
+
+    def mask_record(self, target: str = "weight") -> Mask | None:
+        """The current mask of ``target`` as a compact core :class:`~purecompress.Mask`; None if dense."""
+        return self._factors().records.get(target)
 
     def masked(self, target: str) -> Tensor:
         """``target`` times its mask, through the cheapest equal computation (differentiable)."""
