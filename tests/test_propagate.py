@@ -181,3 +181,15 @@ def test_squeeze_excite_mul_and_permute() -> None:
     compact, report = shrink(net, masks, x)
     assert compact.conv.out_channels == 4 and compact.fc2.out_features == 4 and compact.mlp.in_features == 4
     assert report.output_error < 1e-6
+
+
+def test_params_override_the_models_values() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    tuned = {k: v + 1.0 for k, v in pc.params_of(net).items()}
+    masks = pc.bias_masks({"0.weight": rows((4, 3, 1, 1), [3])}, {"0.bias": (4,)})
+    x = torch.randn(2, 3, 3, 3)
+    compact, _ = shrink(net, masks, x, params=tuned)
+    with torch.no_grad():
+        expected = torch.func.functional_call(net, pc.apply_masks(tuned, masks), (x,))
+        torch.testing.assert_close(compact(x), expected)
+    assert not torch.allclose(net[0].bias, tuned["0.bias"])  # the model keeps its own values

@@ -221,3 +221,8 @@ def test_compact_matches_propagated_masks(name: str, sparsity: float, dependency
         assert rel(tuned(x), masked_output(model, report.masks, x)) <= 1e-5
     again, _ = shrink(model, masks, x)
     again.load_state_dict(compact.state_dict(), strict=True)
+    if name in ("vgg", "conv1d", "mlp"):  # plain chains: every masked layer keeps exactly its kept rows
+        for key, mask in masks.items():
+            if key.endswith(".weight"):
+                module = compact.get_submodule(key[: -len(".weight")])
+                assert module.weight.shape[0] == int(mask.keep.sum())

@@ -117,13 +117,15 @@ def _bind(model: nn.Module, example_inputs: Any) -> inspect.BoundArguments:
     return bound
 
 
-def _masked_copy(model: nn.Module, masks: Mapping[str, Mask]) -> nn.Module:
+def _masked_copy(model: nn.Module, masks: Mapping[str, Mask], values: Mapping[str, Tensor] | None) -> nn.Module:
     work = copy.deepcopy(model).eval()
     params = params_of(work)
-    unknown = sorted(set(masks) - set(params))
+    unknown = sorted((set(masks) | set(values or {})) - set(params))
     if unknown:
-        raise KeyError(f"masks for names that are not parameters or buffers of the model: {unknown}")
+        raise KeyError(f"masks or params for names that are not parameters or buffers of the model: {unknown}")
     with torch.no_grad():
+        for name, value in (values or {}).items():
+            params[name].copy_(value)
         for name, mask in masks.items():
             params[name].mul_(mask.broadcastable())
     return work
@@ -190,6 +192,7 @@ def channel_plan(
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
+    params: Mapping[str, Tensor] | None = None,
 ) -> ChannelPlan:
     """Decide which channels go (the rule in the module docstring). The model is not modified.
 
@@ -201,13 +204,14 @@ def channel_plan(
         replacements: extra replacement-table entries (custom channel-wise or producer modules).
         strict: raise :class:`UnbalancedGroupsError` instead of keeping the channels of an
             unbalanced grouped conv.
+        params: parameter (and buffer) values to use instead of the model's own, e.g. the
+            fine-tuned :data:`~purecompress.Params` of a functional training loop.
 
     Raises:
         EmptyLayerError: a layer would lose all its output channels.
     """
-    return analyse(
-        model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements, strict=strict
-    ).plan
+    return analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
+                   strict=strict, params=params).plan
 
 
 def analyse(
@@ -218,9 +222,10 @@ def analyse(
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
+    params: Mapping[str, Tensor] | None = None,
 ) -> Analysis:
     """:func:`channel_plan` with the masked copy, its output and the bound inputs."""
-    masked = _masked_copy(model, masks)
+    masked = _masked_copy(model, masks, params)
     gm = capture(masked, example_inputs, leaf_modules=leaf_modules)
     bound = _bind(masked, example_inputs)
     recorder = _Recorder(gm)
@@ -340,6 +345,7 @@ def propagate(
     *,
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    params: Mapping[str, Tensor] | None = None,
 ) -> Masks:
     """The full masks implied by ``masks``: every channel that shrinking removes, masked everywhere.
 
@@ -352,6 +358,7 @@ def propagate(
         example_inputs: a tensor, tuple or dict of inputs.
         leaf_modules: passed to :func:`~purecompress.graph.capture`.
         replacements: extra replacement-table entries.
+        params: values to use instead of the model's parameters and buffers.
 
     Returns:
         The given masks (combined where a key repeats) plus the masks of producers' output rows
@@ -363,4 +370,5 @@ def propagate(
     >>> sorted(m), m['3.weight'].keep.flatten().tolist()
     (['0.bias', '0.weight', '1.bias', '1.weight', '3.weight'], [True, False, True, True, True, False, True, True])
     """
-    return channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements).masks
+    return channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
+                        params=params).masks

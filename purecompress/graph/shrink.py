@@ -141,6 +141,7 @@ def shrink(
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
+    params: Mapping[str, Tensor] | None = None,
 ) -> tuple[nn.Module, ShrinkReport]:
     """The compact model computing what ``model`` computes with ``masks`` applied.
 
@@ -151,6 +152,8 @@ def shrink(
         leaf_modules: passed to :func:`~purecompress.graph.capture`.
         replacements: extra replacement-table entries for custom modules.
         strict: raise on unbalanced grouped convs instead of keeping their channels.
+        params: parameter (and buffer) values to use instead of the model's own (e.g. the
+            fine-tuned params of a functional loop); the compact model is built from them.
 
     Returns:
         ``(compact, report)``: a new model of the same class where every layer that lost
@@ -167,9 +170,8 @@ def shrink(
     >>> small[0].out_channels, small[3].in_channels, report.output_error < 1e-6
     (3, 3, True)
     """
-    analysis = analyse(
-        model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements, strict=strict
-    )
+    analysis = analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
+                       strict=strict, params=params)
     plan, compact = analysis.plan, analysis.masked
     for name, sl in plan.slices.items():
         module = compact.get_submodule(name)
