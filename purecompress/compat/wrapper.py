@@ -100,6 +100,9 @@ class PrunerModuleWrapper(nn.Module):
         super().__init__()
         if not isinstance(getattr(module, "weight", None), Tensor):
             raise ValueError(f"module {module_name!r} ({type(module).__name__}) has no 'weight' tensor to prune")
+        for target in TARGETS:
+            if isinstance(getattr(module, target, None), Tensor) and target not in module._parameters:
+                raise ValueError(f"{module_name}.{target} is not a Parameter of the module (is it wrapped already?)")
         self.module = module
         self.name = module_name
         self.config = dict(config)

@@ -15,13 +15,15 @@ nni = pytest.importorskip("nni", reason="parity tests need nni==2.10.1 as the or
 
 import nni.algorithms.compression.v2.pytorch.pruning.tools as NT  # noqa: E402
 import nni.compression.pytorch.pruning as N  # noqa: E402
-from tests.compat.models import build  # noqa: E402
 from nni.algorithms.compression.v2.pytorch.pruning.basic_pruner import BasicPruner as NBasicPruner  # noqa: E402
 from nni.algorithms.compression.v2.pytorch.utils import Scaling as NScaling  # noqa: E402
+from nni.algorithms.compression.v2.pytorch.utils import compute_sparsity as n_compute_sparsity  # noqa: E402
+from nni.algorithms.compression.v2.pytorch.utils import config_list_canonical as n_canonical  # noqa: E402
 from schema import SchemaError  # noqa: E402
 
 import purecompress.compat as C  # noqa: E402
 from purecompress.config import ConfigError  # noqa: E402
+from tests.compat.models import build  # noqa: E402
 
 Masks = dict[str, dict[str, torch.Tensor]]
 
@@ -89,6 +91,7 @@ def test_pruner_masks_and_configs(model: str, pruner: str, config: list[dict], k
     assert p_ours.get_origin2wrapped_parameter_name_map() == p_nni.get_origin2wrapped_parameter_name_map()
     assert [n for n, _ in p_ours.bound_model.named_parameters()] == \
         [n for n, _ in p_nni.bound_model.named_parameters()]
+    assert list(p_ours.bound_model.state_dict()) == list(p_nni.bound_model.state_dict())
 
 
 def _allocator_case(name: str) -> Callable[[Any, Any], Any]:
@@ -284,3 +287,15 @@ def test_exclude_false_is_not_an_exclusion() -> None:
     assert "fc1" not in masks
     with pytest.raises(ConfigError, match="exclude: False does not exclude"):
         C.LevelPruner(build("conv_bn_linear"), copy.deepcopy(config))
+
+
+@pytest.mark.parametrize(("model", "pruner", "config", "kwargs"), CASES[:4] + CASES[9:13],
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES[:4] + CASES[9:13])])
+def test_canonical_configs_and_sparsity_helpers(model: str, pruner: str, config: list[dict], kwargs: dict) -> None:
+    m = build(model)
+    assert C.config_list_canonical(m, copy.deepcopy(config)) == n_canonical(m, copy.deepcopy(config))
+    _, p_ours, theirs, ours = both(model, lambda ns, mm: getattr(ns.pruning, pruner)(mm, copy.deepcopy(config),
+                                                                                      **kwargs))
+    canonical = p_ours.config_list
+    origin = build(model)
+    assert C.compute_sparsity(origin, origin, ours, canonical) == n_compute_sparsity(origin, origin, theirs, canonical)
