@@ -193,3 +193,29 @@ def test_params_override_the_models_values() -> None:
         expected = torch.func.functional_call(net, pc.apply_masks(tuned, masks), (x,))
         torch.testing.assert_close(compact(x), expected)
     assert not torch.allclose(net[0].bias, tuned["0.bias"])  # the model keeps its own values
+
+
+def test_custom_channelwise_module_through_the_replacement_table() -> None:
+    from purecompress.graph.replace import Replacement
+
+    class Scale(nn.Module):  # a per-channel learnable scale the default table does not know
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.s = nn.Parameter(torch.rand(c) + 0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.s[:, None, None].type_as(x)
+
+    def slice_scale(module: Scale, sl) -> Scale:
+        new = Scale(int(sl.keep_in.sum()))
+        new.s.data = module.s.data[sl.keep_in]
+        return new
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), Scale(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    masks = pc.bias_masks({"0.weight": rows((4, 3, 1, 1), [1])}, {"0.bias": (4,)})
+    x = torch.randn(2, 3, 3, 3)
+    kept, _ = shrink(net, masks, x)  # unknown module: traced through, its parameter blocks the channels
+    assert kept[0].out_channels == 4
+    compact, report = shrink(net, masks, x, leaf_modules=[Scale],
+                             replacements={Scale: Replacement("channelwise", slice_scale)})
+    assert compact[0].out_channels == 3 and compact[1].s.shape == (3,) and report.output_error < 1e-6

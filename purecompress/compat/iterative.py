@@ -97,15 +97,16 @@ class _IterativePruner(PruningScheduler):
     def __init__(self, model: nn.Module, config_list: list[dict], pruning_algorithm: str, total_iteration: int,
                  log_dir: str = ".", keep_intermediate_result: bool = False, *args: Any, **kwargs: Any) -> None:
         new, old = dict(_NEW), dict(_OLD)
-        if self.reset_weight_default is not None:
-            new = {**dict(list(new.items())[:2]), "reset_weight": True, "pruning_params": {}}
-            old = {**dict(list(old.items())[:4]), "reset_weight": True, "pruning_params": {}}
+        if self.reset_weight_default is not None:  # NNI puts reset_weight just before pruning_params
+            new = {"evaluator": None, "speedup": False, "reset_weight": self.reset_weight_default, "pruning_params": {}}
+            old = {"finetuner": None, "speedup": False, "dummy_input": None, "evaluator": None,
+                   "reset_weight": self.reset_weight_default, "pruning_params": {}}
         self.using_evaluator, options = parse_evaluator_args(type(self).__name__, new, old, args, kwargs)
         generator = self.generator(total_iteration=total_iteration, origin_model=model,
                                    origin_config_list=config_list, log_dir=log_dir,
                                    keep_intermediate_result=keep_intermediate_result)  # type: ignore[call-arg]
         self.total_tasks = total_iteration + (0 if self.generator is LotteryTicketTaskGenerator else 1)
-        self._setup(inner_pruner(pruning_algorithm, options["pruning_params"], model), generator, options)
+        self._setup(inner_pruner(pruning_algorithm, options["pruning_params"], model), generator, options, model)
 
     def _wrap_model(self) -> None:
         _logger.debug("%s does not wrap the model; nothing to do", type(self).__name__)
@@ -174,7 +175,7 @@ class SimulatedAnnealingPruner(PruningScheduler):
             stop_temperature=o["stop_temperature"], cool_down_rate=o["cool_down_rate"],
             perturbation_magnitude=o["perturbation_magnitude"], log_dir=o["log_dir"],
             keep_intermediate_result=o["keep_intermediate_result"], seed=seed)
-        self._setup(inner_pruner(o["pruning_algorithm"], o["pruning_params"], model), generator, o)
+        self._setup(inner_pruner(o["pruning_algorithm"], o["pruning_params"], model), generator, o, model)
 
 
 class AutoCompressTaskGenerator(LotteryTicketTaskGenerator):
@@ -228,7 +229,7 @@ class AutoCompressPruner(PruningScheduler):
                                               origin_config_list=config_list, sa_params=sa_params, log_dir=log_dir,
                                               keep_intermediate_result=keep_intermediate_result)
         self.total_tasks = total_iteration
-        self._setup(pruner, generator, o)
+        self._setup(pruner, generator, o, model)
 
 
 class AMCTaskGenerator(TaskGenerator):
@@ -329,4 +330,4 @@ class AMCPruner(PruningScheduler):
                                      keep_intermediate_result=o["keep_intermediate_result"],
                                      ddpg_params=o["ddpg_params"], target=o["target"], seed=seed)
         self.total_tasks = total_episode
-        self._setup(inner_pruner(o["pruning_algorithm"], o["pruning_params"], model), generator, o)
+        self._setup(inner_pruner(o["pruning_algorithm"], o["pruning_params"], model), generator, o, model)

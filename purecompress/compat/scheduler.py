@@ -271,7 +271,8 @@ class PruningScheduler(BasePruningScheduler):
             args, kwargs)
         self._setup(pruner, task_generator, options)
 
-    def _setup(self, pruner: Any, task_generator: Any, options: dict[str, Any]) -> None:
+    def _setup(self, pruner: Any, task_generator: Any, options: dict[str, Any],
+               model: nn.Module | None = None) -> None:
         self.pruner = pruner
         self.task_generator = task_generator
         self.speedup = bool(options.get("speedup", False))
@@ -280,6 +281,8 @@ class PruningScheduler(BasePruningScheduler):
         self._evaluator = None if self.using_evaluator else options.get("evaluator")
         self.finetuner = None if self.using_evaluator else options.get("finetuner")
         self.dummy_input = None if self.using_evaluator else options.get("dummy_input")
+        if self.evaluator is not None and model is not None and not self.evaluator._initialization_complete:
+            self.evaluator._init_optimizer_helpers(model)  # the optimizer recipe, from the unwrapped model
         if self.speedup:
             speedup_class()
 
@@ -311,26 +314,29 @@ class PruningScheduler(BasePruningScheduler):
     def _has(self, kind: str) -> bool:
         return self.using_evaluator or (self.finetuner if kind == "finetune" else self._evaluator) is not None
 
-    def _call(self, kind: str, model: nn.Module) -> float | None:
+    def _invoke(self, kind: str, model: nn.Module) -> float | None:
         if self.using_evaluator:
-            self.evaluator.bind_model(model)
-            try:
-                out = self.evaluator.finetune() if kind == "finetune" else self.evaluator.evaluate()
-            finally:
-                self.evaluator.unbind_model()
+            out = self.evaluator.finetune() if kind == "finetune" else self.evaluator.evaluate()
             return out[0] if isinstance(out, tuple) else out
         fn = self.finetuner if kind == "finetune" else self._evaluator
         return fn(model) if fn is not None else None
 
-    def _run(self, kind: str, model: nn.Module, shrunk: bool) -> float | None:
-        """Finetune or evaluate ``model``, wrapped by the pruner (masks applied) unless shrunk."""
-        if not shrunk:
-            self.pruner._wrap_model()
+    def _run(self, kind: str, model: nn.Module, wrap: bool) -> float | None:
+        """Finetune or evaluate ``model``; the evaluator is bound first, then the pruner's wrappers
+        (masks applied) are put in when ``wrap`` (NNI's order)."""
+        if self.using_evaluator:
+            self.evaluator.bind_model(model)
         try:
-            return self._call(kind, model)
+            if wrap:
+                self.pruner._wrap_model()
+            try:
+                return self._invoke(kind, model)
+            finally:
+                if wrap:
+                    self.pruner._unwrap_model()
         finally:
-            if not shrunk:
-                self.pruner._unwrap_model()
+            if self.using_evaluator:
+                self.evaluator.unbind_model()
 
     def pruning_one_step(self, task: Task) -> TaskResult:
         """Run ``task``: see the class docstring for the order of the steps."""
@@ -339,7 +345,7 @@ class PruningScheduler(BasePruningScheduler):
         self.pruner.reset(model, config_list)
         self.pruner.load_masks(masks)
         if checkpoint is not None and task.finetune and self._has("finetune"):
-            self._call("finetune", model)  # on the model wrapped with the task's starting masks
+            self._run("finetune", model, wrap=False)  # reset() wrapped it with the task's starting masks
         compact_model, generated = self.pruner.compress()
         compact_masks = {k: dict(v) for k, v in generated.items()}
         self.pruner._unwrap_model()
@@ -350,7 +356,9 @@ class PruningScheduler(BasePruningScheduler):
         if shrunk:
             compact_masks = {}
         if checkpoint is None and task.finetune and self._has("finetune"):
-            self._run("finetune", compact_model, shrunk)
-        score = self._run("evaluate", compact_model, shrunk) if task.evaluate and self._has("evaluate") else None
+            self._run("finetune", compact_model, wrap=not shrunk)
+        score = None
+        if task.evaluate and self._has("evaluate"):
+            score = self._run("evaluate", compact_model, wrap=not shrunk)
         self.pruner.clear_model_references()
         return TaskResult(task.task_id, compact_model, compact_masks, generated, score)

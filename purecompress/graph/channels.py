@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .liveness import Liveness, _call, _mean_dims, _substitute, op_name
+from .liveness import FIRST_ONLY, Liveness, _call, _mean_dims, _substitute, op_name
 from .replace import Replacement, replacement_for
 
 __all__ = ["Call", "Classes", "Track", "trace_channels"]
@@ -149,6 +149,8 @@ def _follow(result: Tensor, track: Track, node: fx.Node) -> Track | None:
 def _merge(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, classes: Classes) -> Track | None:
     r = value.dim()
     tensors = [n for n in node.all_input_nodes if isinstance(values[n], Tensor)]
+    if op_name(node) in FIRST_ONLY:
+        tensors = tensors[:1]
     tracked = [(n, tracks[n]) for n in tensors if isinstance(tracks.get(n), Track)]
     if not tracked:
         return None

@@ -73,6 +73,8 @@ _KINDS: dict[str, str] = {
     **_table("functional_layer", "linear conv1d conv2d conv3d conv_transpose1d conv_transpose2d"),
 }  # fmt: skip
 _ZERO_KILL = {"mul", "mul_", "imul", "multiply"}
+#: Element-wise ops whose later tensor arguments give only a dtype or device (no data).
+FIRST_ONLY = {"type_as", "to"}
 
 
 def kind_of(
@@ -210,6 +212,8 @@ def _structural(
     shape = out.shape if _is_tensor(out) else None
     if kind in ("elementwise", "channelwise"):
         inputs = [n for n in _tensor_inputs(node, values) if _broadcasts(values[n].shape, shape)]
+        if op_name(node) in FIRST_ONLY:
+            inputs = inputs[:1]
         kill: Tensor | float = 1.0
         if op_name(node) in _ZERO_KILL or node.target is operator.mul:
             zero = torch.zeros(shape, dtype=torch.bool)
