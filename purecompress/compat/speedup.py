@@ -120,7 +120,7 @@ def _nni_adapter(fn: NniReplaceFn) -> Callable[[nn.Module, ChannelSlice], nn.Mod
         bias = getattr(new, "bias", None)
         if sl.bias_delta is not None and isinstance(bias, Tensor) and keep_out is not None:
             with torch.no_grad():
-                bias.add_(sl.bias_delta[keep_out].to(bias.dtype))
+                bias.add_(sl.bias_delta[keep_out].to(bias))
         return new
     return replace
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import optree
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
@@ -204,10 +205,12 @@ def _index(node: fx.Node, modules: Mapping, live: Liveness, tracks: Mapping, cla
     x = values[first]
     view = [1] * x.dim()
     view[track.cd] = -1
-    probe = torch.arange(x.shape[track.cd], dtype=torch.float32).reshape(view).expand(x.shape).contiguous()
+    probe = torch.arange(x.shape[track.cd], dtype=torch.float32, device=x.device).reshape(view)
+    probe = probe.expand(x.shape).contiguous()
     args, kwargs = _substitute(node, values, {first: probe})
     with torch.no_grad():
         result = _mean_dims(node, args, kwargs) if live.kinds[node] == "reduce" else _call(node, modules, args, kwargs)
+    result = optree.tree_map(lambda r: r.cpu() if isinstance(r, Tensor) else r, result)
     outs = [
         _follow(r, track, node) if isinstance(r, Tensor) else None
         for r in (result if isinstance(result, (tuple, list)) else [result])

@@ -216,15 +216,15 @@ def _structural(
             inputs = inputs[:1]
         kill: Tensor | float = 1.0
         if op_name(node) in _ZERO_KILL or node.target is operator.mul:
-            zero = torch.zeros(shape, dtype=torch.bool)
+            zero = torch.zeros(shape, dtype=torch.bool, device=out.device)
             for n in inputs:
                 zero = zero | ((varies[n] == 0) & (values[n] == 0)).expand(shape)
             if any(isinstance(a, (int, float)) and a == 0 for a in node.args):
-                zero = torch.ones(shape, dtype=torch.bool)
+                zero = torch.ones(shape, dtype=torch.bool, device=out.device)
             kill = (~zero).float()
 
         def fn(*xs: Tensor) -> Tensor:
-            total = torch.zeros(shape)
+            total = torch.zeros(shape, device=out.device)
             for x in xs:
                 total = total + x.expand(shape)
             return total * kill
@@ -262,8 +262,8 @@ def _structural(
     inputs = _tensor_inputs(node, values)
 
     def everything(*xs: Tensor) -> Any:
-        total = sum((x.sum() for x in xs), torch.zeros(()))
-        return optree.tree_map(lambda v: torch.ones(v.shape) * total if _is_tensor(v) else v, out)
+        total = sum((x.sum() for x in xs), torch.zeros((), device=xs[0].device if xs else None))
+        return optree.tree_map(lambda v: torch.ones(v.shape, device=v.device) * total if _is_tensor(v) else v, out)
 
     return everything, inputs
 
@@ -357,7 +357,8 @@ def liveness(
             continue
         if node.op in ("placeholder", "get_attr"):
             fill = 1.0 if node.op == "placeholder" else 0.0
-            varies[node] = optree.tree_map(lambda v, f=fill: torch.full(v.shape, f) if _is_tensor(v) else v, value)
+            varies[node] = optree.tree_map(
+                lambda v, f=fill: torch.full(v.shape, f, device=v.device) if _is_tensor(v) else v, value)
             continue
         fn, inputs = _structural(node, kind, modules, values, varies)
         inputs = [n for n in inputs if n in varies]
@@ -366,7 +367,7 @@ def liveness(
                 out, pullback = torch.func.vjp(fn, *(varies[n] for n in inputs))
                 pullbacks[node] = (inputs, pullback)
             else:
-                out = optree.tree_map(lambda v: torch.zeros(v.shape) if _is_tensor(v) else v, value)
+                out = optree.tree_map(lambda v: torch.zeros(v.shape, device=v.device) if _is_tensor(v) else v, value)
         varies[node] = _binary(out)
     used = {n: optree.tree_map(lambda v: torch.zeros_like(v) if _is_tensor(v) else v, v) for n, v in varies.items()}
     for n in outputs:

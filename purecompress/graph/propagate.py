@@ -127,7 +127,7 @@ def _masked_copy(model: nn.Module, masks: Mapping[str, Mask], values: Mapping[st
         for name, value in (values or {}).items():
             params[name].copy_(value)
         for name, mask in masks.items():
-            params[name].mul_(mask.broadcastable())
+            params[name].mul_(mask.broadcastable().to(params[name].device))
     return work
 
 
@@ -171,7 +171,7 @@ def _fold(
     """Contribution of the removed input channels (as a bias) and its max deviation."""
     view = [1] * x.dim()
     view[cd] = -1
-    xr = x * removed.reshape(view).to(x.dtype)
+    xr = x * removed.reshape(view).to(device=x.device, dtype=x.dtype)
     if not bool(xr.any()):  # the removed channels are zero (pruned row, BN masked): nothing to fold
         return None, 0.0
     with torch.no_grad():
@@ -180,8 +180,8 @@ def _fold(
     centre = first[(slice(None), *(s // 2 for s in first.shape[1:]))]
     shape = [1] * contrib.dim()
     shape[cd_out] = -1
-    deviation = (contrib - centre.reshape(shape)).abs() * used * keep_out.reshape(shape)
-    return centre, float(deviation.max()) if deviation.numel() else 0.0
+    deviation = (contrib - centre.reshape(shape)).abs() * used * keep_out.reshape(shape).to(used.device)
+    return centre.cpu(), float(deviation.max()) if deviation.numel() else 0.0
 
 
 def channel_plan(
@@ -305,6 +305,7 @@ def _grid(module: nn.Module, keep_in: Tensor, keep_out: Tensor) -> Tensor:
 def _and(a: Mask | None, b: Mask) -> Mask:
     if a is None:
         return b
+    b = Mask(b.keep.to(a.keep.device), b.shape)
     try:
         return a & b
     except ValueError:  # grids that do not nest: combine at element granularity

@@ -68,7 +68,7 @@ def _copy(dst: Tensor, src: Tensor) -> None:
 def _bias(module: nn.Module, out: Tensor, sl: ChannelSlice) -> Tensor | None:
     old = module.bias.detach() if module.bias is not None else None
     if sl.bias_delta is not None and bool(sl.bias_delta.ne(0).any()):
-        old = sl.bias_delta.to(module.weight.dtype) + (0 if old is None else old)
+        old = sl.bias_delta.to(module.weight) + (0 if old is None else old)
     return None if old is None else old[out]
 
 
