@@ -3,9 +3,16 @@
 Existing NNI scripts run with their imports changed to ``purecompress.compat``, or unchanged with
 ``python -m purecompress.compat SCRIPT.py``. Every mask is computed by the core; the classes here
 hold the model and wrap its modules in place, as NNI does.
+
+The one-shot pruning API is imported eagerly; the rest (training-aware and iterative pruners,
+schedulers, evaluators, quantizers, ModelSpeedup) is found on first use in :data:`LAZY_MODULES`,
+so ``from purecompress.compat import TaylorFOWeightPruner`` works without importing everything.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from purecompress.compat.base import Pruner
 from purecompress.compat.data_collector import DataCollector, TargetDataCollector
@@ -65,3 +72,23 @@ __all__ = [
     "config_list_canonical",
     "trace",
 ]
+
+#: Modules searched (in order) for a name not imported above.
+LAZY_MODULES = (
+    "purecompress.compat.training_pruners",
+    "purecompress.compat.iterative",
+    "purecompress.compat.scheduler",
+    "purecompress.compat.task_generator",
+    "purecompress.compat.evaluator",
+    "purecompress.compat.speedup",
+    "purecompress.compat.quantization",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if not name.startswith("_"):
+        for path in LAZY_MODULES:
+            module = importlib.import_module(path)
+            if name in getattr(module, "__all__", ()):
+                return getattr(module, name)
+    raise AttributeError(f"module 'purecompress.compat' has no attribute {name!r}")

@@ -104,3 +104,12 @@ def test_every_table_entry_imports() -> None:
         module = _shim.NniModule(name, sources)
         for export in module.__all__:
             assert getattr(module, export) is not None, f"{name}.{export}"
+
+
+def test_compat_package_finds_later_names_lazily() -> None:
+    import purecompress.compat as compat
+
+    assert compat.TaylorFOWeightPruner.__module__ == "purecompress.compat.training_pruners"
+    assert compat.LevelPruner.__module__ == "purecompress.compat.pruning"
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchPruner'"):
+        compat.NoSuchPruner  # noqa: B018
