@@ -219,3 +219,16 @@ def test_custom_channelwise_module_through_the_replacement_table() -> None:
     compact, report = shrink(net, masks, x, leaf_modules=[Scale],
                              replacements={Scale: Replacement("channelwise", slice_scale)})
     assert compact[0].out_channels == 3 and compact[1].s.shape == (3,) and report.output_error < 1e-6
+
+
+def test_group_norm_loses_whole_groups_only() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.GroupNorm(3, 6), nn.ReLU(), nn.Conv2d(6, 2, 1)).eval()
+    net[1].bias.data.uniform_(0.1, 1.0)  # a dead group still emits beta: folded into the 1x1 conv
+    x = torch.randn(2, 3, 5, 5)
+    masks = pc.bias_masks({"0.weight": rows((6, 3, 3, 3), [2, 3])}, {"0.bias": (6,)})
+    compact, report = shrink(net, masks, x)
+    assert compact[1].num_groups == 2 and compact[1].num_channels == 4 and compact[3].in_channels == 4
+    assert report.output_error < 1e-6 and not report.inexact
+    partial = pc.bias_masks({"0.weight": rows((6, 3, 3, 3), [1, 2])}, {"0.bias": (6,)})
+    assert "0" not in channel_plan(net, partial, x).slices

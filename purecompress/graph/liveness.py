@@ -88,7 +88,7 @@ def kind_of(
         module = modules[str(node.target)]
         names = [cls.__name__ for cls in type(module).__mro__]
         named = next((_KINDS[n] for n in names if n in _KINDS), None)
-        if named in ("batchnorm", "instancenorm"):
+        if named in ("batchnorm", "instancenorm", "groupnorm"):
             return named
         entry = replacement_for(module, extra)
         if entry is not None:

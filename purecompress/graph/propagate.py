@@ -14,8 +14,8 @@ The rule, in full:
    operand: they are removed together or not at all (NNI's channel dependency sets).
 3. **Blocking.** A class cannot be removed where its channels reach something whose shape or
    values would change: the graph's output, an op without a rule, a split/chunk/slice of the
-   channel dim, a view with the channel count written as a literal, a GroupNorm or LayerNorm over
-   the channel dim (its statistics include every channel), or a functional conv/linear.
+   channel dim, a view with the channel count written as a literal, a LayerNorm over the
+   channel dim (its statistics include every channel), or a functional conv/linear/norm.
 4. **Conflict rule.** A class is removed only if, at **every** layer that consumes it (every
    Conv/Linear input it reaches), each of its channels is constant or unused there. So after a
    residual ``add`` a channel goes only if every operand has it pruned. The constant a removed
@@ -23,6 +23,8 @@ The rule, in full:
    by :mod:`~purecompress.graph.shrink`.
 5. **Groups.** A grouped (not depthwise) conv must keep the same number of channels in every
    remaining group; if the masks do not, its channels are kept (``strict=True``: an error).
+   A GroupNorm loses only whole groups (a group's statistics need all of its channels);
+   LayerNorm over the channel dim keeps every channel.
 
 The result, :class:`ChannelPlan`, holds a :class:`~purecompress.graph.replace.ChannelSlice`
 per layer and the **propagated masks**: the given masks plus every removed channel masked in
@@ -165,6 +167,11 @@ def _balanced(keep_in: Tensor, keep_out: Tensor, groups: int) -> bool:
     return len(counts) == 1 and all(i > 0 and o > 0 for i, o in counts)
 
 
+def _whole_groups(keep: Tensor, groups: int) -> bool:
+    chunks = keep.reshape(groups, -1)
+    return bool((chunks.all(1) | ~chunks.any(1)).all())
+
+
 def _fold(
     module: nn.Module, x: Tensor, removed: Tensor, cd: int, cd_out: int, used: Tensor, keep_out: Tensor
 ) -> tuple[Tensor, float]:
@@ -241,6 +248,11 @@ def analyse(
     while changed:
         changed = False
         for name, call in calls.items():
+            if isinstance(modules[name], nn.GroupNorm) and call.tin is not None:
+                if not _whole_groups(_keep(classes, call.tin, call.c_in), modules[name].num_groups):
+                    classes.block(call.tin.ids)  # a group's statistics need all of its channels
+                    changed = True
+                continue
             groups = getattr(modules[name], "groups", 1)
             if call.depthwise or groups == 1:
                 continue

@@ -1,8 +1,8 @@
 """The module replacement table: how a layer is rebuilt with fewer channels.
 
 A :class:`Replacement` says how channels flow through a module type (``'producer'``: Conv/Linear,
-new output channels from all input channels; ``'channelwise'``: BatchNorm, InstanceNorm, PReLU,
-output channel ``c`` from input channel ``c``) and how to build the smaller module from a
+new output channels from all input channels; ``'channelwise'``: BatchNorm, InstanceNorm,
+GroupNorm, PReLU, output channel ``c`` from input channel ``c``) and how to build the smaller module from a
 :class:`ChannelSlice`. :data:`REPLACEMENTS` is the default table; :func:`~purecompress.shrink`
 takes extra entries (``replacements={MyNorm: Replacement('channelwise', fn)}``) that win over it.
 Nothing here edits a module in place: each function returns a new module.
@@ -138,6 +138,17 @@ def _norm(module: nn.Module, sl: ChannelSlice) -> nn.Module:
     return new.to(next(iter(module.state_dict().values())).device) if state else new
 
 
+def _group_norm(module: nn.Module, sl: ChannelSlice) -> nn.Module:
+    """GroupNorm: the analysis removes whole groups only."""
+    keep = sl.keep_in if sl.keep_in is not None else torch.ones(module.num_channels, dtype=torch.bool)
+    groups = int(keep.reshape(module.num_groups, -1).any(1).sum())
+    idx = keep.nonzero().flatten()
+    new = nn.GroupNorm(groups, len(idx), eps=module.eps, affine=module.affine)
+    if module.affine:
+        new.load_state_dict({k: v.detach()[idx] for k, v in module.state_dict().items()})
+    return new.to(module.weight.device) if module.affine else new
+
+
 def _prelu(module: nn.Module, sl: ChannelSlice) -> nn.Module:
     if module.num_parameters == 1:
         return module
@@ -158,6 +169,7 @@ REPLACEMENTS: Mapping[type[nn.Module], Replacement] = {
     nn.BatchNorm1d: _CHANNELWISE, nn.BatchNorm2d: _CHANNELWISE, nn.BatchNorm3d: _CHANNELWISE,
     nn.InstanceNorm1d: _CHANNELWISE, nn.InstanceNorm2d: _CHANNELWISE, nn.InstanceNorm3d: _CHANNELWISE,
     nn.PReLU: Replacement("channelwise", _prelu),
+    nn.GroupNorm: Replacement("channelwise", _group_norm),
 }  # fmt: skip
 
 
