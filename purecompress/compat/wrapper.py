@@ -158,10 +158,10 @@ class PrunerModuleWrapper(nn.Module):
         return self._factors().records.get(target)
 
     def masked(self, target: str) -> Tensor:
-        """``target`` times its mask, through the cheapest equal computation (differentiable)."""
-        factor = self._factors().params.get(target)
+        """``target`` with its mask applied (differentiable; the parameter itself if the mask is dense)."""
+        mask = self.mask_record(target)
         param = self._parameters[target]
-        return param if factor is None else param * factor
+        return param if mask is None else mask.apply(param)
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         plan = self._factors()

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.compat.models import MODELS, build
 from torch import Tensor, nn
 from torch.func import functional_call
 
 import purecompress as pc
 from purecompress.compat import L1NormPruner, LevelPruner, PrunerModuleWrapper
 from purecompress.compat.wrapper import compact_mask
+from tests.compat.models import MODELS, build
 
 
 class Scaled(nn.Module):
@@ -105,6 +105,7 @@ def test_linear_output_masking_equals_weight_masking() -> None:
     pb.load_masks({"0": {"weight": masks["0"]["weight"].clone(), "bias": masks["0"]["bias"].clone()}})
     x = torch.randn(3, 6)
     assert a[0]._factors().output is not None
+    assert torch.equal(a[0].masked("weight"), a[0].weight * masks["0"]["weight"])
     ya, yb = a(x), b(x)
     assert torch.equal(ya, yb)
     ya.square().sum().backward()
