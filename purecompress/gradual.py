@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 from torch import Tensor
@@ -53,10 +53,16 @@ class GradualState:
 
 @attrs.frozen
 class Transform:
-    """A pair of pure functions: ``init(params) -> state``, ``update(params, state, **kw)``."""
+    """A pair of pure functions, ``init(params) -> state`` and ``update(params, state, *, ...) ->
+    (params, state)``: the shape of every stateful transform (gradual pruning, movement, ADMM).
 
-    init: Callable[..., GradualState]
-    update: Callable[..., tuple[Params, GradualState]]
+    Attributes:
+        init: builds the first state from the params.
+        update: one step; returns new params and the new state, never mutating its inputs.
+    """
+
+    init: Callable[..., Any]
+    update: Callable[..., tuple[Params, Any]]
 
 
 def gradual(
