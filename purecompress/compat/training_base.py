@@ -1,0 +1,95 @@
+"""The shared base of NNI's training-aware pruners: argument parsing (both NNI APIs) and the evaluator.
+
+:class:`_TrainingPruner` parses NNI's fake overloads (``evaluator`` or the old ``trainer,
+traced_optimizer, criterion``, adapted by :class:`~purecompress.compat.evaluator.LegacyEvaluator`),
+binds the evaluator to the wrapped model and unbinds it after ``compress``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from purecompress.compat.base import NniMasks
+from purecompress.compat.evaluator import Evaluator, LegacyEvaluator
+from purecompress.compat.pruning import BasicPruner
+from purecompress.compat.scaling import Scaling
+from purecompress.compat.training_tools import DependencyAwareAllocator
+
+__all__: list[str] = []
+
+_CHANNEL_TYPES = ("Conv2d", "Linear")
+
+def _parse(name: str, arg_names: Sequence[str], args: tuple, kwargs: Mapping[str, Any],
+           defaults: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(zip(arg_names, args))
+    if len(args) > len(arg_names):
+        raise TypeError(f"{name}() takes {len(arg_names)} arguments after config_list, got {len(args)}")
+    for key, value in kwargs.items():
+        if key in merged:
+            raise TypeError(f"{name}() got multiple values for argument {key!r}")
+        merged[key] = value
+    unexpected = set(merged) - set(arg_names)
+    if unexpected:
+        raise TypeError(f"{name}() got unexpected arguments {sorted(unexpected)}; expected {list(arg_names)}")
+    for key, value in defaults.items():
+        if key in arg_names:
+            merged.setdefault(key, value)
+    missing = [k for k in arg_names if k not in merged]
+    if missing:
+        raise TypeError(f"{name}() missing required arguments {missing}")
+    return merged
+
+
+class _TrainingPruner(BasicPruner):
+    """A pruner that trains through an evaluator (abstract; the leaves are NNI's pruners)."""
+
+    evaluator: Evaluator
+    using_evaluator: bool
+    new_api: Sequence[str] = ()
+    old_api: Sequence[str] = ()
+    defaults: Mapping[str, Any] = {}
+
+    def _init_training(self, model: nn.Module | None, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        name = type(self).__name__
+        first = args[0] if args else kwargs.get("evaluator")
+        if isinstance(first, Evaluator):
+            parsed = _parse(name, self.new_api, args, kwargs, self.defaults)
+            self.evaluator = parsed.pop("evaluator")
+            self.using_evaluator = True
+        else:
+            parsed = _parse(name, self.old_api, args, kwargs, self.defaults)
+            self.evaluator = LegacyEvaluator(parsed.pop("trainer"), parsed.pop("traced_optimizer"),
+                                             parsed.pop("criterion"), parsed.get("dummy_input"))
+            self.using_evaluator = False
+        if model is not None and not self.evaluator._initialization_complete:
+            self.evaluator._init_optimizer_helpers(model)
+        return parsed
+
+    def _bind_evaluator(self) -> None:
+        self.evaluator.unbind_model()
+        self.evaluator.bind_model(self._bound(), self.get_origin2wrapped_parameter_name_map())
+
+    def _dependency_allocator(self, dummy_input: Any, scalers: Scaling) -> DependencyAwareAllocator:
+        if dummy_input is None:
+            dummy_input = self.evaluator.get_dummy_input()
+        return DependencyAwareAllocator(self, dummy_input, scalers)
+
+    def compress(self) -> tuple[nn.Module, NniMasks]:
+        """Train and collect, compute metrics, allocate, load masks; then unbind the evaluator."""
+        result = super().compress()
+        self.evaluator.unbind_model()
+        return result
+
+
+def _check_mode(name: str, mode: str, allowed: Sequence[str]) -> str:
+    if mode not in allowed:
+        raise ValueError(f"{name}: mode must be one of {list(allowed)}, got {mode!r}")
+    return mode
+
+
+def _channel_scaler() -> Scaling:
+    return Scaling([1], kernel_padding_mode="back")
+
