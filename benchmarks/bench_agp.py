@@ -15,19 +15,15 @@ import contextlib
 import copy
 import functools
 import logging
-import sys
+import platform
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import environment, table  # noqa: E402
 
 import purecompress as pc  # noqa: E402
 from purecompress.compat.iterative import AGPPruner  # noqa: E402
@@ -42,6 +38,18 @@ ITERATIONS, SPARSITY, STEPS, WIDTH, DEPTH = 5, 0.8, 2, 256, 4
 CONFIG = [{"op_types": ["Linear"], "sparsity": SPARSITY}]
 _gen = torch.Generator().manual_seed(0)
 BATCHES = [(torch.randn(64, WIDTH, generator=_gen), torch.randint(0, 10, (64,), generator=_gen)) for _ in range(STEPS)]
+
+
+def environment() -> str:
+    """One line naming the machine and versions."""
+    return (f"{platform.machine()}, {torch.get_num_threads()} thread(s), python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def model() -> nn.Module:
