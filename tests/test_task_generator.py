@@ -215,3 +215,17 @@ def test_progress_bar_on_request_and_off_by_default(tmp_path: Path, capsys: pyte
     pruner.compress()
     err = capsys.readouterr().err
     assert "LinearPruner" in err and "3/3" in err and "sparsity" in err
+
+
+def test_scheduler_with_a_user_pruner_and_generator(tmp_path: Path) -> None:
+    from purecompress.compat import L1NormPruner
+
+    model = _model()
+    generator = AGPTaskGenerator(2, model, [{"op_types": ["Conv2d"], "sparsity": 0.5}], log_dir=str(tmp_path),
+                                 keep_intermediate_result=True)
+    scheduler = PruningScheduler(L1NormPruner(None, None), generator, finetuner=None, speedup=False,
+                                 dummy_input=None, evaluator=lambda m: 0.5, reset_weight=False)
+    scheduler.compress()
+    task_id, _, masks, score, configs = scheduler.get_best_result()
+    assert task_id == 2 and score is None and configs[0]["total_sparsity"] == 0.5
+    assert masks["0"]["weight"].sum(dim=(1, 2, 3)).count_nonzero() == 2
