@@ -226,3 +226,18 @@ def test_compact_matches_propagated_masks(name: str, sparsity: float, dependency
             if key.endswith(".weight"):
                 module = compact.get_submodule(key[: -len(".weight")])
                 assert module.weight.shape[0] == int(mask.keep.sum())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_exact_option_equals_the_users_masked_model(name: str) -> None:
+    make, shape = CASES[name]
+    torch.manual_seed(1)
+    model = randomize(make(), seed=1)
+    x = torch.randn(shape)
+    masks = l1_masks(model, x, 0.5)
+    compact, report = shrink(model, masks, x, exact=True)
+    assert not report.inexact and report.params_after < report.params_before
+    with torch.no_grad():
+        assert rel(compact(x), masked_output(model, masks, x)) <= 1e-5
+        other = torch.randn(shape)  # another input: the same function, not only on the example
+        assert rel(compact(other), masked_output(model, masks, other)) <= 1e-5

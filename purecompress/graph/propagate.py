@@ -20,7 +20,8 @@ The rule, in full:
    Conv/Linear input it reaches), each of its channels is constant or unused there. So after a
    residual ``add`` a channel goes only if every operand has it pruned. The constant a removed
    channel still carries (bias, BatchNorm beta through ReLU) is folded into the consumer's bias
-   by :mod:`~purecompress.graph.shrink`.
+   by :mod:`~purecompress.graph.shrink`; behind a zero-padded conv that fold is inexact at the
+   borders, and ``exact=True`` keeps those channels instead.
 5. **Groups.** A grouped (not depthwise) conv must keep the same number of channels in every
    remaining group; if the masks do not, its channels are kept (``strict=True``: an error).
    A GroupNorm loses only whole groups (a group's statistics need all of its channels);
@@ -49,7 +50,7 @@ from purecompress.params import params_of
 from purecompress.records import Mask, Masks
 
 from .capture import capture
-from .channels import Classes, Track, trace_channels
+from .channels import Call, Classes, Track, trace_channels
 from .liveness import liveness
 from .replace import ChannelSlice, Replacement
 
@@ -63,6 +64,10 @@ __all__ = [
     "channel_plan",
     "propagate",
 ]
+
+
+#: A fold deviating by more than this (absolute, on the example inputs) is inexact.
+EXACT_TOL = 1e-5
 
 
 class ShrinkError(ValueError):
@@ -199,6 +204,7 @@ def channel_plan(
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
+    exact: bool = False,
     params: Mapping[str, Tensor] | None = None,
 ) -> ChannelPlan:
     """Decide which channels go (the rule in the module docstring). The model is not modified.
@@ -211,6 +217,8 @@ def channel_plan(
         replacements: extra replacement-table entries (custom channel-wise or producer modules).
         strict: raise :class:`UnbalancedGroupsError` instead of keeping the channels of an
             unbalanced grouped conv.
+        exact: keep the channels whose constant cannot be folded exactly (behind zero-padded
+            convs), so that the compact model equals the masked one everywhere.
         params: parameter (and buffer) values to use instead of the model's own, e.g. the
             fine-tuned :data:`~purecompress.Params` of a functional training loop.
 
@@ -218,7 +226,7 @@ def channel_plan(
         EmptyLayerError: a layer would lose all its output channels.
     """
     return analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                   strict=strict, params=params).plan
+                   strict=strict, exact=exact, params=params).plan
 
 
 def analyse(
@@ -229,6 +237,7 @@ def analyse(
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
+    exact: bool = False,
     params: Mapping[str, Tensor] | None = None,
 ) -> Analysis:
     """:func:`channel_plan` with the masked copy, its output and the bound inputs."""
@@ -244,16 +253,30 @@ def analyse(
         if track is not None:
             classes.block(track.ids[~live.dead(x, cd)])
     modules = dict(gm.named_modules())
+    while True:
+        _resolve_groups(classes, calls, modules, strict)
+        slices, fold_error = _slices(classes, calls, modules, recorder.values, live)
+        if not exact or not _keep_inexact(classes, calls, fold_error, recorder.values):
+            break
+    bound_inputs = (tuple(bound.args), dict(bound.kwargs))
+    plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls))
+    return Analysis(plan, masked, output, bound_inputs, _sizes(gm, recorder.values))
+
+
+def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, nn.Module],
+                    strict: bool) -> None:
+    """Block channels until every grouped conv is balanced and every GroupNorm loses whole groups."""
     changed = True
     while changed:
         changed = False
         for name, call in calls.items():
-            if isinstance(modules[name], nn.GroupNorm) and call.tin is not None:
-                if not _whole_groups(_keep(classes, call.tin, call.c_in), modules[name].num_groups):
+            module = modules[name]
+            if isinstance(module, nn.GroupNorm) and call.tin is not None:
+                if not _whole_groups(_keep(classes, call.tin, call.c_in), module.num_groups):
                     classes.block(call.tin.ids)  # a group's statistics need all of its channels
                     changed = True
                 continue
-            groups = getattr(modules[name], "groups", 1)
+            groups = getattr(module, "groups", 1)
             if call.depthwise or groups == 1:
                 continue
             keep_in = _keep(classes, call.tin, call.c_in)
@@ -265,6 +288,11 @@ def analyse(
                     if t is not None:
                         classes.block(t.ids)
                 changed = True
+
+
+def _slices(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, nn.Module],
+            values: Mapping[fx.Node, Any], live: Any) -> tuple[dict[str, ChannelSlice], dict[str, float]]:
+    """The slice of every module that changes, and the deviation of every fold."""
     slices: dict[str, ChannelSlice] = {}
     fold_error: dict[str, float] = {}
     for name, call in calls.items():
@@ -275,14 +303,27 @@ def analyse(
         delta = None
         if call.kind == "producer" and not call.depthwise and not keep_in.all():
             x = call.node.args[0]
-            delta, fold_error[name] = _fold(
-                modules[name], recorder.values[x], ~keep_in, call.cd_in, call.cd_out, live.used[call.node], keep_out
-            )
+            delta, fold_error[name] = _fold(modules[name], values[x], ~keep_in, call.cd_in, call.cd_out,
+                                            live.used[call.node], keep_out)
         if not (keep_in.all() and keep_out.all()) or delta is not None:
             slices[name] = ChannelSlice(keep_in, keep_out if call.kind == "producer" else None, delta)
-    bound_inputs = (tuple(bound.args), dict(bound.kwargs))
-    plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls))
-    return Analysis(plan, masked, output, bound_inputs, _sizes(gm, recorder.values))
+    return slices, fold_error
+
+
+def _keep_inexact(classes: Classes, calls: Mapping[str, Call], fold_error: Mapping[str, float],
+                  values: Mapping[fx.Node, Any]) -> bool:
+    """Block the removed non-zero inputs of every layer whose fold is inexact; whether any were."""
+    blocked = False
+    for name, error in fold_error.items():
+        call = calls[name]
+        if error <= EXACT_TOL or call.tin is None:
+            continue
+        x = values[call.node.args[0]]
+        nonzero = (x != 0).any(dim=[d for d in range(x.dim()) if d != call.cd_in]).cpu()
+        removed = classes.removed(call.tin.ids)
+        classes.block(call.tin.ids[removed & nonzero])
+        blocked = blocked or bool((removed & nonzero).any())
+    return blocked
 
 
 def _sizes(gm: fx.GraphModule, values: Mapping[fx.Node, Any]) -> dict[str, tuple[int, int]]:

@@ -22,12 +22,11 @@ from torch import Tensor, nn
 
 from purecompress.records import Mask, Masks
 
-from .propagate import ShrinkError, analyse
+from .propagate import EXACT_TOL, ShrinkError, analyse
 from .replace import Replacement, replacement_for
 
 __all__ = ["LayerShrink", "ShrinkReport", "shrink"]
 
-_EXACT = 1e-5
 
 
 @attrs.frozen
@@ -141,6 +140,7 @@ def shrink(
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
+    exact: bool = False,
     params: Mapping[str, Tensor] | None = None,
 ) -> tuple[nn.Module, ShrinkReport]:
     """The compact model computing what ``model`` computes with ``masks`` applied.
@@ -152,6 +152,8 @@ def shrink(
         leaf_modules: passed to :func:`~purecompress.graph.capture`.
         replacements: extra replacement-table entries for custom modules.
         strict: raise on unbalanced grouped convs instead of keeping their channels.
+        exact: keep the channels whose constants cannot be folded exactly (behind zero-padded
+            convs): the compact model then equals the masked one everywhere, a little larger.
         params: parameter (and buffer) values to use instead of the model's own (e.g. the
             fine-tuned params of a functional loop); the compact model is built from them.
 
@@ -171,7 +173,7 @@ def shrink(
     (3, 3, True)
     """
     analysis = analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                       strict=strict, params=params)
+                       strict=strict, exact=exact, params=params)
     plan, compact = analysis.plan, analysis.masked
     for name, sl in plan.slices.items():
         module = compact.get_submodule(name)
@@ -193,7 +195,7 @@ def shrink(
     compact.train(model.training)
     ratio = {name: float(sl.keep_in.float().mean()) for name, sl in plan.slices.items() if sl.keep_in is not None}
     layers = _layers(model, compact, analysis.sizes, plan.fold_error, ratio)
-    inexact = {k: v for k, v in plan.fold_error.items() if v > _EXACT}
+    inexact = {k: v for k, v in plan.fold_error.items() if v > EXACT_TOL}
     return compact, ShrinkReport(
         layers=tuple(layers),
         params_before=sum(p.numel() for p in model.parameters()),
