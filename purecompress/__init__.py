@@ -28,6 +28,7 @@ from purecompress.collect import (
     taylor_accumulate,
 )
 from purecompress.config import DEFAULT_OP_TYPES, ConfigError, PruneConfig, Selector, from_config_list
+from purecompress.gradual import GradualState, Transform, agp, gradual, lottery_ticket, rewind
 from purecompress.graph import GraphCaptureError, capture, channel_dependency, group_dependency
 from purecompress.io import load_masks, load_nni_masks, masks_from_nni, masks_to_nni, save_masks
 from purecompress.metrics import fpgm, l1_norm, l2_norm, level, lp_norm, metric_by
@@ -46,6 +47,17 @@ from purecompress.params import apply_masks, params_of
 from purecompress.pipeline import allocate, prune
 from purecompress.records import Block, Mask, Masks, Metric, Metrics, Params
 from purecompress.report import LayerSparsity, SparsityReport, sparsity_report
+from purecompress.schedule import (
+    Schedule,
+    agp_schedule,
+    compose_sparsity,
+    constant_schedule,
+    iteration_sparsities,
+    linear_schedule,
+    lottery_schedule,
+    relative_sparsity,
+)
+from purecompress.search import Counts, amc_search, anneal_sparsities, count_flops_params, with_masks
 from purecompress.selection import Plan, PlanEntry, UnmatchedSelectorWarning, select
 
 __version__ = "0.1.0"
@@ -55,7 +67,9 @@ __all__ = [
     "AdmmState",
     "Block",
     "ConfigError",
+    "Counts",
     "DEFAULT_OP_TYPES",
+    "GradualState",
     "GraphCaptureError",
     "LayerSparsity",
     "Mask",
@@ -68,20 +82,26 @@ __all__ = [
     "Plan",
     "PlanEntry",
     "PruneConfig",
+    "Schedule",
     "Selector",
     "SparsityReport",
     "TaylorStats",
+    "Transform",
     "UnmatchedSelectorWarning",
     "admm",
     "admm_masks",
     "admm_metric",
     "admm_penalty",
+    "agp",
+    "agp_schedule",
     "allocate",
     "allocate_balanced",
     "allocate_dependency_aware",
     "allocate_global",
     "allocate_per_layer",
     "allocate_threshold",
+    "amc_search",
+    "anneal_sparsities",
     "apoz",
     "apply_masks",
     "apply_movement",
@@ -92,19 +112,27 @@ __all__ = [
     "channel_dependency",
     "collect_activations",
     "collect_taylor",
+    "compose_sparsity",
+    "constant_schedule",
+    "count_flops_params",
     "cubic_sparsity",
     "dependency_kept_count",
     "fpgm",
     "from_config_list",
+    "gradual",
     "group_dependency",
     "group_keep",
+    "iteration_sparsities",
     "keep_top",
     "kept_count",
     "l1_norm",
     "l2_norm",
     "level",
+    "linear_schedule",
     "load_masks",
     "load_nni_masks",
+    "lottery_schedule",
+    "lottery_ticket",
     "lp_norm",
     "masks_from_nni",
     "masks_to_nni",
@@ -116,6 +144,8 @@ __all__ = [
     "movement_scores",
     "params_of",
     "prune",
+    "relative_sparsity",
+    "rewind",
     "save_masks",
     "select",
     "slim_penalty",
@@ -124,4 +154,5 @@ __all__ = [
     "taylor_accumulate",
     "taylor_fo",
     "trees_equal",
+    "with_masks",
 ]

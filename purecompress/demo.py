@@ -129,6 +129,23 @@ def _taylor(configs: list[dict[str, object]], finetune_epochs: int) -> Recipe:
     return recipe
 
 
+def _agp(configs: list[dict[str, object]], finetune_epochs: int, final: float) -> Recipe:
+    """Gradual: AGP raises level sparsity to ``final`` over the fine-tuning epochs (one mask update each)."""
+
+    def recipe(model: nn.Module, params: pc.Params, data: DemoData) -> tuple[pc.Params, pc.Masks, str]:
+        plan = pc.select(model, pc.from_config_list(configs))
+        prune = pc.agp(final, plan, begin=-1, end=finetune_epochs - 1)  # epoch e prunes to s((e+1)/N)
+        state = prune.init(params)
+        tuned = dict(params)
+        for epoch in range(finetune_epochs):
+            tuned, state = prune.update(tuned, state, step=epoch)
+            tuned = train(model, tuned, data, epochs=1, masks=state.masks, lr=1e-3, seed=epoch)
+        weights = {k: v for k, v in params.items() if k in dict(model.named_parameters())}
+        return tuned, state.masks, pc.sparsity_report(weights, state.masks, plan).table()
+
+    return recipe
+
+
 def recipes(finetune_epochs: int = 3) -> dict[str, Recipe]:
     """The demo's rows after the dense baseline, in order."""
     return {
@@ -137,6 +154,7 @@ def recipes(finetune_epochs: int = 3) -> dict[str, Recipe]:
         "level-80%": _one_shot([{"sparsity": 0.8, "op_types": ["Conv2d", "Linear"]}], pc.level, "per_layer",
                                finetune_epochs),
         "taylor-channel-50%": _taylor([{"sparsity": 0.5, "op_types": ["Conv2d"]}], finetune_epochs),
+        "agp-level-80%": _agp([{"sparsity": 0.8, "op_types": ["Conv2d", "Linear"]}], finetune_epochs, 0.8),
     }
 
 
