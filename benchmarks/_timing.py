@@ -1,0 +1,39 @@
+"""Shared timing helpers for the benchmarks: medians of repeats, ratios, markdown tables."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["environment", "median_time", "table"]
+
+
+def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, budget_s: float = 30.0) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs (fewer if one run exceeds the budget)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    while len(times) < repeats:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        if sum(times) > budget_s:
+            break
+    return statistics.median(times)
+
+
+def environment() -> str:
+    """One line naming the machine and versions (for RESULTS.md)."""
+    return (f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, "
+            f"python {platform.python_version()}, torch {torch.__version__}")
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

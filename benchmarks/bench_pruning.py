@@ -1,0 +1,210 @@
+"""One-shot pruning: NNI 2.10.1 vs purecompress, side by side in one process, as ratios.
+
+1. compress time (metric + allocation + masks) for Level, L1 and FPGM on a 20-layer 1024-wide MLP
+   and a VGG-style conv net: NNI's pruner, purecompress.compat's pruner, the functional core;
+   masks are checked identical.
+2. forward and forward+backward time of the masked model vs the plain model: the functional path
+   (functional_call + apply_masks), the compat wrapper, and NNI's wrapper.
+
+Run: ``python benchmarks/bench_pruning.py`` (about two minutes on 2 cores; needs nni for the NNI
+columns).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import environment, median_time, table  # noqa: E402
+
+import purecompress as pc  # noqa: E402
+
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+
+try:
+    import nni.compression.pytorch.pruning as nni_pruning
+except ImportError:  # pragma: no cover
+    nni_pruning = None
+try:
+    import purecompress.compat as compat
+
+    if not hasattr(compat, "LevelPruner"):  # compat not built yet
+        compat = None
+except ImportError:  # pragma: no cover
+    compat = None
+
+
+def mlp(depth: int = 20, width: int = 1024) -> nn.Module:
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def vgg() -> nn.Module:
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"]
+    layers: list[nn.Module] = []
+    channels = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(channels, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
+            channels = int(v)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512 * 2 * 2, 10))
+
+
+ALGOS: dict[str, tuple[str, Callable[..., pc.Metrics], str]] = {
+    "Level": ("LevelPruner", pc.level, "Linear Conv2d"),
+    "L1": ("L1NormPruner", pc.l1_norm, "Linear Conv2d"),
+    "FPGM": ("FPGMPruner", pc.fpgm, "Linear Conv2d"),
+}
+
+
+def config(types: str) -> list[dict[str, object]]:
+    return [{"sparsity": 0.5, "op_types": types.split()}]
+
+
+def nni_compress(cls_name: str, model: nn.Module, types: str) -> dict[str, dict[str, torch.Tensor]]:
+    pruner = getattr(nni_pruning, cls_name)(model, config(types))
+    _, masks = pruner.compress()
+    pruner._unwrap_model()
+    return masks
+
+
+def compat_compress(cls_name: str, model: nn.Module, types: str) -> dict[str, dict[str, torch.Tensor]]:
+    pruner = getattr(compat, cls_name)(model, config(types))
+    _, masks = pruner.compress()
+    pruner._unwrap_model()
+    return masks
+
+
+def same_masks(nni_masks: dict[str, dict[str, torch.Tensor]], ours: pc.Masks) -> bool:
+    converted = pc.masks_to_nni(ours)
+    for module, targets in nni_masks.items():
+        for target, mask in targets.items():
+            if mask is None:
+                continue
+            other = converted.get(module, {}).get(target)
+            if other is None or not torch.equal(other, mask):
+                return False
+    return True
+
+
+def compress_rows() -> list[list[str]]:
+    rows = []
+    for model_name, build in (("MLP 20x1024", mlp), ("VGG-style", vgg)):
+        torch.manual_seed(0)
+        model = build()
+        params = pc.params_of(model)
+        for algo, (cls_name, metric, types) in ALGOS.items():
+            plan = pc.select(model, pc.from_config_list(config(types)))
+            ours = pc.prune(params, plan, metric)
+            t_func = median_time(lambda: pc.prune(params, plan, metric), repeats=5)
+            row = [model_name, algo, f"{t_func * 1e3:.1f}"]
+            if compat is not None:
+                m = copy.deepcopy(model)
+                t_compat = median_time(lambda m=m: compat_compress(cls_name, m, types), repeats=3)
+                row.append(f"{t_compat * 1e3:.1f}")
+            else:
+                t_compat = None
+                row.append("n/a")
+            if nni_pruning is not None:
+                m = copy.deepcopy(model)
+                masks = nni_compress(cls_name, m, types)
+                t_nni = median_time(lambda m=m: nni_compress(cls_name, m, types), repeats=3, warmup=0)
+                row += [f"{t_nni * 1e3:.1f}", f"{t_nni / t_func:.1f}x",
+                        f"{t_nni / t_compat:.1f}x" if t_compat else "n/a", str(same_masks(masks, ours))]
+            else:
+                row += ["n/a"] * 4
+            rows.append(row)
+            print("  ", " | ".join(row), flush=True)
+    return rows
+
+
+def forward_rows() -> list[list[str]]:
+    torch.manual_seed(0)
+    model = mlp()
+    x = torch.randn(256, 1024)
+    params = pc.params_of(model)
+    trainable = {k: v.clone().requires_grad_() for k, v in params.items()}
+    rows = []
+    for algo in ("L1", "Level"):
+        cls_name, metric, types = ALGOS[algo]
+        plan = pc.select(model, pc.from_config_list(config(types)))
+        masks = pc.prune(params, plan, metric)
+
+        def plain_fwd() -> None:
+            with torch.no_grad():
+                functional_call(model, params, (x,))
+
+        def masked_fwd() -> None:
+            with torch.no_grad():
+                functional_call(model, pc.apply_masks(params, masks), (x,))
+
+        def plain_fb() -> None:
+            functional_call(model, trainable, (x,)).sum().backward()
+
+        def masked_fb() -> None:
+            functional_call(model, pc.apply_masks(trainable, masks), (x,)).sum().backward()
+
+        results = {name: median_time(fn, repeats=9) for name, fn in
+                   (("plain_fwd", plain_fwd), ("masked_fwd", masked_fwd),
+                    ("plain_fb", plain_fb), ("masked_fb", masked_fb))}
+        rows.append([algo, "functional", f"{results['masked_fwd'] / results['plain_fwd']:.3f}x",
+                     f"{results['masked_fb'] / results['plain_fb']:.3f}x"])
+        for label, module in (("compat wrapper", compat), ("NNI wrapper", nni_pruning)):
+            if module is None:
+                continue
+            wrapped = copy.deepcopy(model)
+            pruner = getattr(module, cls_name)(wrapped, config(types))
+            pruner.compress()
+
+            def w_fwd(w: nn.Module = wrapped) -> None:
+                with torch.no_grad():
+                    w(x)
+
+            def w_fb(w: nn.Module = wrapped) -> None:
+                w(x).sum().backward()
+
+            def p_fwd() -> None:
+                with torch.no_grad():
+                    model(x)
+
+            def p_fb() -> None:
+                model(x).sum().backward()
+
+            t = {name: median_time(fn, repeats=9) for name, fn in
+                 (("w_fwd", w_fwd), ("p_fwd", p_fwd), ("w_fb", w_fb), ("p_fb", p_fb))}
+            rows.append([algo, label, f"{t['w_fwd'] / t['p_fwd']:.3f}x", f"{t['w_fb'] / t['p_fb']:.3f}x"])
+        for row in rows[-3:]:
+            print("  ", " | ".join(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    print(environment())
+    print("compress time, ms (median); speed-up = NNI time / our time")
+    crow = compress_rows()
+    print()
+    print(table(["model", "pruner", "functional ms", "compat ms", "NNI ms", "NNI/functional",
+                 "NNI/compat", "identical masks"], crow))
+    print()
+    print("masked vs plain MLP 20x1024, batch 256 (ratio of medians; 1.00x = no overhead)")
+    frow = forward_rows()
+    print()
+    print(table(["masks", "path", "forward", "forward+backward"], frow))
+
+
+if __name__ == "__main__":
+    main()
