@@ -82,6 +82,7 @@ LAZY_MODULES = (
     "purecompress.compat.evaluator",
     "purecompress.compat.speedup",
     "purecompress.compat.quantization",
+    "purecompress.compat.counter",
 )
 
 

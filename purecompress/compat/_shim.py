@@ -62,7 +62,6 @@ MODULES: dict[str, tuple[str, ...]] = {
 
 #: What brings a compat module that does not exist yet (for the error message).
 COMING: dict[str, str] = {
-    _C + "counter": "count_flops_params (not provided yet)",
     _C + "pruning_v1": "NNI 1.x pruner names (not planned: use nni.compression.pytorch.pruning)",
 }
 
