@@ -58,6 +58,16 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni.algorithms.compression.v2.pytorch.pruning.tools": _TOOLS,
     "nni.algorithms.compression.v2.pytorch.utils": (_C + "utils", _C + "scaling", *_EVALUATOR),
     "nni.algorithms.compression.v2.pytorch.utils.scaling": (_C + "scaling",),
+    "nni.algorithms.compression.v2.pytorch.pruning.iterative_pruner": (_C + "iterative",),
+    "nni.algorithms.compression.v2.pytorch.pruning.basic_scheduler": (_C + "scheduler",),
+    "nni.algorithms.compression.v2.pytorch.pruning.auto_compress_pruner": (_C + "iterative",),
+    "nni.algorithms.compression.v2.pytorch.pruning.amc_pruner": (_C + "iterative",),
+    "nni.algorithms.compression.v2.pytorch.pruning.tools.task_generator": (_C + "task_generator",),
+    "nni.algorithms.compression.v2.pytorch.base.scheduler": (_C + "scheduler",),
+    "nni.compression.pytorch.utils.counter": (_C + "counter",),
+    "nni.compression.pytorch.compressor": (_C + "base:Pruner", _C + "wrapper:PrunerModuleWrapper", _C + (
+        "quantization:Quantizer,QuantizerModuleWrapper,QuantizerIdentityWrapper,QuantGrad,QuantForward,LayerInfo")),
+    "nni.compression.pytorch.quantization.literal": (_C + "quantization:QuantType,BN_FOLD_TAG",),
 }
 
 #: What brings a compat module that does not exist yet (for the error message).
