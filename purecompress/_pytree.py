@@ -115,23 +115,29 @@ def _compile_friendly_init(attrs_init: Callable[..., None], fields: Any) -> Call
     """attrs' frozen ``__init__``, except while ``torch.compile`` traces: there (dynamo cannot
     trace attrs' cached ``object.__setattr__``) fields are set directly, with defaults and
     converters applied and validators skipped, as in pytree unflattening."""
+    # Plain tuples (not attrs objects) so dynamo can read them without a graph break.
+    names = tuple(f.name for f in fields)
+    defaults = tuple(f.default for f in fields)
+    factories = tuple(isinstance(f.default, attrs.Factory) for f in fields)  # type: ignore[arg-type]
+    converters = tuple(f.converter for f in fields)
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         if not torch.compiler.is_compiling():
             attrs_init(self, *args, **kwargs)
             return
-        for i, field in enumerate(fields):
+        for i, name in enumerate(names):
             if i < len(args):
                 value = args[i]
-            elif field.name in kwargs:
-                value = kwargs[field.name]
-            elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
-                value = field.default.factory(self) if field.default.takes_self else field.default.factory()
+            elif name in kwargs:
+                value = kwargs[name]
+            elif factories[i]:
+                factory = defaults[i]
+                value = factory.factory(self) if factory.takes_self else factory.factory()
             else:
-                value = field.default
-            if field.converter is not None:
-                value = field.converter(value)
-            object.__setattr__(self, field.name, value)
+                value = defaults[i]
+            if converters[i] is not None:
+                value = converters[i](value)
+            object.__setattr__(self, name, value)
 
     __init__.__wrapped__ = attrs_init  # type: ignore[attr-defined]
     return __init__

@@ -65,7 +65,7 @@ class _FakeQuantClipped(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor, grad_mask: Tensor | None) -> tuple[Tensor | None, ...]:
         (inside,) = ctx.saved_tensors
-        return grad.masked_fill(~inside, 0.0), None, None, None, None
+        return torch.where(inside, grad, 0.0), None, None, None, None
 
 
 def fake_quantize_ste(x: Tensor, qp: QuantParams, *, clip: bool = False) -> Tensor:

@@ -181,22 +181,22 @@ def quantized_call(
 
     names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     call_params = {k: v for k, v in params.items() if k in names}
-    handles = []
+    hooks: list[tuple[nn.Module, str, Callable[..., Any]]] = []
+    for entry in q.plan:
+        config, module = entry.config, model.get_submodule(entry.module)
+        wkey = f"{entry.module}.weight"
+        if "weight" in config.specs:
+            weight = params[wkey] if wkey in params else module.get_parameter("weight")
+            call_params[wkey] = run(weight, wkey, "weight", config)
+        if "input" in config.specs:
+            hooks.append((module, "pre", _input_hook(run, f"{entry.module}.input", config)))
+        if "output" in config.specs:
+            hooks.append((module, "post", _output_hook(run, f"{entry.module}.output", config)))
+    handles = _install(hooks)
     try:
-        for entry in q.plan:
-            config, module = entry.config, model.get_submodule(entry.module)
-            wkey = f"{entry.module}.weight"
-            if "weight" in config.specs:
-                weight = params[wkey] if wkey in params else module.get_parameter("weight")
-                call_params[wkey] = run(weight, wkey, "weight", config)
-            if "input" in config.specs:
-                handles.append(module.register_forward_pre_hook(_input_hook(run, f"{entry.module}.input", config)))
-            if "output" in config.specs:
-                handles.append(module.register_forward_hook(_output_hook(run, f"{entry.module}.output", config)))
         out = torch.func.functional_call(model, call_params, args, dict(kwargs or {}))
     finally:
-        for handle in handles:
-            handle.remove()
+        _remove(handles)
     tensors = dict(state.tensors)
     for key, value in new.items():
         if value is None:
@@ -204,6 +204,27 @@ def quantized_call(
         else:
             tensors[key] = value
     return out, QuantState(state.step, tensors)
+
+
+@torch.compiler.disable
+def _install(hooks: list[tuple[nn.Module, str, Callable[..., Any]]]) -> list[Any]:
+    """Register the temporary hooks (outside any torch.compile graph: registration would break it
+    once per hook; this way a compiled caller gets one graph for the whole forward)."""
+    handles = []
+    try:
+        for module, kind, hook in hooks:
+            register = module.register_forward_pre_hook if kind == "pre" else module.register_forward_hook
+            handles.append(register(hook))
+    except BaseException:
+        _remove(handles)
+        raise
+    return handles
+
+
+@torch.compiler.disable
+def _remove(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
 
 
 def _input_hook(run: Callable[..., Tensor], key: str, config: QuantConfig) -> Callable[..., Any]:
