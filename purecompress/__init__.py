@@ -30,6 +30,9 @@ from purecompress.collect import (
 from purecompress.config import DEFAULT_OP_TYPES, ConfigError, PruneConfig, Selector, from_config_list
 from purecompress.gradual import GradualState, Transform, agp, gradual, lottery_ticket, rewind
 from purecompress.graph import GraphCaptureError, capture, channel_dependency, group_dependency
+from purecompress.graph.propagate import ChannelPlan, channel_plan, propagate
+from purecompress.graph.replace import ChannelSlice, Replacement
+from purecompress.graph.shrink import LayerShrink, ShrinkReport, shrink
 from purecompress.io import load_masks, load_nni_masks, masks_from_nni, masks_to_nni, save_masks
 from purecompress.metrics import fpgm, l1_norm, l2_norm, level, lp_norm, metric_by
 from purecompress.metrics_data import apoz, bn_scale, mean_activation, slim_penalty, taylor_fo
@@ -66,11 +69,14 @@ __all__ = [
     "ActivationStats",
     "AdmmState",
     "Block",
+    "ChannelPlan",
+    "ChannelSlice",
     "ConfigError",
     "Counts",
     "DEFAULT_OP_TYPES",
     "GradualState",
     "GraphCaptureError",
+    "LayerShrink",
     "LayerSparsity",
     "Mask",
     "Masks",
@@ -82,8 +88,10 @@ __all__ = [
     "Plan",
     "PlanEntry",
     "PruneConfig",
+    "Replacement",
     "Schedule",
     "Selector",
+    "ShrinkReport",
     "SparsityReport",
     "TaylorStats",
     "Transform",
@@ -110,6 +118,7 @@ __all__ = [
     "bn_scale",
     "capture",
     "channel_dependency",
+    "channel_plan",
     "collect_activations",
     "collect_taylor",
     "compose_sparsity",
@@ -143,11 +152,13 @@ __all__ = [
     "movement_regularizer",
     "movement_scores",
     "params_of",
+    "propagate",
     "prune",
     "relative_sparsity",
     "rewind",
     "save_masks",
     "select",
+    "shrink",
     "slim_penalty",
     "sparsity_report",
     "straight_through",

@@ -26,6 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run_demo(args.out, epochs=args.epochs, finetune_epochs=args.finetune_epochs, seed=args.seed,
                         verbose=args.verbose)
         print(format_rows(rows))
+        for row in rows:
+            for line in row.detail.splitlines():
+                if line.startswith("compact model:"):
+                    print(f"\n{row.name} {line}")
         print(f"\nwrote dense and compressed state_dicts and masks (safetensors) to {args.out}/")
     return 0
 

@@ -65,6 +65,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni.algorithms.compression.v2.pytorch.pruning.tools.task_generator": (_C + "task_generator",),
     "nni.algorithms.compression.v2.pytorch.base.scheduler": (_C + "scheduler",),
     "nni.compression.pytorch.utils.counter": (_C + "counter",),
+    "nni.compression.pytorch.speedup.compressor": (_C + "speedup:ModelSpeedup",),
+    "nni.compression.pytorch.speedup.error_code": (_C + (
+        "speedup:SpeedupError,EmptyLayerError,ShapeMisMatchError,InputsNumberError,OutputTypeError,UnBalancedGroupError"),),
     "nni.compression.pytorch.compressor": (_C + "base:Pruner", _C + "wrapper:PrunerModuleWrapper", _C + (
         "quantization:Quantizer,QuantizerModuleWrapper,QuantizerIdentityWrapper,QuantGrad,QuantForward,LayerInfo")),
     "nni.compression.pytorch.quantization.literal": (_C + "quantization:QuantType,BN_FOLD_TAG",),
