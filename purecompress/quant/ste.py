@@ -83,9 +83,24 @@ def fake_quantize_ste(x: Tensor, qp: QuantParams, *, clip: bool = False) -> Tens
     tensor([0., 1., 0.])
     """
     scale, zero_point = qp.broadcast(x.dim())
+    if torch.compiler.is_compiling():
+        return _fake_quantize_composite(x, scale, zero_point, qp.qmin, qp.qmax, clip)
     if clip:
         return _FakeQuantClipped.apply(x, scale, zero_point, qp.qmin, qp.qmax)[0]
     return _FakeQuantSTE.apply(x, scale, zero_point, qp.qmin, qp.qmax)
+
+
+def _fake_quantize_composite(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,
+                             clip: bool) -> Tensor:
+    """The same values and gradients from plain ops, which inductor fuses into one kernel (it
+    compiles the autograd.Function's in-place steps poorly). ``x - x.detach()`` is exactly 0, so
+    the value is exactly the fake-quantized one; its gradient is 1 (times the in-range mask)."""
+    code = torch.round(x.detach() / scale + zero_point)
+    q = torch.clamp(code, qmin, qmax)
+    through = x - x.detach()
+    if clip:  # 1 where code == q, else 0; float arithmetic (inductor's bool kernels are slow on CPU)
+        through = through * (1 - torch.clamp((code - q).abs(), max=1))
+    return (q - zero_point) * scale + through
 
 
 class _StraightThrough(torch.autograd.Function):
