@@ -9,6 +9,10 @@ Counting: ``samples`` is what NNI calls the batch number of an output: the produ
 before the channel dim (``N`` for ``[N, C, H, W]``, ``N*T`` for a Linear on ``[N, T, C]``).
 ``max_batches`` counts batches exactly; NNI's habit of comparing *samples* with
 ``training_steps`` lives in ``purecompress.compat`` only.
+
+Distributed: with ``sync='auto'`` (the default) the collectors sum their statistics over the
+ranks when ``torch.distributed`` is initialised (:func:`purecompress.distributed.all_reduce_stats`),
+so every rank returns what one process would collect on the union of the ranks' batches.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from purecompress._pytree import record, static
+from purecompress.distributed import Sync, all_reduce_stats, resolve_sync
 from purecompress.selection import Plan
 
 __all__ = [
@@ -164,6 +169,7 @@ def collect_activations(
     activation: Activation = "relu",
     max_batches: int | None = None,
     inputs: Callable[[Any], tuple[Any, ...]] = _default_inputs,
+    sync: Sync = "auto",
 ) -> dict[str, ActivationStats]:
     """Activation statistics of the target layers' outputs over ``batches``.
 
@@ -175,10 +181,14 @@ def collect_activations(
         activation: applied to each output before counting (NNI's ``activation``).
         max_batches: stop after this many batches (all when None).
         inputs: maps a batch to the model's positional inputs.
+        sync: sum the statistics over the ranks of ``torch.distributed``: ``'auto'`` when a
+            process group is initialised, True, False (rank-local), or a ``ProcessGroup``. Every
+            rank must then call this, and see at least one batch.
 
     Returns:
-        ``{module name: ActivationStats}``.
+        ``{module name: ActivationStats}``, the same on every rank when synced.
     """
+    reduce, group = resolve_sync(sync)
     names = _module_names(targets)
     dims = {name: channel_dim_of(model.get_submodule(name)) for name in names}
     stats: dict[str, ActivationStats] = {}
@@ -200,7 +210,7 @@ def collect_activations(
     finally:
         for handle in handles:
             handle.remove()
-    return stats
+    return all_reduce_stats(stats, group=group) if reduce else stats
 
 
 def taylor_term(weight: Tensor, gradient: Tensor) -> Tensor:
@@ -235,6 +245,7 @@ def collect_taylor(
     *,
     max_batches: int | None = None,
     per_sample: bool = False,
+    sync: Sync = "auto",
 ) -> dict[str, TaylorStats]:
     """Sum over batches of ``(w * grad)**2`` for each target weight, at fixed ``params``.
 
@@ -247,10 +258,13 @@ def collect_taylor(
         max_batches: stop after this many batches.
         per_sample: sum ``(w * g_i)**2`` over the samples of each batch, with ``g_i`` each
             sample's gradient (``vmap`` over the batch) instead of the batch gradient.
+        sync: sum over the ranks of ``torch.distributed`` (as in :func:`collect_activations`).
 
     Returns:
-        ``{parameter name: TaylorStats}``; ``steps`` counts batches (or samples with ``per_sample``).
+        ``{parameter name: TaylorStats}``; ``steps`` counts batches (or samples with ``per_sample``),
+        over all ranks when synced.
     """
+    reduce, group = resolve_sync(sync)
     names = list(targets.targets()) if isinstance(targets, Plan) else list(targets)
     weights = {n: params[n].detach() for n in names}
 
@@ -274,4 +288,8 @@ def collect_taylor(
             old = stats.get(name)
             stats[name] = TaylorStats(term, g.shape[0]) if old is None else \
                 TaylorStats(old.score + term, old.steps + g.shape[0])
-    return stats
+    if not reduce:
+        return stats
+    # A rank that saw no batch still takes part, with zeros.
+    return all_reduce_stats({n: stats.get(n, TaylorStats(torch.zeros_like(weights[n]), 0)) for n in names},
+                            group=group)

@@ -15,6 +15,7 @@ from purecompress.compat.scaling import Scaling
 from purecompress.compat.sparsity_allocator import NormalSparsityAllocator, ThresholdSparsityAllocator
 from purecompress.compat.training_base import _check_mode, _TrainingPruner
 from purecompress.compat.training_tools import _EvaluatorCollector
+from purecompress.distributed import all_reduce_stats, is_distributed
 from purecompress.movement import cubic_sparsity, movement_regularizer, straight_through
 
 __all__ = ["MovementPruner"]
@@ -85,7 +86,18 @@ class MovementPruner(_TrainingPruner):
                 module._buffers["weight"] = wrapper.weight * straight_through(score, wrapper.weight_mask)
         return pre_hook
 
+    def _sync_score_grads(self) -> None:
+        # DDP averages the model's gradients, not the scores' (they are not model parameters):
+        # average them the same way so every rank takes the same score step and gets the same masks.
+        if not is_distributed():
+            return
+        grads = {n: s.grad for n, s in self._scores.items() if s.grad is not None}
+        world = torch.distributed.get_world_size()
+        for name, g in all_reduce_stats(grads).items():
+            self._scores[name].grad = g / world
+
     def _after_step(self) -> None:
+        self._sync_score_grads()
         self._score_optimizer.step()
         self._score_optimizer.zero_grad()
         self.step_counter += 1

@@ -21,6 +21,7 @@ from purecompress.compat.evaluator import Evaluator, Hook
 from purecompress.compat.metrics_calculator import MetricsCalculator, NormMetricsCalculator
 from purecompress.compat.scaling import Scaling
 from purecompress.compat.sparsity_allocator import Scalers, SparsityAllocator
+from purecompress.distributed import Sync, all_reduce_stats, resolve_sync
 
 __all__ = [
     "APoZRankMetricsCalculator",
@@ -70,18 +71,31 @@ class EvaluatorBasedTargetDataCollector(_EvaluatorCollector):
 
 
 class EvaluatorBasedHookDataCollector(_EvaluatorCollector):
-    """Trains, then returns what each hook gathered ``{module: {target: record}}``."""
+    """Trains, then returns what each hook gathered ``{module: {target: record}}``.
+
+    Under ``torch.distributed`` the records the core knows (``ActivationStats``, ``TaylorStats``)
+    are summed over the ranks before they are returned (:func:`purecompress.all_reduce_stats`), so
+    metrics and masks are the same on every rank. ``sync`` (attribute): ``'auto'`` (default: when a
+    process group is initialised), True, False (rank-local, as NNI) or a ``ProcessGroup``.
+    """
+
+    sync: Sync = "auto"
 
     def collect(self) -> dict[str, dict[str, Any]]:
         self.evaluator.train(max_steps=self.max_steps, max_epochs=self.max_epochs)
-        out: dict[str, dict[str, Any]] = {}
+        out = {m: {t: hook.buffer[0] for t, hook in targets.items() if hook.buffer}
+               for m, targets in self._hooks.items()}
+        reduce, group = resolve_sync(self.sync)
+        if reduce:  # every rank reduces before any rank may raise below, so none is left waiting
+            summable = {m: {t: v for t, v in d.items() if isinstance(v, (ActivationStats, TaylorStats))}
+                        for m, d in out.items()}
+            for m, d in all_reduce_stats(summable, group=group).items():
+                out[m].update(d)
         for module_name, targets in self._hooks.items():
-            for target, hook in targets.items():
-                if not hook.buffer:
-                    raise RuntimeError(f"the hook on {module_name!r} saw no data during training: does the training "
-                                       "function run the model and respect max_steps/max_epochs?")
-                out.setdefault(module_name, {})[target] = hook.buffer[0]
-        return out
+            if set(targets) - set(out[module_name]):
+                raise RuntimeError(f"the hook on {module_name!r} saw no data during training: does the training "
+                                   "function run the model and respect max_steps/max_epochs?")
+        return {m: d for m, d in out.items() if d}
 
 
 def _per_channel(value: Any, stat: Callable[[ActivationStats], Tensor]) -> Tensor:
