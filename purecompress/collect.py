@@ -222,7 +222,8 @@ def taylor_accumulate(stats: Mapping[str, TaylorStats], params: Mapping[str, Ten
                       grads: Mapping[str, Tensor]) -> dict[str, TaylorStats]:
     """Add one step's ``(w * g)**2`` to ``stats`` (a new dict; names missing from ``stats`` start at 0).
 
-    Call it inside a training loop with the gradients of each step.
+    Call it inside a training loop with the gradients of each step. Under DDP, sum the result over
+    the ranks with :func:`purecompress.distributed.all_reduce_stats` before computing metrics.
 
     >>> w, g = {'w': torch.tensor([1., 2.])}, {'w': torch.tensor([3., 1.])}
     >>> taylor_accumulate({}, w, g)['w'].score

@@ -11,6 +11,11 @@ NNI quirk kept for parity: the activation pruners count **samples** (not batches
 reach it (batch size 10, ``training_steps=5``: only the first batch counts). Taylor counts
 gradient steps. The functional API (:func:`purecompress.collect_activations`) counts batches.
 
+Under ``torch.distributed`` (DDP) every pruner gives the same masks on every rank: the hook
+collectors sum their statistics over the ranks (each rank counts ``training_steps`` of its own
+data; the metric is what one process computes on the ranks' steps together), movement averages
+its score gradients as DDP averages the weights', and Slim/ADMM read weights DDP keeps equal.
+
 This module holds Slim, the activation pruners and Taylor; it re-exports ADMM
 (:mod:`~purecompress.compat.admm_pruner`), movement (:mod:`~purecompress.compat.movement_pruner`)
 and the tools (:mod:`~purecompress.compat.training_tools`) so every name keeps this path.
