@@ -54,7 +54,9 @@ class _FakeQuantClipped(torch.autograd.Function):
     def forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
         code = (x / scale).add_(zero_point).round_()
         q = code.clamp(qmin, qmax)
-        inside = q == code
+        # Float mask, 1 where the code is in range (code == q), else 0: cheaper than a bool mask
+        # on CPU (code - q is integer valued).
+        inside = code.sub_(q).abs_().clamp(max=1.0).neg_().add_(1.0)
         return q.sub_(zero_point).mul_(scale), inside
 
     @staticmethod
@@ -65,7 +67,7 @@ class _FakeQuantClipped(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor, grad_mask: Tensor | None) -> tuple[Tensor | None, ...]:
         (inside,) = ctx.saved_tensors
-        return torch.where(inside, grad, 0.0), None, None, None, None
+        return grad * inside, None, None, None, None
 
 
 def fake_quantize_ste(x: Tensor, qp: QuantParams, *, clip: bool = False) -> Tensor:
