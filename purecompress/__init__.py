@@ -28,6 +28,7 @@ from purecompress.collect import (
     taylor_accumulate,
 )
 from purecompress.config import DEFAULT_OP_TYPES, ConfigError, PruneConfig, Selector, from_config_list
+from purecompress.distributed import all_reduce_stats, broadcast_masks
 from purecompress.gradual import GradualState, Transform, agp, gradual, lottery_ticket, rewind
 from purecompress.graph import GraphCaptureError, capture, channel_dependency, group_dependency
 from purecompress.graph.propagate import ChannelPlan, channel_plan, propagate
@@ -102,6 +103,7 @@ __all__ = [
     "admm_penalty",
     "agp",
     "agp_schedule",
+    "all_reduce_stats",
     "allocate",
     "allocate_balanced",
     "allocate_dependency_aware",
@@ -116,6 +118,7 @@ __all__ = [
     "batch_activation_stats",
     "bias_masks",
     "bn_scale",
+    "broadcast_masks",
     "capture",
     "channel_dependency",
     "channel_plan",
