@@ -17,13 +17,7 @@ from purecompress.graph.propagate import (
 from purecompress.graph.shrink import shrink
 from purecompress.records import Mask
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rows(shape: tuple[int, ...], pruned: list[int]) -> Mask:

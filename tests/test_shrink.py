@@ -13,13 +13,7 @@ from purecompress.allocate_dependency import allocate_dependency_aware
 from purecompress.graph import channel_dependency, group_dependency
 from purecompress.graph.shrink import shrink
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # tiny tensors: one thread is ~30x faster than two on a loaded 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, **kw: object) -> nn.Sequential:

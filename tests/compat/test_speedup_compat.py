@@ -17,13 +17,7 @@ from purecompress.compat.speedup import (
 from purecompress.compat.utils import compute_sparsity_compact2origin
 from purecompress.graph.propagate import ShrinkError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def net() -> nn.Sequential:

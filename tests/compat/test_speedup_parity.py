@@ -8,7 +8,6 @@ outputs. Where NNI's speedup fails, the test is skipped with NNI's error.
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
 from collections.abc import Callable
 
@@ -24,16 +23,7 @@ nni_pruning = pytest.importorskip("nni.compression.pytorch.pruning")
 import purecompress as pc  # noqa: E402
 from purecompress.compat.speedup import ModelSpeedup  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def quiet_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    level = logging.getLogger("nni").level
-    logging.getLogger("nni").setLevel(logging.ERROR)
-    yield
-    logging.getLogger("nni").setLevel(level)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # NNI is kept quiet by tests/compat/conftest.py
 
 
 def vgg() -> nn.Module:
