@@ -15,34 +15,7 @@ nni = pytest.importorskip("nni", reason="parity tests need nni==2.10.1 as the or
 shape_dependency = pytest.importorskip("nni.compression.pytorch.utils.shape_dependency")
 
 from purecompress.graph import capture, channel_dependency, group_dependency  # noqa: E402
-
-
-def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
-
-
-class Basic(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1, self.conv2 = conv_bn(cin, cout, stride=stride), conv_bn(cout, cout)
-        self.down = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv2(F.relu(self.conv1(x))) + self.down(x))
-
-
-class Bottleneck(nn.Module):
-    def __init__(self, cin: int, mid: int, cout: int, groups: int = 1) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            conv_bn(cin, mid, 1), nn.ReLU(), conv_bn(mid, mid, groups=groups), nn.ReLU(),
-            conv_bn(mid, cout, 1),
-        )  # fmt: skip
-        self.down = conv_bn(cin, cout, 1) if cin != cout else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.down is None else self.down(x)
-        return (self.body(x) + identity).relu()
+from tests.models_blocks import Basic, Bottleneck, conv_bn  # noqa: E402
 
 
 class InvertedResidual(nn.Module):
