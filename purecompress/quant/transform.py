@@ -162,7 +162,9 @@ def quantized_call(
 
     Args:
         q: the transform.
-        model: the module (only read; its own train/eval mode is the caller's business).
+        model: the module (only read; its own train/eval mode is the caller's business: as with
+            any ``functional_call``, a BatchNorm in training mode updates the running-stat
+            tensors given in ``params`` in place).
         params: full parameter names -> tensors (missing ones come from the module); extra keys
             (e.g. LSQ's ``'<module>.weight_scale'``) are read by kernels, not passed to the model.
         state: the current :class:`QuantState`.
