@@ -23,25 +23,14 @@ from purecompress.compat.quantization import (
 )
 from purecompress.config import ConfigError
 from purecompress.quant import QuantParams, fake_quantize
+from tests.compat.models import QuantNet
 
 W_IO = [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["Conv2d", "Linear"]}]
 
 
-class Net(nn.Module):
-    def __init__(self, bn: bool = False) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3)
-        self.bn1 = nn.BatchNorm2d(4) if bn else nn.Identity()
-        self.relu1 = nn.ReLU()
-        self.fc = nn.Linear(4 * 6 * 6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.relu1(self.bn1(self.conv1(x))).flatten(1))
-
-
-def _net(bn: bool = False) -> Net:
+def _net(bn: bool = False) -> QuantNet:
     torch.manual_seed(0)
-    return Net(bn)
+    return QuantNet(bn)
 
 
 X = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -211,7 +200,7 @@ def test_bn_folding_tracks_float_conv_statistics_and_export_restores(tmp_path):
     quantizer.export_model(tmp_path / "m.pth")
     assert isinstance(model.bn1, nn.BatchNorm2d) and isinstance(model.conv1.weight, nn.Parameter)
     assert torch.equal(model.conv1.bias, model.conv1.bias) and not hasattr(model.conv1, "old_bias")
-    Net(bn=True).load_state_dict(torch.load(tmp_path / "m.pth", weights_only=True))
+    QuantNet(bn=True).load_state_dict(torch.load(tmp_path / "m.pth", weights_only=True))
 
 
 def test_naive_exports_and_dorefa_bnn_values(tmp_path):

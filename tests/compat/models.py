@@ -1,11 +1,11 @@
-"""Small seeded models shared by the compat parity tests (each with an example input)."""
+"""Small models shared by the compat tests: seeded parity models (each with an example input), the quantizer net."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvBNLinear", "EmbedConvT", "Grouped", "MODELS", "build"]
+__all__ = ["ConvBNLinear", "EmbedConvT", "Grouped", "MODELS", "QuantNet", "build"]
 
 
 class ConvBNLinear(nn.Module):
@@ -63,6 +63,20 @@ class EmbedConvT(nn.Module):
     @staticmethod
     def example() -> Tensor:
         return torch.randint(0, 20, (2, 5))
+
+
+class QuantNet(nn.Module):
+    """conv -> (BN) -> relu -> linear on ``[N, 1, 8, 8]``: the quantizer tests' model (not in MODELS)."""
+
+    def __init__(self, bn: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3)
+        self.bn1 = nn.BatchNorm2d(4) if bn else nn.Identity()
+        self.relu1 = nn.ReLU()
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.relu1(self.bn1(self.conv1(x))).flatten(1))
 
 
 MODELS = {"conv_bn_linear": ConvBNLinear, "grouped": Grouped, "embed_convt": EmbedConvT}

@@ -21,6 +21,7 @@ from schema import SchemaError  # noqa: E402
 
 import purecompress.compat.quantization as P  # noqa: E402
 from purecompress.config import ConfigError  # noqa: E402
+from tests.compat.models import QuantNet  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::UserWarning:nni")
@@ -28,26 +29,14 @@ logging.getLogger("nni").setLevel(logging.CRITICAL)
 warnings.filterwarnings("ignore", module="nni")
 
 
-class Net(nn.Module):
-    def __init__(self, bn: bool = False) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3)
-        self.bn1 = nn.BatchNorm2d(4) if bn else nn.Identity()
-        self.relu1 = nn.ReLU()
-        self.fc = nn.Linear(4 * 6 * 6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.relu1(self.bn1(self.conv1(x))).flatten(1))
-
-
 def _data(n: int = 4) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     return [torch.randn(4, 1, 8, 8, generator=g) for _ in range(n)]
 
 
-def _base(bn: bool = False) -> Net:
+def _base(bn: bool = False) -> QuantNet:
     torch.manual_seed(1)
-    return Net(bn)
+    return QuantNet(bn)
 
 
 def _train(lib, name: str, model: nn.Module, cfg, xs, lr: float = 0.05, **kw):
