@@ -13,7 +13,6 @@ from purecompress.compat.base import NniMasks
 from purecompress.compat.metrics_calculator import NormMetricsCalculator
 from purecompress.compat.sparsity_allocator import NormalSparsityAllocator
 from purecompress.compat.training_base import _channel_scaler, _check_mode, _TrainingPruner
-from purecompress.compat.training_tools import EvaluatorBasedTargetDataCollector
 from purecompress.config import ConfigError, from_config_list
 from purecompress.selection import select
 
@@ -79,11 +78,7 @@ class ADMMPruner(_TrainingPruner):
     def reset_tools(self) -> None:
         """Train ``training_epochs`` per iteration with the penalty; L1 metric; per-layer allocator."""
         self._bind_evaluator()
-        if self.data_collector is None:
-            self.data_collector = EvaluatorBasedTargetDataCollector(self, self.evaluator, loss_patch=self.loss_patch,
-                                                                    max_epochs=self.training_epochs)
-        else:
-            self.data_collector.reset(loss_patch=self.loss_patch)  # type: ignore[call-arg]
+        self._collect_trained_weights(self.loss_patch, self.training_epochs)
         scalers = None if self.granularity == "fine-grained" else _channel_scaler()
         self.metrics_calculator = self.metrics_calculator or NormMetricsCalculator(p=1, scalers=scalers)
         self.sparsity_allocator = self.sparsity_allocator or NormalSparsityAllocator(self, scalers)

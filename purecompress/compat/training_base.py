@@ -7,16 +7,20 @@ binds the evaluator to the wrapped model and unbinds it after ``compress``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from purecompress.compat.base import NniMasks
-from purecompress.compat.evaluator import Evaluator, LegacyEvaluator
+from purecompress.compat.evaluator import Evaluator, Hook, LegacyEvaluator
 from purecompress.compat.pruning import BasicPruner
 from purecompress.compat.scaling import Scaling
-from purecompress.compat.training_tools import DependencyAwareAllocator
+from purecompress.compat.training_tools import (
+    DependencyAwareAllocator,
+    EvaluatorBasedHookDataCollector,
+    EvaluatorBasedTargetDataCollector,
+)
 
 __all__: list[str] = []
 
@@ -71,6 +75,28 @@ class _TrainingPruner(BasicPruner):
     def _bind_evaluator(self) -> None:
         self.evaluator.unbind_model()
         self.evaluator.bind_model(self._bound(), self.get_origin2wrapped_parameter_name_map())
+
+    def _collect_trained_weights(self, loss_patch: Callable[[Tensor], Tensor], max_epochs: int) -> None:
+        """Collect the weights after ``max_epochs`` of training with ``loss_patch`` added to the loss.
+
+        A collector already set (a second ``reset_tools``, or one the script set) gets the patch again.
+        """
+        if self.data_collector is None:
+            self.data_collector = EvaluatorBasedTargetDataCollector(self, self.evaluator, loss_patch=loss_patch,
+                                                                    max_epochs=max_epochs)
+        else:
+            self.data_collector.reset(loss_patch=loss_patch)  # type: ignore[call-arg]
+
+    def _collect_hooks(self, hooks: Mapping[str, Mapping[str, Hook]], max_steps: int) -> None:
+        """Collect what ``hooks`` gather during ``max_steps`` training steps.
+
+        A collector already set (a second ``reset_tools``, or one the script set) gets the new hooks.
+        """
+        if self.data_collector is None:
+            self.data_collector = EvaluatorBasedHookDataCollector(self, self.evaluator, hooks=hooks,
+                                                                  max_steps=max_steps)
+        else:
+            self.data_collector.reset(hooks=hooks)  # type: ignore[call-arg]
 
     def _dependency_allocator(self, dummy_input: Any, scalers: Scaling) -> DependencyAwareAllocator:
         if dummy_input is None:

@@ -92,11 +92,7 @@ class SlimPruner(_TrainingPruner):
     def reset_tools(self) -> None:
         """Train ``training_epochs`` with the penalty; ``|gamma|``; per-layer or global allocation."""
         self._bind_evaluator()
-        if self.data_collector is None:
-            self.data_collector = EvaluatorBasedTargetDataCollector(self, self.evaluator, loss_patch=self.loss_patch,
-                                                                    max_epochs=self.training_epochs)
-        else:
-            self.data_collector.reset(loss_patch=self.loss_patch)  # type: ignore[call-arg]
+        self._collect_trained_weights(self.loss_patch, self.training_epochs)
         self.metrics_calculator = self.metrics_calculator or NormMetricsCalculator()
         if self.sparsity_allocator is None:
             self.sparsity_allocator = NormalSparsityAllocator(self) if self.mode == "normal" else \
@@ -150,11 +146,7 @@ class _ActivationPruner(_TrainingPruner):
         self._bind_evaluator()
         hooks = {name: {"weight": ForwardHook(w, name, self._collector(w.module))}
                  for name, w in self.get_modules_wrapper().items()}
-        if self.data_collector is None:
-            self.data_collector = EvaluatorBasedHookDataCollector(self, self.evaluator, hooks=hooks,
-                                                                  max_steps=self.training_steps)
-        else:
-            self.data_collector.reset(hooks=hooks)  # type: ignore[call-arg]
+        self._collect_hooks(hooks, self.training_steps)
         self.metrics_calculator = self.metrics_calculator or self._metrics()
 
 
@@ -224,9 +216,5 @@ class TaylorFOWeightPruner(_TrainingPruner):
         self._bind_evaluator()
         hooks = {name: {"weight": TensorHook(w.weight, name, self._collector(w.weight))}
                  for name, w in self.get_modules_wrapper().items()}
-        if self.data_collector is None:
-            self.data_collector = EvaluatorBasedHookDataCollector(self, self.evaluator, hooks=hooks,
-                                                                  max_steps=self.training_steps)
-        else:
-            self.data_collector.reset(hooks=hooks)  # type: ignore[call-arg]
+        self._collect_hooks(hooks, self.training_steps)
         self.metrics_calculator = self.metrics_calculator or HookDataNormMetricsCalculator(p=1, scalers=scalers)
