@@ -11,12 +11,15 @@ from torch import Tensor, nn
 from purecompress.compat._schema import EXCLUDE, INTERNAL, NORMAL
 from purecompress.compat.base import NniMasks
 from purecompress.compat.metrics_calculator import NormMetricsCalculator
+from purecompress.compat.pruning import _check_mode
+from purecompress.compat.scaling import _channel_scaler
 from purecompress.compat.sparsity_allocator import NormalSparsityAllocator
-from purecompress.compat.training_base import _channel_scaler, _check_mode, _TrainingPruner
+from purecompress.compat.training_base import _TrainingPruner
 from purecompress.config import ConfigError, from_config_list
 from purecompress.selection import select
 
 __all__ = ["ADMMPruner"]
+
 
 def _rho_of(config_list: Sequence[Mapping[str, Any]]) -> list[float | None]:
     out: list[float | None] = []

@@ -11,9 +11,10 @@ from torch import Tensor, nn
 from purecompress.compat._schema import EXCLUDE, INTERNAL, NORMAL
 from purecompress.compat.base import NniMasks
 from purecompress.compat.metrics_calculator import StraightMetricsCalculator
+from purecompress.compat.pruning import _check_mode
 from purecompress.compat.scaling import Scaling
 from purecompress.compat.sparsity_allocator import NormalSparsityAllocator, ThresholdSparsityAllocator
-from purecompress.compat.training_base import _check_mode, _TrainingPruner
+from purecompress.compat.training_base import _TrainingPruner
 from purecompress.compat.training_tools import _EvaluatorCollector
 from purecompress.distributed import all_reduce_stats, is_distributed
 from purecompress.movement import cubic_sparsity, movement_regularizer, straight_through

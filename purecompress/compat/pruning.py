@@ -8,7 +8,6 @@ the core; a new one-shot pruner is a ``reset_tools`` that picks them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import Tensor, nn
 
@@ -16,7 +15,7 @@ from purecompress.compat._schema import EXCLUDE, INTERNAL, NORMAL
 from purecompress.compat.base import NniMasks, Pruner
 from purecompress.compat.data_collector import DataCollector, TargetDataCollector
 from purecompress.compat.metrics_calculator import DistMetricsCalculator, MetricsCalculator, NormMetricsCalculator
-from purecompress.compat.scaling import Scaling
+from purecompress.compat.scaling import _channel_scaler
 from purecompress.compat.sparsity_allocator import (
     BankSparsityAllocator,
     NormalSparsityAllocator,
@@ -28,9 +27,10 @@ __all__ = ["BasicPruner", "FPGMPruner", "L1NormPruner", "L2NormPruner", "LevelPr
 _CHANNEL_TYPES = ("Conv2d", "Linear")
 
 
-def _check_mode(mode: str, name: str) -> None:
-    if mode not in ("normal", "dependency_aware"):
-        raise ValueError(f"{name}: mode must be 'normal' or 'dependency_aware', got {mode!r}")
+def _check_mode(name: str, mode: str, allowed: Sequence[str]) -> str:
+    if mode not in allowed:
+        raise ValueError(f"{name}: mode must be one of {list(allowed)}, got {mode!r}")
+    return mode
 
 
 class BasicPruner(Pruner):
@@ -73,11 +73,9 @@ class LevelPruner(BasicPruner):
 
     def __init__(self, model: nn.Module | None, config_list: list[dict] | None, mode: str = "normal",
                  balance_gran: Sequence[int] | None = None) -> None:
-        if mode not in ("normal", "balance"):
-            raise ValueError(f"LevelPruner: mode must be 'normal' or 'balance', got {mode!r}")
+        self.mode = _check_mode("LevelPruner", mode, ("normal", "balance"))
         if mode == "balance" and balance_gran is None:
             raise ValueError("LevelPruner(mode='balance') needs balance_gran, e.g. [5]")
-        self.mode = mode
         self.balance_gran = list(balance_gran) if balance_gran is not None else None
         super().__init__(model, config_list)
 
@@ -103,11 +101,14 @@ class _ChannelPruner(BasicPruner):
     config_forms = (NORMAL, EXCLUDE, INTERNAL)
     supported_op_types = _CHANNEL_TYPES
 
-    mode: str
-    dummy_input: Tensor | None
+    def __init__(self, model: nn.Module | None, config_list: list[dict] | None, mode: str = "normal",
+                 dummy_input: Tensor | None = None) -> None:
+        self.mode = _check_mode(type(self).__name__, mode, ("normal", "dependency_aware"))
+        self.dummy_input = dummy_input
+        super().__init__(model, config_list)
 
     def _channel_tools(self, metric: MetricsCalculator) -> None:
-        scalers = Scaling([1], kernel_padding_mode="back")
+        scalers = _channel_scaler()
         _reset_collector(self)
         self.metrics_calculator = self.metrics_calculator or metric
         if self.sparsity_allocator is None:
@@ -118,12 +119,6 @@ class _ChannelPruner(BasicPruner):
                 self.sparsity_allocator = DependencyAwareAllocator(self, self.dummy_input, scalers)
             else:
                 self.sparsity_allocator = NormalSparsityAllocator(self, scalers)
-
-
-def _init_channel(pruner: Any, name: str, mode: str, dummy_input: Tensor | None) -> None:
-    _check_mode(mode, name)
-    pruner.mode = mode
-    pruner.dummy_input = dummy_input
 
 
 class L1NormPruner(_ChannelPruner):
@@ -137,39 +132,26 @@ class L1NormPruner(_ChannelPruner):
         dummy_input: an example input, required by ``'dependency_aware'``.
     """
 
-    def __init__(self, model: nn.Module | None, config_list: list[dict] | None, mode: str = "normal",
-                 dummy_input: Tensor | None = None) -> None:
-        _init_channel(self, "L1NormPruner", mode, dummy_input)
-        self.p = 1
-        super().__init__(model, config_list)
+    p = 1  # NNI's NormPruner attribute
 
     def reset_tools(self) -> None:
         """Weight collector, L1 norm per output channel, per-layer allocator."""
-        self._channel_tools(NormMetricsCalculator(p=1, scalers=Scaling([1], kernel_padding_mode="back")))
+        self._channel_tools(NormMetricsCalculator(p=self.p, scalers=_channel_scaler()))
 
 
 class L2NormPruner(_ChannelPruner):
     """Prunes the output channels with the smallest L2 norm (arguments as :class:`L1NormPruner`)."""
 
-    def __init__(self, model: nn.Module | None, config_list: list[dict] | None, mode: str = "normal",
-                 dummy_input: Tensor | None = None) -> None:
-        _init_channel(self, "L2NormPruner", mode, dummy_input)
-        self.p = 2
-        super().__init__(model, config_list)
+    p = 2  # NNI's NormPruner attribute
 
     def reset_tools(self) -> None:
         """Weight collector, L2 norm per output channel, per-layer allocator."""
-        self._channel_tools(NormMetricsCalculator(p=2, scalers=Scaling([1], kernel_padding_mode="back")))
+        self._channel_tools(NormMetricsCalculator(p=self.p, scalers=_channel_scaler()))
 
 
 class FPGMPruner(_ChannelPruner):
     """Prunes the output channels nearest the geometric median (arguments as :class:`L1NormPruner`)."""
 
-    def __init__(self, model: nn.Module | None, config_list: list[dict] | None, mode: str = "normal",
-                 dummy_input: Tensor | None = None) -> None:
-        _init_channel(self, "FPGMPruner", mode, dummy_input)
-        super().__init__(model, config_list)
-
     def reset_tools(self) -> None:
         """Weight collector, summed distance per output channel, per-layer allocator."""
-        self._channel_tools(DistMetricsCalculator(p=2, scalers=Scaling([1], kernel_padding_mode="back")))
+        self._channel_tools(DistMetricsCalculator(p=2, scalers=_channel_scaler()))

@@ -96,3 +96,8 @@ class Scaling:
         if tuple(out.shape) != shape:
             raise ValueError(f"The tensor with shape {list(shape)} can not shape-lossless scaling with kernel "
                              f"size {self.kernel_size} and kernel_padding_mode {self.kernel_padding_mode}")
+
+
+def _channel_scaler() -> Scaling:
+    """One value per output channel (``Scaling([1], 'back')``), the scaling of NNI's channel pruners."""
+    return Scaling([1], kernel_padding_mode="back")

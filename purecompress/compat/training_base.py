@@ -24,7 +24,6 @@ from purecompress.compat.training_tools import (
 
 __all__: list[str] = []
 
-_CHANNEL_TYPES = ("Conv2d", "Linear")
 
 def _parse(name: str, arg_names: Sequence[str], args: tuple, kwargs: Mapping[str, Any],
            defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,14 +107,3 @@ class _TrainingPruner(BasicPruner):
         result = super().compress()
         self.evaluator.unbind_model()
         return result
-
-
-def _check_mode(name: str, mode: str, allowed: Sequence[str]) -> str:
-    if mode not in allowed:
-        raise ValueError(f"{name}: mode must be one of {list(allowed)}, got {mode!r}")
-    return mode
-
-
-def _channel_scaler() -> Scaling:
-    return Scaling([1], kernel_padding_mode="back")
-

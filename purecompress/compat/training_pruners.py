@@ -34,8 +34,10 @@ from purecompress.compat.admm_pruner import ADMMPruner
 from purecompress.compat.evaluator import ForwardHook, TensorHook
 from purecompress.compat.metrics_calculator import MetricsCalculator, NormMetricsCalculator
 from purecompress.compat.movement_pruner import MovementPruner
+from purecompress.compat.pruning import _CHANNEL_TYPES, _check_mode
+from purecompress.compat.scaling import _channel_scaler
 from purecompress.compat.sparsity_allocator import GlobalSparsityAllocator, NormalSparsityAllocator
-from purecompress.compat.training_base import _CHANNEL_TYPES, _channel_scaler, _check_mode, _TrainingPruner
+from purecompress.compat.training_base import _TrainingPruner
 from purecompress.compat.training_tools import (
     APoZRankMetricsCalculator,
     DependencyAwareAllocator,

@@ -19,7 +19,7 @@ from purecompress.compat.base import NniMasks, Pruner
 from purecompress.compat.data_collector import DataCollector
 from purecompress.compat.evaluator import Evaluator, Hook
 from purecompress.compat.metrics_calculator import MetricsCalculator, NormMetricsCalculator
-from purecompress.compat.scaling import Scaling
+from purecompress.compat.scaling import Scaling, _channel_scaler
 from purecompress.compat.sparsity_allocator import Scalers, SparsityAllocator
 from purecompress.distributed import Sync, all_reduce_stats, resolve_sync
 
@@ -146,7 +146,7 @@ class DependencyAwareAllocator(SparsityAllocator):
     def __init__(self, pruner: Pruner, dummy_input: Any, scalers: Scalers | Scaling | None = None,
                  channel_dependency: Sequence[Sequence[str]] | None = None,
                  group_dependency: Mapping[str, int] | None = None) -> None:
-        super().__init__(pruner, scalers or Scaling([1], kernel_padding_mode="back"))
+        super().__init__(pruner, scalers or _channel_scaler())
         if channel_dependency is None or group_dependency is None:
             if dummy_input is None:
                 raise ValueError("mode='dependency_aware' needs dummy_input (an example input of the model, e.g. "
