@@ -19,12 +19,18 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from purecompress.allocate import _finish, _scores, allocate_per_layer, keep_top, kept_count
+from purecompress.allocate import (
+    Sparsity,
+    _finish,
+    _scores,
+    _sparsity_for,
+    allocate_per_layer,
+    keep_top,
+    kept_count,
+)
 from purecompress.records import Mask, Masks, Metrics
 
 __all__ = ["allocate_dependency_aware", "dependency_kept_count", "group_keep"]
-
-Sparsity = float | Mapping[str, float]
 
 
 def group_keep(score: Tensor, sparsity: float, groups: int = 1) -> Tensor:
@@ -54,14 +60,6 @@ def _key(metrics: Metrics, member: str) -> str | None:
         if name in metrics:
             return name
     return None
-
-
-def _sparsity(sparsity: Sparsity, name: str) -> float:
-    if isinstance(sparsity, Mapping):
-        if name not in sparsity:
-            raise KeyError(f"no sparsity given for {name!r}")
-        return float(sparsity[name])
-    return float(sparsity)
 
 
 def allocate_dependency_aware(
@@ -108,7 +106,7 @@ def allocate_dependency_aware(
         if len(channels) != 1:
             raise ValueError(f"dependency set {[k for _, k in keyed]} has different channel counts {sorted(channels)}")
         fused = torch.stack([scores[k].reshape(-1) for _, k in keyed]).sum(0)
-        s = min(_sparsity(sparsity, k) for _, k in keyed)
+        s = min(_sparsity_for(sparsity, k) for _, k in keyed)
         lcm = math.lcm(*(int(groups.get(m, groups.get(k, 1))) for m, k in keyed))
         keep = group_keep(fused, s, lcm)
         for _, k in keyed:
