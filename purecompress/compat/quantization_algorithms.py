@@ -40,6 +40,14 @@ def _require_optimizer(name: str, optimizer: object) -> None:
         raise TypeError(f"{name} needs a torch.optim.Optimizer (it counts steps), got {type(optimizer).__name__}")
 
 
+def _register_weight_bits(wrappers: Sequence[QuantizerModuleWrapper]) -> None:
+    """A ``weight_bits`` buffer ``[1]`` on every module whose weight is quantized (NNI's modules carry it)."""
+    for w in wrappers:
+        if "weight" in w.quant_config.specs:
+            w.module.register_buffer("weight_bits", torch.tensor([float(w.quant_config.bits("weight"))],
+                                                                 device=w.module.weight.device))
+
+
 def naive_quantize(weight: Tensor, scale: Tensor) -> Tensor:
     """``trunc(w / scale) * scale``: NNI casts to int8, which truncates toward zero."""
     # core-request: purecompress.quant naive_quantize (see .notes/quant_requests.md)
@@ -92,10 +100,7 @@ class DoReFaQuantizer(Quantizer):
                  optimizer: torch.optim.Optimizer) -> None:
         _require_optimizer("DoReFaQuantizer", optimizer)
         super().__init__(model, config_list, optimizer)
-        for w in self.modules_wrapper:
-            if "weight" in w.quant_config.specs:
-                w.module.register_buffer("weight_bits", torch.tensor([float(w.quant_config.bits("weight"))],
-                                                                     device=w.module.weight.device))
+        _register_weight_bits(self.modules_wrapper)
 
     def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
         return dorefa_weight(wrapper.module.weight, wrapper.quant_config.bits("weight"))
@@ -122,10 +127,7 @@ class BNNQuantizer(Quantizer):
         _require_optimizer("BNNQuantizer", optimizer)
         super().__init__(model, config_list, optimizer)
         self.quant_grad = QuantForward()
-        for w in self.modules_wrapper:
-            if "weight" in w.quant_config.specs:
-                w.module.register_buffer("weight_bits", torch.tensor([float(w.quant_config.bits("weight"))],
-                                                                     device=w.module.weight.device))
+        _register_weight_bits(self.modules_wrapper)
 
     def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
         wrapper.module.weight_bits.fill_(1.0)  # NNI reports 1 bit once the weights are binarized
