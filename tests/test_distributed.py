@@ -8,10 +8,8 @@ the shards. examples/ddp_taylor.py runs alongside as a subprocess.
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,12 +23,12 @@ import purecompress as pc
 from purecompress.collect import ActivationStats, TaylorStats, collect_activations, collect_taylor
 from purecompress.distributed import all_reduce_stats, broadcast_masks, resolve_sync
 from purecompress.metrics_data import apoz, taylor_fo
+from tests.examples_loader import load_example
 
 if not (dist.is_available() and dist.is_gloo_available()):
     pytest.skip("torch.distributed with the gloo backend is not available in this torch build",
                 allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 TIMEOUT_S = 120
 CONV = ["0", "2"]
@@ -117,14 +115,6 @@ def _mismatch_raises(rank: int) -> bool:
     return False
 
 
-def _example() -> Any:
-    spec = importlib.util.spec_from_file_location("ddp_taylor", ROOT / "examples" / "ddp_taylor.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
@@ -141,7 +131,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             "compat_wrapped": {name: _compat(rank, name, sync=True, wrap_first=True) for name in ("taylor", "apoz")},
             "compat_local": {name: _compat(rank, name, sync=False) for name in ("taylor", "apoz")},
             "mismatch_raises": _mismatch_raises(rank),
-            "example": _example().run(rank, WORLD, 3, 0.5),
+            "example": load_example("ddp_taylor").run(rank, WORLD, 3, 0.5),
         }
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:

@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.examples_loader import load_example
+
 pytest.importorskip("sklearn", reason="the examples use scikit-learn's bundled digits dataset")
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_functional_agp_reaches_sparsity_and_accuracy() -> None:
-    result = _load("functional_agp").main(sparsity=0.8, steps=80, begin=10, end=60, every=10)
+    result = load_example("functional_agp").main(sparsity=0.8, steps=80, begin=10, end=60, every=10)
     assert result["scheduled"] == pytest.approx(0.8)
     assert result["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert result["accuracy"] > 0.7
 
 
 def test_nni_style_agp_script(tmp_path: Path) -> None:
-    task_id, model, masks, score, configs = _load("nni_style_agp").main(iterations=3, log_dir=str(tmp_path))
+    task_id, model, masks, score, configs = load_example("nni_style_agp").main(iterations=3, log_dir=str(tmp_path))
     assert task_id == 3 and score is None  # function-based tasks are not evaluated (NNI's 'latest')
     assert all(abs(float(1 - m["weight"].mean()) - 0.8) < 0.01 for m in masks.values())
     assert [c["total_sparsity"] for c in configs] == pytest.approx([0.8, 0.8])
@@ -39,6 +29,6 @@ def test_nni_style_agp_script(tmp_path: Path) -> None:
 
 
 def test_lottery_ticket_procedure() -> None:
-    result = _load("lottery_ticket").main(rounds=2, sparsity=0.75, steps=30)
+    result = load_example("lottery_ticket").main(rounds=2, sparsity=0.75, steps=30)
     assert result["sparsity"] == pytest.approx(0.75)
     assert result["ticket"] > 0.5

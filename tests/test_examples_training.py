@@ -5,26 +5,15 @@ They run in this process (``main(argv)``) to save interpreter start-ups; each ch
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
+from tests.examples_loader import load_example
+
 pytest.importorskip("sklearn", reason="the examples use scikit-learn's bundled digits dataset")
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +24,7 @@ def _keep_threads() -> Iterator[None]:
 
 
 def _run(name: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    _load(name).main(argv)
+    load_example(name).main(argv)
     return capsys.readouterr().out
 
 
