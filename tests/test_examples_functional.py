@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("sklearn", reason="the example uses scikit-learn's bundled digits dataset")
+from tests.examples_loader import run_example
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "functional_pruning.py"
+pytest.importorskip("sklearn", reason="the example uses scikit-learn's bundled digits dataset")
 
 
 @pytest.fixture(scope="module")
 def output() -> str:
-    result = subprocess.run([sys.executable, str(SCRIPT), "--epochs", "8", "--sparsity", "0.5"],
-                            capture_output=True, text=True, timeout=600, cwd=SCRIPT.parents[1])
-    assert result.returncode == 0, result.stderr
-    assert "purecompress" not in result.stderr, result.stderr  # no warning of ours
-    return result.stdout
+    return run_example("functional_pruning", "--epochs", "8", "--sparsity", "0.5")
 
 
 def _number(output: str, label: str) -> float:
