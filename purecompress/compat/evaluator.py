@@ -171,7 +171,7 @@ class Evaluator(abc.ABC):
     """The contract a pruner uses to run the user's training (NNI's ``Evaluator``)."""
 
     _initialization_complete: bool = False
-    _hooks: list[Hook]
+    _hooks: tuple[Hook, ...] = ()  # a class default, so a user's subclass needs no __init__ for it
 
     @abc.abstractmethod
     def _init_optimizer_helpers(self, pure_model: nn.Module) -> None:
@@ -203,21 +203,19 @@ class Evaluator(abc.ABC):
 
     def register_hooks(self, hooks: Sequence[Hook]) -> None:
         """Register each hook and remember it."""
-        if not hasattr(self, "_hooks"):
-            self._hooks = []
         for hook in hooks:
             hook.register()
-            self._hooks.append(hook)
+            self._hooks = (*self._hooks, hook)
 
     def get_all_hooks(self) -> list[Hook]:
         """The registered hooks."""
-        return list(getattr(self, "_hooks", []))
+        return list(self._hooks)
 
     def remove_all_hooks(self) -> None:
         """Remove every registered hook."""
-        for hook in getattr(self, "_hooks", []):
+        for hook in self._hooks:
             hook.remove()
-        self._hooks = []
+        self._hooks = ()
 
     @abc.abstractmethod
     def train(self, max_steps: int | None = None, max_epochs: int | None = None) -> None:
