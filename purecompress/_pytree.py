@@ -143,6 +143,12 @@ def _compile_friendly_init(attrs_init: Callable[..., None], fields: Any) -> Call
     return __init__
 
 
+def is_traced(t: torch.Tensor) -> bool:
+    """Whether ``t`` is seen through ``torch.func`` transforms or ``torch.compile``: code may then
+    take no data-dependent branch or shape (no ``.item()``, no ``nonzero``)."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
 def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """``optree.tree_map`` in purecompress's namespace (records are nodes, not leaves)."""
     return optree.tree_map(fn, tree, *rest, namespace=NAMESPACE)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from purecompress._pytree import is_traced
 from purecompress.records import Block, Mask, Masks, Metric, Metrics, blocks_of, unblock
 
 __all__ = [
@@ -61,10 +62,6 @@ def _as_float(score: Tensor) -> Tensor:
     return score.to(torch.promote_types(score.dtype, torch.float32))
 
 
-def _traced(t: Tensor) -> bool:
-    """Whether ``t`` is seen through vmap/grad or torch.compile (no data-dependent branches)."""
-    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
-
 
 def _keep_top(score: Tensor, k: int, dim: int) -> Tensor:
     """:func:`keep_top` for a float tensor without NaN."""
@@ -76,7 +73,7 @@ def _keep_top(score: Tensor, k: int, dim: int) -> Tensor:
     threshold = torch.kthvalue(score, n - k, dim=dim, keepdim=True).values
     above = score > threshold
     count = above.sum(dim=dim, keepdim=True)
-    if not _traced(score) and bool((count == k).all()):  # no tie at the threshold: done
+    if not is_traced(score) and bool((count == k).all()):  # no tie at the threshold: done
         return above
     tie = score == threshold
     return above | (tie & (tie.cumsum(dim) <= k - count))

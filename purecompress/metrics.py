@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
+from purecompress._pytree import is_traced
 from purecompress.records import Block, Metric, Metrics, blocks_of
 from purecompress.selection import Plan
 
@@ -81,16 +82,22 @@ def l2_norm(params: Mapping[str, Tensor], targets: Targets, *, block: Block | No
 
 def _distance_sums(blocks: Tensor, p: float) -> Tensor:
     flat = blocks.reshape(-1, blocks.shape[-1])
-    if p == 2.0:
-        # Euclidean distances from one float64 Gram matrix: a BLAS matmul instead of n^2 row
-        # differences, and float64 keeps it at least as accurate as NNI's float32 loop.
-        x = flat.double()
-        sq = (x * x).sum(-1)
-        d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp(min=0.0)
-        d2 = d2 * (1.0 - torch.eye(len(x), dtype=x.dtype, device=x.device))  # exact zero to itself
-        return d2.sqrt().sum(-1).to(flat.dtype).reshape(blocks.shape[:-1])
-    dist = torch.cdist(flat[None], flat[None], p=p)[0]
-    return dist.sum(-1).reshape(blocks.shape[:-1])
+    if p != 2.0 or not flat.is_floating_point() or is_traced(flat):
+        return torch.cdist(flat[None], flat[None], p=p)[0].sum(-1).reshape(blocks.shape[:-1])
+    # Euclidean distances from one Gram matrix: a BLAS matmul instead of n^2 row differences.
+    # Centering first (distances are translation invariant) keeps the cancellation in
+    # |a|^2 + |b|^2 - 2ab small; pairs that are close relative to their norms (duplicated
+    # filters, the very thing FPGM looks for) are recomputed exactly from their difference.
+    x = flat - flat.mean(0)
+    sq = (x * x).sum(-1)
+    norms = sq[:, None] + sq[None, :]
+    d2 = (norms - 2.0 * (x @ x.T)).clamp(min=0.0)
+    near = (d2 < 1e-2 * norms) & ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    i, j = near.nonzero(as_tuple=True)
+    d2[i, j] = (x[i] - x[j]).square().sum(-1)
+    d2.fill_diagonal_(0.0)
+    return d2.sqrt().sum(-1).reshape(blocks.shape[:-1])
+
 
 
 def fpgm(params: Mapping[str, Tensor], targets: Targets, *, p: float = 2.0,
