@@ -76,30 +76,21 @@ class ObserverQuantizer(Quantizer):
         else:
             self.all_observers[wrapper.name][kind](x.detach().cpu())
 
-    def _apply(self, x: Tensor, wrapper: QuantizerModuleWrapper, kind: str) -> Tensor:
-        m = wrapper.module
-        qp = QuantParams(getattr(m, f"{kind}_scale").reshape(()), getattr(m, f"{kind}_zero_point").reshape(()),
-                         getattr(m, f"{kind}_qmin"), getattr(m, f"{kind}_qmax"))
-        return fake_quantize(x, qp)
+    def _observe(self, x: Tensor, wrapper: QuantizerModuleWrapper, kind: str) -> Tensor:
+        """Before :meth:`compress`: record ``x`` and return it; after: ``x`` fake-quantized."""
+        if self.compressed:
+            return fake_quantize(x, _stored(wrapper.module, kind))
+        self._record(wrapper, kind, x)
+        return x
 
     def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
-        weight = wrapper.module.weight
-        if self.compressed:
-            return self._apply(weight, wrapper, "weight")
-        self._record(wrapper, "weight", weight)
-        return weight
+        return self._observe(wrapper.module.weight, wrapper, "weight")
 
     def quantize_input(self, inputs: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
-        if self.compressed:
-            return self._apply(inputs, wrapper, "input")
-        self._record(wrapper, "input", inputs)
-        return inputs
+        return self._observe(inputs, wrapper, "input")
 
     def quantize_output(self, output: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
-        if self.compressed:
-            return self._apply(output, wrapper, "output")
-        self._record(wrapper, "output", output)
-        return output
+        return self._observe(output, wrapper, "output")
 
     def compress(self) -> nn.Module:
         """Fix scales and zero points from the calibration data; later forwards are quantized."""
@@ -115,20 +106,19 @@ class ObserverQuantizer(Quantizer):
 
     def _restore_module(self, module: nn.Module) -> None:
         quantized = None
-        if isinstance(getattr(module, "old_weight", None), nn.Parameter) and hasattr(module, "weight_scale"):
-            qp = QuantParams(module.weight_scale.reshape(()), module.weight_zero_point.reshape(()), -127, 127)
-            quantized = fake_quantize(module.old_weight.detach(), qp)
+        if self.compressed and isinstance(getattr(module, "old_weight", None), nn.Parameter):
+            quantized = fake_quantize(module.old_weight.detach(), _stored(module, "weight"))
         super()._restore_module(module)
         if quantized is not None:  # NNI exports the fake-quantized weights
             module.weight.data.copy_(quantized)
 
     def _calibration_config(self) -> dict[str, dict[str, Any]]:
-        config = {}
+        config: dict[str, dict[str, Any]] = {}
+        if not self.compressed:  # nothing calibrated yet
+            return config
         for w in self.modules_wrapper:
             m, entry = w.module, {}
             for kind in w.quant_config.specs:
-                if not hasattr(m, f"{kind}_scale"):
-                    continue
                 scale, zp = getattr(m, f"{kind}_scale"), getattr(m, f"{kind}_zero_point")
                 qmin, qmax = getattr(m, f"{kind}_qmin"), getattr(m, f"{kind}_qmax")
                 entry[f"{kind}_bits"] = 8
@@ -140,12 +130,16 @@ class ObserverQuantizer(Quantizer):
         return config
 
     def _onnx_plan(self) -> OnnxPlan:
+        if not self.compressed:  # nothing calibrated yet
+            return OnnxPlan()
         plan: dict[str, dict[str, QuantParams]] = {"weight": {}, "input": {}, "output": {}}
         for w in self.modules_wrapper:
-            m = w.module
             for kind in w.quant_config.specs:
-                if hasattr(m, f"{kind}_scale"):
-                    qp = QuantParams(getattr(m, f"{kind}_scale").reshape(()), getattr(m, f"{kind}_zero_point")
-                                     .reshape(()), getattr(m, f"{kind}_qmin"), getattr(m, f"{kind}_qmax"))
-                    plan[kind][f"{w.name}.weight" if kind == "weight" else w.name] = qp
+                plan[kind][f"{w.name}.weight" if kind == "weight" else w.name] = _stored(w.module, kind)
         return OnnxPlan(weights=plan["weight"], inputs=plan["input"], outputs=plan["output"])
+
+
+def _stored(module: nn.Module, kind: str) -> QuantParams:
+    """The per-tensor parameters :meth:`ObserverQuantizer.compress` stored on ``module`` for ``kind``."""
+    return QuantParams(getattr(module, f"{kind}_scale").reshape(()), getattr(module, f"{kind}_zero_point").reshape(()),
+                       getattr(module, f"{kind}_qmin"), getattr(module, f"{kind}_qmax"))
