@@ -93,10 +93,8 @@ def kind_of(
         entry = replacement_for(module, extra)
         if entry is not None:
             return entry.kind
-    elif node.op == "call_method":
-        names = [str(node.target)]
     else:
-        names = [getattr(node.target, "__name__", "")]
+        names = [op_name(node)]
     return next((_KINDS[n] for n in names if n in _KINDS), "unknown")
 
 

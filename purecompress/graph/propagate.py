@@ -51,7 +51,7 @@ from purecompress.records import Mask, Masks
 
 from .capture import capture
 from .channels import Call, Classes, Track, trace_channels
-from .liveness import liveness
+from .liveness import liveness, op_name
 from .replace import ChannelSlice, Replacement
 
 __all__ = [
@@ -155,7 +155,7 @@ def _in_place(node: fx.Node, root: nn.Module) -> bool:
     """Whether ``node`` may write into its inputs (``x.relu_()``, ``x += y``, ``ReLU(inplace=True)``)."""
     if node.op == "call_module":
         return bool(getattr(root.get_submodule(str(node.target)), "inplace", False))
-    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+    name = op_name(node)
     return name.endswith("_") or name.startswith("__i") or name in _IN_PLACE or bool(node.kwargs.get("inplace"))
 
 
