@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from purecompress.compat.quantization_base import Quantizer
+    from purecompress.quant.config import QuantConfig
 
 __all__ = [
     "BN_FOLD_TAG",
@@ -72,6 +73,9 @@ class QuantizerModuleWrapper(nn.Module):
     quantized weight of the last forward. With a folded BatchNorm (``bn_module``) the bias moves to
     ``module.old_bias`` the same way.
     """
+
+    #: The parsed config, set by the quantizer that wraps the module (None: a wrapper made by hand).
+    quant_config: QuantConfig | None = None
 
     def __init__(self, module: nn.Module, module_name: str, module_type: str, config: dict[str, Any],
                  quantizer: Quantizer, bn_module: nn.Module | None = None) -> None:
@@ -182,7 +186,7 @@ class QuantGrad(torch.autograd.Function):
                 input_tensor: Tensor | None = None) -> Tensor:
         output = _quantize_helper(tensor, quant_type, wrapper, input_tensor)
         kind = QuantType(quant_type).value
-        specs = getattr(getattr(wrapper, "quant_config", None), "specs", {})
+        specs = wrapper.quant_config.specs if wrapper.quant_config is not None else {}
         if kind in specs:
             ctx.qmin, ctx.qmax = specs[kind].qrange
         else:  # a hand-made wrapper: NNI's fallback range
