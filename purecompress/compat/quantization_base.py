@@ -104,6 +104,8 @@ class Quantizer:
     allowed_keys: tuple[str, ...] = _NNI_KEYS
     #: Attributes the algorithm adds to a quantized module, removed on export.
     simulated_attrs: tuple[str, ...] = ()
+    #: The ONNX plan ``export_model`` takes while the modules are still wrapped, for ``export_model_save``.
+    _export_onnx_plan: OnnxPlan | None = None
 
     def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]],
                  optimizer: torch.optim.Optimizer | None = None, dummy_input: Any = None) -> None:
@@ -343,7 +345,7 @@ class Quantizer:
                 torch.save(dict(calibration_config or {}), os.fspath(calibration_path))
         if onnx_path is None:
             return
-        plan = getattr(self, "_export_onnx_plan", None) or self._onnx_plan()
+        plan = self._export_onnx_plan or self._onnx_plan()
         target = model
         if plan.replace or plan.identities:
             target = copy.deepcopy(model)
