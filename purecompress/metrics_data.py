@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from purecompress.collect import ActivationStats, TaylorStats
-from purecompress.metrics import metric_by
+from purecompress.metrics import _target_names, metric_by
 from purecompress.records import Block, Metric, Metrics
 from purecompress.selection import Plan
 
@@ -74,14 +74,6 @@ def taylor_fo(stats: Mapping[str, TaylorStats], *, block: Block | None = None) -
     return metric_by(scores, list(scores), lambda b: b.abs().sum(-1), block=block or Block.channel())
 
 
-def _bn_names(params: Mapping[str, Tensor], targets: Plan | Iterable[str]) -> list[str]:
-    names = list(targets.targets()) if isinstance(targets, Plan) else list(targets)
-    missing = [n for n in names if n not in params]
-    if missing:
-        raise KeyError(f"targets not in params: {missing}")
-    return names
-
-
 def bn_scale(params: Mapping[str, Tensor], targets: Plan | Iterable[str]) -> Metrics:
     """``|gamma|`` of each BatchNorm channel (Network Slimming; NNI's SlimPruner metric).
 
@@ -93,7 +85,7 @@ def bn_scale(params: Mapping[str, Tensor], targets: Plan | Iterable[str]) -> Met
     tensor([2.0000, 0.5000])
     """
     return {name: Metric(params[name].detach().abs(), tuple(params[name].shape))
-            for name in _bn_names(params, targets)}
+            for name in _target_names(params, targets)}
 
 
 def slim_penalty(params: Mapping[str, Tensor], targets: Plan | Iterable[str], scale: float = 1e-4) -> Tensor:
@@ -104,7 +96,7 @@ def slim_penalty(params: Mapping[str, Tensor], targets: Plan | Iterable[str], sc
     >>> slim_penalty({'bn.weight': torch.tensor([-2., 1.])}, ['bn.weight'], scale=0.5)
     tensor(1.5000)
     """
-    names = _bn_names(params, targets)
+    names = _target_names(params, targets)
     if not names:
         return torch.zeros(())
     return scale * torch.stack([params[n].abs().sum() for n in names]).sum()
