@@ -300,3 +300,21 @@ def test_apply_masks_new_dict_dense_when_missing_and_unknown_key_error() -> None
         pc.apply_masks(params, {"v": pc.Mask.dense((2,))})
     with pytest.raises(ValueError, match="applied to a tensor of shape"):
         pc.apply_masks(params, {"b": pc.Mask.dense((3,))})
+
+
+@pytest.mark.parametrize("kind", ["normal", "sorted", "reversed", "constant", "three_values", "periodic"])
+def test_sampled_selection_is_exact_on_large_and_adversarial_inputs(kind: str) -> None:
+    from purecompress.allocate import _kth_smallest_sampled
+
+    n = 1 << 17
+    x = {
+        "normal": torch.randn(n, generator=torch.Generator().manual_seed(0)),
+        "sorted": torch.arange(n, dtype=torch.float32),
+        "reversed": torch.arange(n, dtype=torch.float32).flip(0),
+        "constant": torch.zeros(n),
+        "three_values": torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(1)).float(),
+        "periodic": (torch.arange(n) % 8).float(),  # the strided sample sees one residue only
+    }[kind]
+    for rank in (1, 7, n // 3, n // 2, n - 3, n):
+        assert torch.equal(_kth_smallest_sampled(x, rank), torch.kthvalue(x, rank).values)
+    assert pc.keep_top(x, n // 2).sum() == n // 2
