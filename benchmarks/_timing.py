@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["environment", "median_time", "table"]
+__all__ = ["environment", "median_time", "paired_ratio", "table"]
 
 
 def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, budget_s: float = 30.0) -> float:
@@ -24,6 +24,26 @@ def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, 
         if sum(times) > budget_s:
             break
     return statistics.median(times)
+
+
+def paired_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, repeats: int = 15,
+                 warmup: int = 2) -> float:
+    """Median over ``repeats`` of time(fn) / time(baseline), the two run back to back each time.
+
+    Pairing cancels most of the drift a shared machine adds (other processes come and go).
+    """
+    for _ in range(warmup):
+        fn()
+        baseline()
+    ratios = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        middle = time.perf_counter()
+        baseline()
+        end = time.perf_counter()
+        ratios.append((middle - start) / (end - middle))
+    return statistics.median(ratios)
 
 
 def environment() -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import environment, median_time, table  # noqa: E402
+from _timing import environment, median_time, paired_ratio, table  # noqa: E402
 
 import purecompress as pc  # noqa: E402
 
@@ -89,6 +90,17 @@ def compat_compress(cls_name: str, model: nn.Module, types: str) -> dict[str, di
     return masks
 
 
+def fresh_time(model: nn.Module, compress: Callable[[nn.Module], object], repeats: int = 3) -> float:
+    """Median time of ``compress`` on fresh copies of ``model`` (copying is not timed)."""
+    copies = [copy.deepcopy(model) for _ in range(repeats)]
+    times = []
+    for m in copies:
+        start = time.perf_counter()
+        compress(m)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def same_masks(nni_masks: dict[str, dict[str, torch.Tensor]], ours: pc.Masks) -> bool:
     converted = pc.masks_to_nni(ours)
     for module, targets in nni_masks.items():
@@ -113,16 +125,14 @@ def compress_rows() -> list[list[str]]:
             t_func = median_time(lambda: pc.prune(params, plan, metric), repeats=5)
             row = [model_name, algo, f"{t_func * 1e3:.1f}"]
             if compat is not None:
-                m = copy.deepcopy(model)
-                t_compat = median_time(lambda m=m: compat_compress(cls_name, m, types), repeats=3)
+                t_compat = fresh_time(model, lambda m: compat_compress(cls_name, m, types))
                 row.append(f"{t_compat * 1e3:.1f}")
             else:
                 t_compat = None
                 row.append("n/a")
             if nni_pruning is not None:
-                m = copy.deepcopy(model)
-                masks = nni_compress(cls_name, m, types)
-                t_nni = median_time(lambda m=m: nni_compress(cls_name, m, types), repeats=3, warmup=0)
+                masks = nni_compress(cls_name, copy.deepcopy(model), types)
+                t_nni = fresh_time(model, lambda m: nni_compress(cls_name, m, types))
                 row += [f"{t_nni * 1e3:.1f}", f"{t_nni / t_func:.1f}x",
                         f"{t_nni / t_compat:.1f}x" if t_compat else "n/a", str(same_masks(masks, ours))]
             else:
@@ -158,11 +168,8 @@ def forward_rows() -> list[list[str]]:
         def masked_fb() -> None:
             functional_call(model, pc.apply_masks(trainable, masks), (x,)).sum().backward()
 
-        results = {name: median_time(fn, repeats=9) for name, fn in
-                   (("plain_fwd", plain_fwd), ("masked_fwd", masked_fwd),
-                    ("plain_fb", plain_fb), ("masked_fb", masked_fb))}
-        rows.append([algo, "functional", f"{results['masked_fwd'] / results['plain_fwd']:.3f}x",
-                     f"{results['masked_fb'] / results['plain_fb']:.3f}x"])
+        rows.append([algo, "functional", f"{paired_ratio(masked_fwd, plain_fwd):.3f}x",
+                     f"{paired_ratio(masked_fb, plain_fb):.3f}x"])
         for label, module in (("compat wrapper", compat), ("NNI wrapper", nni_pruning)):
             if module is None:
                 continue
@@ -184,9 +191,7 @@ def forward_rows() -> list[list[str]]:
             def p_fb() -> None:
                 model(x).sum().backward()
 
-            t = {name: median_time(fn, repeats=9) for name, fn in
-                 (("w_fwd", w_fwd), ("p_fwd", p_fwd), ("w_fb", w_fb), ("p_fb", p_fb))}
-            rows.append([algo, label, f"{t['w_fwd'] / t['p_fwd']:.3f}x", f"{t['w_fb'] / t['p_fb']:.3f}x"])
+            rows.append([algo, label, f"{paired_ratio(w_fwd, p_fwd):.3f}x", f"{paired_ratio(w_fb, p_fb):.3f}x"])
         for row in rows[-3:]:
             print("  ", " | ".join(row), flush=True)
     return rows
@@ -200,7 +205,7 @@ def main() -> None:
     print(table(["model", "pruner", "functional ms", "compat ms", "NNI ms", "NNI/functional",
                  "NNI/compat", "identical masks"], crow))
     print()
-    print("masked vs plain MLP 20x1024, batch 256 (ratio of medians; 1.00x = no overhead)")
+    print("masked vs plain MLP 20x1024, batch 256 (median of paired ratios; 1.00x = no overhead)")
     frow = forward_rows()
     print()
     print(table(["masks", "path", "forward", "forward+backward"], frow))

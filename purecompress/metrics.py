@@ -84,20 +84,45 @@ def _distance_sums(blocks: Tensor, p: float) -> Tensor:
     flat = blocks.reshape(-1, blocks.shape[-1])
     if p != 2.0 or not flat.is_floating_point() or is_traced(flat):
         return torch.cdist(flat[None], flat[None], p=p)[0].sum(-1).reshape(blocks.shape[:-1])
-    # Euclidean distances from one Gram matrix: a BLAS matmul instead of n^2 row differences.
-    # Centering first (distances are translation invariant) keeps the cancellation in
-    # |a|^2 + |b|^2 - 2ab small; pairs that are close relative to their norms (duplicated
-    # filters, the very thing FPGM looks for) are recomputed exactly from their difference.
-    x = flat - flat.mean(0)
-    sq = (x * x).sum(-1)
-    norms = sq[:, None] + sq[None, :]
-    d2 = (norms - 2.0 * (x @ x.T)).clamp(min=0.0)
-    near = (d2 < 1e-2 * norms) & ~torch.eye(len(x), dtype=torch.bool, device=x.device)
-    i, j = near.nonzero(as_tuple=True)
-    d2[i, j] = (x[i] - x[j]).square().sum(-1)
-    d2.fill_diagonal_(0.0)
-    return d2.sqrt().sum(-1).reshape(blocks.shape[:-1])
+    ones = torch.ones(len(flat), dtype=flat.dtype, device=flat.device)
+    probe = flat @ torch.linspace(1.0, 2.0, flat.shape[-1], dtype=flat.dtype, device=flat.device)
+    if torch.unique(probe).numel() == len(flat):  # no two blocks alike (the usual case)
+        return _euclidean_sums(flat, ones).reshape(blocks.shape[:-1])
+    # Identical blocks (e.g. filters already pruned to zero) are exactly 0 apart: work on the
+    # distinct ones, each weighted by how often it occurs.
+    distinct, inverse, counts = torch.unique(flat, dim=0, return_inverse=True, return_counts=True)
+    return _euclidean_sums(distinct, counts.to(flat.dtype))[inverse].reshape(blocks.shape[:-1])
 
+
+def _euclidean_sums(x: Tensor, weight: Tensor) -> Tensor:
+    """``sum_j weight_j |x_i - x_j|`` for distinct rows ``x``, from one float32 Gram matrix (a BLAS
+    matmul instead of NNI's n^2 row differences).
+
+    Centering (distances are translation invariant) keeps the cancellation in |a|^2 + |b|^2 - 2ab
+    small: sums are good to about 2e-7. Rows with a near neighbour (where cancellation is not
+    small) are redone from explicit differences, rows whose sums nearly tie (where that error
+    could swap their ranking) from a float64 Gram row; both in float64.
+    """
+    xc = x - x.mean(0)
+    sq = (xc * xc).sum(-1)
+    norms = sq[:, None] + sq[None, :]
+    d2 = torch.addmm(norms, xc, xc.T, alpha=-2.0).clamp_(min=0.0).fill_diagonal_(0.0)
+    near = torch.lt(d2, norms.mul_(1e-2)).fill_diagonal_(False).any(1)
+    sums = d2.sqrt_() @ weight
+    x64, w64 = xc.double(), weight.double()
+    ranked, order = sums.sort()
+    tie = ranked.diff() <= 1e-6 * ranked[1:].abs()
+    tied = torch.unique(torch.cat([order[1:][tie], order[:-1][tie]]))
+    tied = tied[~near[tied]]
+    if tied.numel():
+        sq64 = (x64 * x64).sum(-1)
+        rows2 = (sq64[tied, None] + sq64[None, :] - 2.0 * (x64[tied] @ x64.T)).clamp(min=0.0)
+        rows2[torch.arange(len(tied)), tied] = 0.0
+        sums[tied] = (rows2.sqrt() @ w64).to(sums.dtype)
+    for chunk in near.nonzero().flatten().split(256):
+        exact = torch.cdist(x64[chunk], x64, compute_mode="donot_use_mm_for_euclid_dist")
+        sums[chunk] = (exact @ w64).to(sums.dtype)
+    return sums
 
 
 def fpgm(params: Mapping[str, Tensor], targets: Targets, *, p: float = 2.0,
