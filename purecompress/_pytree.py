@@ -23,6 +23,7 @@ __all__ = ["NAMESPACE", "record", "static", "trees_equal"]
 
 NAMESPACE = "purecompress"
 _STATIC = "purecompress_static"
+_CACHE = "purecompress_cache"
 
 T = TypeVar("T")
 
@@ -32,6 +33,12 @@ def static(**kwargs: Any) -> Any:
     metadata = dict(kwargs.pop("metadata", {}))
     metadata[_STATIC] = True
     return attrs.field(metadata=metadata, **kwargs)
+
+
+def cache() -> Any:
+    """A private attrs field for a value derived from the record's own fields (never a child,
+    never compared, not an ``__init__`` argument, dropped when the tree is rebuilt)."""
+    return attrs.field(init=False, default=None, eq=False, repr=False, metadata={_CACHE: True})
 
 
 def trees_equal(a: Any, b: Any) -> bool:
@@ -60,8 +67,10 @@ def record(cls: type[T]) -> type[T]:
     cls = attrs.frozen(eq=False, slots=True)(cls)
     fields = attrs.fields(cls)
     cls.__init__ = _compile_friendly_init(cls.__init__, fields)  # type: ignore[method-assign]
-    children = tuple(f.name for f in fields if not f.metadata.get(_STATIC, False))
-    statics = tuple(f.name for f in fields if f.metadata.get(_STATIC, False))
+    data = [f for f in fields if not f.metadata.get(_CACHE, False)]
+    caches = tuple(f.name for f in fields if f.metadata.get(_CACHE, False))
+    children = tuple(f.name for f in data if not f.metadata.get(_STATIC, False))
+    statics = tuple(f.name for f in data if f.metadata.get(_STATIC, False))
 
     def flatten(obj: Any) -> tuple[list[Any], tuple[Any, ...]]:
         return [getattr(obj, n) for n in children], tuple(getattr(obj, n) for n in statics)
@@ -73,6 +82,8 @@ def record(cls: type[T]) -> type[T]:
         obj = object.__new__(cls)
         for name, value in kwargs.items():
             object.__setattr__(obj, name, value)
+        for name in caches:
+            object.__setattr__(obj, name, None)
         return obj
 
     def optree_flatten(obj: Any) -> tuple[list[Any], tuple[Any, ...], tuple[str, ...]]:

@@ -16,7 +16,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from purecompress._pytree import record, static
+from purecompress._pytree import cache, is_traced, record, static
 
 __all__ = ["Block", "Mask", "Metric", "Masks", "Metrics", "Params"]
 
@@ -140,6 +140,7 @@ class Mask:
 
     keep: Tensor
     shape: tuple[int, ...] = static(converter=tuple)
+    _multiplier: tuple[tuple[torch.dtype, torch.device], Tensor] | None = cache()
 
     @classmethod
     def dense(cls, shape: tuple[int, ...]) -> Mask:
@@ -170,7 +171,19 @@ class Mask:
         trailing = tuple(t.shape[t.dim() - len(self.shape):]) if t.dim() >= len(self.shape) else None
         if trailing != self.shape:
             raise ValueError(f"mask for shape {self.shape} applied to a tensor of shape {tuple(t.shape)}")
-        return t * self.broadcastable()
+        return t * self._multiplier_for(t)
+
+    def _multiplier_for(self, t: Tensor) -> Tensor:
+        """``keep`` as 0/1 of ``t``'s dtype and device, broadcastable to it: a same-dtype multiply
+        is the fast kernel forward and backward. Cached on the record (derived from ``keep``
+        only) except under transforms, where ``keep`` may be batched or traced."""
+        keep = self.broadcastable()
+        if is_traced(keep) or is_traced(t):
+            return keep.to(t.dtype)
+        key = (t.dtype, t.device)
+        if self._multiplier is None or self._multiplier[0] != key:
+            object.__setattr__(self, "_multiplier", (key, keep.to(dtype=t.dtype, device=t.device)))
+        return self._multiplier[1]
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The 0/1 tensor of the parameter's full shape (NNI's mask format)."""
