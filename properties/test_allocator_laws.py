@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
-from properties.strategies import int_tensors, metric_sets, shapes, sparsities
 
 import purecompress as pc
+from properties.strategies import int_tensors, metric_sets, shapes, sparsities
 from purecompress.records import blocks_of
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
-from properties.strategies import config_lists, malformed_config_lists, valid_config_entries
 
 import purecompress as pc
+from properties.strategies import config_lists, malformed_config_lists, valid_config_entries
 
 
 def _parse(config_list: object) -> tuple[pc.PruneConfig, ...] | pc.ConfigError:

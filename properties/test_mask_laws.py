@@ -7,9 +7,9 @@ import math
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
-from properties.strategies import blocks_for, int_tensors, masks_for, metric_sets, params_and_masks, shapes, sparsities
 
 import purecompress as pc
+from properties.strategies import blocks_for, int_tensors, masks_for, metric_sets, params_and_masks, shapes, sparsities
 from purecompress.records import blocks_of, unblock
 
 

@@ -9,9 +9,9 @@ import torch
 import torch.utils._pytree as torch_pytree
 from hypothesis import given
 from hypothesis import strategies as st
-from properties.strategies import masks_for, metric_sets, params_and_masks, shapes, sparsities
 
 import purecompress as pc
+from properties.strategies import masks_for, metric_sets, params_and_masks, shapes, sparsities
 from purecompress._pytree import tree_map
 
 

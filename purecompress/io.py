@@ -50,7 +50,8 @@ def load_masks(path: str | os.PathLike[str]) -> Masks:
     return {name: Mask(tensors[name].to(torch.bool), tuple(shapes[name])) for name in tensors}
 
 
-def masks_to_nni(masks: Mapping[str, Mask], *, dtype: torch.dtype = torch.float32) -> dict[str, dict[str, Tensor | None]]:
+def masks_to_nni(masks: Mapping[str, Mask], *,
+                 dtype: torch.dtype = torch.float32) -> dict[str, dict[str, Tensor | None]]:
     """NNI's mask format: ``{module: {'weight': 0/1 tensor, 'bias': 0/1 tensor or None}}``.
 
     Every module with a ``weight`` mask gets a ``'bias'`` key (None without a bias mask), as NNI's
