@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _models  # noqa: E402
 from _timing import environment, median_time, paired_ratio, table  # noqa: E402
 
 import purecompress as pc  # noqa: E402
@@ -53,16 +54,7 @@ def mlp(depth: int = 20, width: int = 1024) -> nn.Module:
 
 
 def vgg() -> nn.Module:
-    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"]
-    layers: list[nn.Module] = []
-    channels = 3
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            layers += [nn.Conv2d(channels, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
-            channels = int(v)
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512 * 2 * 2, 10))
+    return _models.vgg()
 
 
 ALGOS: dict[str, tuple[str, Callable[..., pc.Metrics], str]] = {

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _models  # noqa: E402
 from _timing import environment, median_time, table  # noqa: E402
 
 import purecompress as pc  # noqa: E402
@@ -36,16 +37,7 @@ logging.disable(logging.WARNING)  # NNI logs every node at INFO
 
 
 def vgg() -> nn.Module:
-    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"]
-    layers: list[nn.Module] = []
-    channels = 3
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            layers += [nn.Conv2d(channels, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
-            channels = v
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512 * 2 * 2, 512), nn.ReLU(), nn.Linear(512, 10))
+    return _models.vgg(hidden=512)
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _models  # noqa: E402
 from _timing import environment, table  # noqa: E402
 
 import purecompress as pc  # noqa: E402
@@ -57,15 +58,7 @@ CONFIG = [{"sparsity": 0.5, "op_types": ["Conv2d"]}]
 
 
 def vgg() -> nn.Module:
-    layers: list[nn.Module] = []
-    channels = 3
-    for v in [32, 32, "M", 64, 64, "M", 128, 128, "M"]:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            layers += [nn.Conv2d(channels, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
-            channels = int(v)
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 16, 10))
+    return _models.vgg([32, 32, "M", 64, 64, "M", 128, 128, "M"])
 
 
 _g = torch.Generator().manual_seed(0)
