@@ -47,12 +47,18 @@ class _FakeQuantSTE(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def _clipped_forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
+def _clipped_forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,
+                     batched: bool = False) -> tuple[Tensor, Tensor]:
     code = (x / scale).add_(zero_point).round_()
     q = code.clamp(qmin, qmax)
-    # Float mask, 1 where the code is in range (code == q), else 0: cheaper than a bool mask on
-    # CPU (code - q is integer valued).
-    inside = code.sub_(q).abs_().clamp(max=1.0).neg_().add_(1.0)
+    # Float mask, 1.0 where the code is in range (code == q), else 0.0 (a bool mask is slow to
+    # make and to multiply by on CPU): eq_ writes it over ``code`` in one pass and keeps the float
+    # dtype. eq_ has no vmap batching rule, so under transforms the same mask comes from float
+    # arithmetic (code - q is integer valued).
+    if batched:
+        inside = code.sub_(q).abs_().clamp(max=1.0).neg_().add_(1.0)
+    else:
+        inside = code.eq_(q)
     return q.sub_(zero_point).mul_(scale), inside
 
 
@@ -63,7 +69,7 @@ class _FakeQuantClipped(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
-        return _clipped_forward(x, scale, zero_point, qmin, qmax)
+        return _clipped_forward(x, scale, zero_point, qmin, qmax, batched=True)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
