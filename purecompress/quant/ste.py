@@ -98,6 +98,32 @@ class _FakeQuantClippedEager(torch.autograd.Function):
         return grad * inside, None, None, None, None
 
 
+class _FakeQuantClippedLean(torch.autograd.Function):
+    """Same values and gradient with one large allocation per pass instead of three: the forward
+    works in place on one temporary and saves nothing new; the backward recomputes the code from
+    the saved ``x`` and turns it into the mask in place (``qmin <= code <= qmax`` as
+    ``|code - mid| <= half``, exact for ranges within 2^20 in float32/64). Fresh allocations of
+    large temporaries (page faults) cost more than the extra in-place passes on CPU."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+        ctx.save_for_backward(x, scale, zero_point)
+        ctx.qrange = (qmin, qmax)
+        return (x / scale).add_(zero_point).round_().clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, scale, zero_point = ctx.saved_tensors
+        qmin, qmax = ctx.qrange
+        code = (x / scale).add_(zero_point).round_()
+        inside = code.sub_((qmin + qmax) / 2).abs_().le_((qmax - qmin) / 2)
+        return inside.mul_(grad), None, None, None, None
+
+
+_LEAN_LIMIT = 2**20
+_LEAN_DTYPES = (torch.float32, torch.float64)
+
+
 def fake_quantize_ste(x: Tensor, qp: QuantParams, *, clip: bool = False) -> Tensor:
     """Fake-quantize ``x`` with a straight-through gradient (no gradient to ``qp``).
 
@@ -118,6 +144,9 @@ def fake_quantize_ste(x: Tensor, qp: QuantParams, *, clip: bool = False) -> Tens
     if clip:
         if torch._C._are_functorch_transforms_active():
             return _FakeQuantClipped.apply(x, scale, zero_point, qp.qmin, qp.qmax)[0]
+        if (x.dtype in _LEAN_DTYPES and scale.dtype in _LEAN_DTYPES
+                and -_LEAN_LIMIT < qp.qmin <= qp.qmax < _LEAN_LIMIT):
+            return _FakeQuantClippedLean.apply(x, scale, zero_point, qp.qmin, qp.qmax)
         return _FakeQuantClippedEager.apply(x, scale, zero_point, qp.qmin, qp.qmax)
     return _FakeQuantSTE.apply(x, scale, zero_point, qp.qmin, qp.qmax)
 
