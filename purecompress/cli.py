@@ -27,9 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         verbose=args.verbose)
         print(format_rows(rows))
         for row in rows:
-            for line in row.detail.splitlines():
-                if line.startswith("compact model:"):
-                    print(f"\n{row.name} {line}")
+            if row.compact:
+                print(f"\n{row.name} {row.compact}")
         print(f"\nwrote dense and compressed state_dicts and masks (safetensors) to {args.out}/")
     return 0
 

@@ -97,6 +97,14 @@ class Row:
     params_total: int
     seconds: float
     detail: str = ""
+    compact: str = ""
+
+
+def _report(model: nn.Module, params: Mapping[str, Tensor], masks: pc.Masks,
+            plan: pc.Plan | None = None) -> pc.SparsityReport:
+    """Sparsity of ``masks`` over the model's parameters (BatchNorm running stats not counted)."""
+    names = {n for n, _ in model.named_parameters()}
+    return pc.sparsity_report({k: v for k, v in params.items() if k in names}, masks, plan)
 
 
 CHANNEL_RECIPE = "l1-channel-50%"  # the row whose result is also shrunk into a compact model
@@ -110,8 +118,7 @@ def _one_shot(configs: list[dict[str, object]], metric: Callable[..., pc.Metrics
         plan = pc.select(model, pc.from_config_list(configs))
         masks = pc.prune(params, plan, metric, distribution=distribution, **kwargs)  # type: ignore[arg-type]
         tuned = train(model, params, data, epochs=finetune_epochs, masks=masks, lr=1e-3)
-        weights = {k: v for k, v in params.items() if k in dict(model.named_parameters())}
-        return tuned, masks, pc.sparsity_report(weights, masks, plan).table()
+        return tuned, masks, _report(model, params, masks, plan).table()
 
     return recipe
 
@@ -125,8 +132,7 @@ def _taylor(configs: list[dict[str, object]], finetune_epochs: int) -> Recipe:
         stats = pc.collect_taylor(model, params, batches, nn.functional.cross_entropy, plan)
         masks = pc.allocate(pc.taylor_fo(stats), plan)
         tuned = train(model, params, data, epochs=finetune_epochs, masks=masks, lr=1e-3)
-        weights = {k: v for k, v in params.items() if k in dict(model.named_parameters())}
-        return tuned, masks, pc.sparsity_report(weights, masks, plan).table()
+        return tuned, masks, _report(model, params, masks, plan).table()
 
     return recipe
 
@@ -142,8 +148,7 @@ def _agp(configs: list[dict[str, object]], finetune_epochs: int, final: float) -
         for epoch in range(finetune_epochs):
             tuned, state = prune.update(tuned, state, step=epoch)
             tuned = train(model, tuned, data, epochs=1, masks=state.masks, lr=1e-3, seed=epoch)
-        weights = {k: v for k, v in params.items() if k in dict(model.named_parameters())}
-        return tuned, state.masks, pc.sparsity_report(weights, state.masks, plan).table()
+        return tuned, state.masks, _report(model, params, state.masks, plan).table()
 
     return recipe
 
@@ -177,7 +182,7 @@ def run_demo(out_dir: str | Path = "purecompress-out", *, epochs: int = 8, finet
         start = time.perf_counter()
         params, masks, detail = recipe(model, dense, data)
         seconds = time.perf_counter() - start
-        report = pc.sparsity_report({k: v for k, v in params.items() if k in dict(model.named_parameters())}, masks)
+        report = _report(model, params, masks)
         rows.append(Row(name, accuracy(model, params, data), 1 - report.params_kept / report.params_total,
                         report.params_kept, report.params_total, seconds, detail))
         save_file({k: v.contiguous() for k, v in params.items()}, str(out / f"{name}.safetensors"))
@@ -185,8 +190,7 @@ def run_demo(out_dir: str | Path = "purecompress-out", *, epochs: int = 8, finet
         if verbose:
             print(f"\n{name}\n{detail}")
         if name == CHANNEL_RECIPE:
-            summary = compact_summary(model, dense, params, masks, data)
-            rows[-1] = attrs.evolve(rows[-1], detail=f"{detail}\n{summary}")
+            rows[-1] = attrs.evolve(rows[-1], compact=compact_summary(model, dense, params, masks, data))
     (out / "results.json").write_text(json.dumps([attrs.asdict(r) for r in rows], indent=2))
     return rows
 

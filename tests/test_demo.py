@@ -20,6 +20,8 @@ def test_demo_writes_table_and_files(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert name in out
     rows = json.loads((tmp_path / "results.json").read_text())
     assert [r["name"] for r in rows] == names
+    assert "compact model: params" in out
+    assert [r["name"] for r in rows if r["compact"]] == ["l1-channel-50%"]
     dense = rows[0]
     assert dense["accuracy"] > 0.8  # digits is easy: two epochs already learn it
     for row in rows[1:]:
