@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -37,8 +38,6 @@ def save_masks(path: str | os.PathLike[str], masks: Mapping[str, Mask]) -> None:
 
 def load_masks(path: str | os.PathLike[str]) -> Masks:
     """Read masks written by :func:`save_masks`."""
-    from safetensors import safe_open
-
     with safe_open(os.fspath(path), framework="pt") as f:
         header = (f.metadata() or {}).get(_SHAPES_KEY)
     if header is None:

@@ -70,13 +70,13 @@ def allocate(
     elif distribution == "global":
         masks = {}
         targets = plan.targets()
-        for index in plan.groups():
-            group = {n: m for n, m in metrics.items() if targets[n].index == index}
-            if not group:
-                continue
-            config = targets[next(iter(group))].config
-            caps = {n: config.cap_for(targets[n].module) for n in group}
-            masks.update(allocate_global(group, sparsity[next(iter(group))], max_sparsity=caps, prior=prior))
+        groups: dict[int, Metrics] = {}  # config index -> its targets' metrics, pooled together
+        for name, metric in metrics.items():
+            groups.setdefault(targets[name].index, {})[name] = metric
+        for group in groups.values():
+            first = next(iter(group))
+            caps = {n: targets[first].config.cap_for(targets[n].module) for n in group}
+            masks.update(allocate_global(group, sparsity[first], max_sparsity=caps, prior=prior))
     else:
         raise ValueError(f"unknown distribution {distribution!r}; use 'per_layer', 'global' or 'balanced'")
     if bias:
