@@ -79,7 +79,9 @@ def test_clipped_ste_gradient_zero_exactly_where_values_clip(x: torch.Tensor, b:
                                                             stretch: float) -> None:
     qp = _qp(x, b, dtype, scheme)
     y = (x * stretch).requires_grad_()
-    fake_quantize_ste(y, qp, clip=True).sum().backward()
+    out = fake_quantize_ste(y, qp, clip=True)
+    out.sum().backward()
+    assert torch.equal(out, fake_quantize(y.detach(), qp))
     scale, zp = qp.broadcast(x.dim())
     code = torch.round(y.detach() / scale + zp)
     clipped = (code < qp.qmin) | (code > qp.qmax)

@@ -13,6 +13,7 @@ from purecompress.quant import (
     binarize,
     current_range,
     fake_quantize,
+    fake_quantize_clipped,
     fake_quantize_ste,
     lsq_fake_quantize,
     lsq_init_scale,
@@ -57,6 +58,69 @@ def test_per_channel_ste() -> None:
     x = torch.tensor([[0.9, 1.4], [1.4, 2.6]])
     assert fake_quantize_ste(x, qp).tolist() == [[1.0, 1.0], [1.0, 2.0]]
     assert _grad(lambda t: fake_quantize_ste(t, qp, clip=True), x).tolist() == [[1, 0], [1, 0]]
+
+
+def _node(out: torch.Tensor) -> str:
+    return type(out.grad_fn).__name__
+
+
+@pytest.mark.parametrize("scheme", ["per_tensor_affine", "per_channel_symmetric"])
+def test_clipped_ste_all_codes_in_range_passes_the_gradient_through(scheme: str) -> None:
+    """A tensor quantized with its own range: every code is in range, so the eager clipped STE
+    skips the mask (identity backward); values and gradient are those of the masked form."""
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(4))
+    r = current_range(x, axis=0 if scheme.startswith("per_channel") else None)
+    qp = quant_params(r.min, r.max, bits=8, dtype="int", scheme=scheme)
+    y = x.clone().requires_grad_()
+    out = fake_quantize_ste(y, qp, clip=True)
+    assert _node(out) == "_FakeQuantInRangeBackward"
+    assert torch.equal(out, fake_quantize(x, qp))
+    g = torch.randn(16, 8, generator=torch.Generator().manual_seed(5))
+    out.backward(g)
+    assert torch.equal(y.grad, g)
+    z = x.clone().requires_grad_()
+    same = fake_quantize_clipped(z, qp, (r.min, r.max))
+    assert _node(same) == "_FakeQuantInRangeBackward" and torch.equal(same, out)
+
+
+def test_clipped_ste_in_range_check_is_exact_at_the_boundary() -> None:
+    """Codes round half to even: 2.5 -> 2 stays in [-2, 2] (no mask needed), the next float up
+    rounds to 3 and is clipped (gradient 0 there, and only there)."""
+    qp = QuantParams(torch.tensor(1.0), torch.tensor(0.0), -2, 2)
+    x = torch.tensor([0.0, 2.5, -2.5], requires_grad=True)
+    out = fake_quantize_ste(x, qp, clip=True)
+    assert _node(out) == "_FakeQuantInRangeBackward"
+    out.sum().backward()
+    assert x.grad.tolist() == [1, 1, 1]
+    above = torch.nextafter(torch.tensor(2.5), torch.tensor(3.0)).item()
+    x = torch.tensor([0.0, above], requires_grad=True)
+    out = fake_quantize_ste(x, qp, clip=True)
+    assert _node(out) == "_FakeQuantClippedLeanBackward"
+    out.sum().backward()
+    assert out.tolist() == [0, 2] and x.grad.tolist() == [1, 0]
+
+
+def test_clipped_ste_per_channel_activation_out_of_range_in_one_channel() -> None:
+    qp = QuantParams(torch.tensor([1.0, 0.5]), torch.tensor([0.0, 0.0]), -2, 2, axis=1)
+    x = torch.tensor([[1.0, 0.9], [-1.0, 1.3]], requires_grad=True)  # 1.3 / 0.5 -> code 3
+    out = fake_quantize_ste(x, qp, clip=True)
+    assert _node(out) == "_FakeQuantClippedLeanBackward"
+    out.sum().backward()
+    assert x.grad.tolist() == [[1, 1], [1, 0]]
+
+
+def test_clipped_ste_nan_and_inf_get_zero_gradient() -> None:
+    x = torch.tensor([float("nan"), 1.0, float("inf")], requires_grad=True)
+    out = fake_quantize_ste(x, QP, clip=True)
+    out.sum().backward()
+    assert x.grad.tolist() == [0, 1, 0]
+    assert out.isnan()[0] and out[2] == 2.5
+
+
+def test_clipped_ste_without_autograd_gives_the_same_values() -> None:
+    with torch.no_grad():
+        assert torch.equal(fake_quantize_ste(X.clone().requires_grad_(), QP, clip=True), fake_quantize(X, QP))
+    assert torch.equal(fake_quantize_ste(X, QP, clip=True), fake_quantize(X, QP))
 
 
 def test_binarize() -> None:

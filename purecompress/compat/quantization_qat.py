@@ -35,6 +35,7 @@ from purecompress.quant import (
     TensorSpec,
     current_range,
     ema_range,
+    fake_quantize_clipped,
     fake_quantize_ste,
     quant_params,
 )
@@ -133,10 +134,11 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
         weight, axis = module.weight, _axis("weight", spec)
         if self.steps < wrapper.quant_config.start_step:
             return weight
-        current = _qparams(spec, current_range(weight, axis=axis), axis)
+        observed = current_range(weight, axis=axis)
+        current = _qparams(spec, observed, axis)
         if wrapper.training:
             self._store(module, "weight", current, weight)
-            return fake_quantize_ste(weight, current, clip=True)
+            return fake_quantize_clipped(weight, current, (observed.min, observed.max))
         stored, valid = self._stored(module, "weight", spec, axis)
         qp = QuantParams(torch.where(valid, stored.scale, current.scale),
                          torch.where(valid, stored.zero_point, current.zero_point), stored.qmin, stored.qmax, axis)
@@ -155,7 +157,8 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
         lo, hi = getattr(module, f"tracked_min_{kind}"), getattr(module, f"tracked_max_{kind}")
         channels = x.shape[axis] if axis is not None else 1
         prev = Range(_flat(lo, axis), _flat(hi, axis)) if lo.numel() == channels else None
-        tracked = ema_range(prev, x, decay=module.ema_decay, axis=axis, first=self.steps == 1)
+        observed = current_range(x, axis=axis)
+        tracked = ema_range(prev, x, decay=module.ema_decay, axis=axis, first=self.steps == 1, current=observed)
         shape = _nni_shape(x, axis)
         setattr(module, f"tracked_min_{kind}", tracked.min.reshape(shape).clone())
         setattr(module, f"tracked_max_{kind}", tracked.max.reshape(shape).clone())
@@ -163,7 +166,7 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
             return x
         qp = _qparams(spec, tracked, axis)
         self._store(module, kind, qp, x)
-        return fake_quantize_ste(x, qp, clip=True)
+        return fake_quantize_clipped(x, qp, (observed.min, observed.max))
 
     def quantize_input(self, inputs: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
         return self._activation(inputs, wrapper, "input")

@@ -8,11 +8,12 @@ API summary (stable names; everything is re-exported here):
   axis=None, qrange=None)``, ``quantize(x, qp)``, ``dequantize(q, qp)``, ``fake_quantize(x, qp)``,
   ``SCHEMES``, ``DTYPES``, ``SCALE_EPS``, ``is_per_channel``, ``is_symmetric``.
 - Straight-through fake quantization (``ste``): ``fake_quantize_ste(x, qp, *, clip=False)``
-  (clip=True is NNI QAT's clipped STE), ``binarize(x, *, clip=False)`` (BNN),
+  (clip=True is NNI QAT's clipped STE), ``fake_quantize_clipped(x, qp, bounds)`` (the same with
+  ``x``'s known min/max, for observers that have them), ``binarize(x, *, clip=False)`` (BNN),
   ``lsq_fake_quantize(x, scale, qmin, qmax)``, ``lsq_init_scale(x, qmax)``.
 - Observers (``observers``): ``Range(min, max)`` record, ``current_range(x, *, axis=None)``,
   ``minmax_range(prev, x, *, axis=None)``, ``ema_range(prev, x, *, decay=0.99, axis=None,
-  first=None)``, ``EMA_DECAY``.
+  first=None, current=None)``, ``EMA_DECAY``.
 - Configs (``config``): ``TensorSpec(bits, dtype, scheme)`` (``.qrange``, ``.per_channel``),
   ``QuantConfig(selector, specs, start_step)``, ``from_quant_config_list(config_list, *,
   allowed_op_types=None, allowed_bits=None, allowed_quant_types=QUANT_TYPES)``, ``QUANT_TYPES``.
@@ -60,7 +61,14 @@ from purecompress.quant.qparams import (
     quant_params,
     quantize,
 )
-from purecompress.quant.ste import binarize, fake_quantize_ste, lsq_fake_quantize, lsq_init_scale, straight_through
+from purecompress.quant.ste import (
+    binarize,
+    fake_quantize_clipped,
+    fake_quantize_ste,
+    lsq_fake_quantize,
+    lsq_init_scale,
+    straight_through,
+)
 from purecompress.quant.transform import Kernel, KernelContext, QuantState, QuantTransform, TensorState, quantized_call
 
 __all__ = [
@@ -87,6 +95,7 @@ __all__ = [
     "dorefa_weight",
     "ema_range",
     "fake_quantize",
+    "fake_quantize_clipped",
     "fake_quantize_ste",
     "find_conv_bn",
     "fold_conv_bn",

@@ -27,7 +27,14 @@ from torch import Tensor, nn
 from purecompress.quant.config import QuantConfig, TensorSpec, from_quant_config_list
 from purecompress.quant.observers import current_range, ema_range, minmax_range
 from purecompress.quant.qparams import SCALE_EPS, QuantParams, quant_params
-from purecompress.quant.ste import binarize, fake_quantize_ste, lsq_fake_quantize, lsq_init_scale, straight_through
+from purecompress.quant.ste import (
+    binarize,
+    fake_quantize_clipped,
+    fake_quantize_ste,
+    lsq_fake_quantize,
+    lsq_init_scale,
+    straight_through,
+)
 from purecompress.quant.transform import KernelContext, QuantTransform, TensorState, build, quantized_call
 from purecompress.records import Params
 
@@ -52,13 +59,14 @@ def _qat_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tupl
         if prev is None or prev.qparams is None:  # never observed: nothing to quantize with
             return x, prev
         return fake_quantize_ste(x, prev.qparams, clip=True), prev
+    current = current_range(x, axis=ctx.axis)
     if ctx.kind == "weight":
-        rng, tracked = current_range(x, axis=ctx.axis), None
+        rng, tracked = current, None
     else:
         old = prev.range if prev is not None else None
-        tracked = rng = ema_range(old, x, axis=ctx.axis, first=None if old is None else ctx.step == 1)
+        tracked = rng = ema_range(old, x, axis=ctx.axis, first=None if old is None else ctx.first, current=current)
     qp = quant_params(rng.min, rng.max, bits=spec.bits, dtype=spec.dtype, scheme=spec.scheme, axis=ctx.axis)
-    out = fake_quantize_ste(x, qp, clip=True)
+    out = fake_quantize_clipped(x, qp, (current.min, current.max))
     if ctx.start_step > 1:  # NNI: quantize once step >= quant_start_step; ranges are still tracked
         active = ctx.step >= ctx.start_step
         out = torch.where(active, out, x)

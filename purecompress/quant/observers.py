@@ -66,6 +66,7 @@ def ema_range(
     decay: float = EMA_DECAY,
     axis: int | None = None,
     first: Tensor | bool | None = None,
+    current: Range | None = None,
 ) -> Range:
     """Exponential moving average of the range of ``x`` (NNI QAT's activation tracker).
 
@@ -80,6 +81,7 @@ def ema_range(
         axis: per-channel dimension (1 for activations) or None.
         first: a bool tensor (traceable) or bool saying this is the first step; default
             ``prev is None``.
+        current: ``current_range(x, axis=axis)`` when the caller already has it (saves a pass).
 
     >>> relu = torch.nn.functional.relu
     >>> r = ema_range(None, relu(torch.tensor([[-0.2, 0.], [0.1, 0.2]])))
@@ -87,7 +89,7 @@ def ema_range(
     >>> round(r.min.item(), 6), round(r.max.item(), 6)
     (0.002, 0.206)
     """
-    cur = current_range(x, axis=axis)
+    cur = current_range(x, axis=axis) if current is None else current
     if prev is None or first is True:
         prev = cur
     elif isinstance(first, Tensor):

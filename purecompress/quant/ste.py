@@ -7,7 +7,10 @@ Every function here is written in the ``forward`` / ``setup_context`` style with
 - :func:`fake_quantize_ste`: forward is :func:`~purecompress.quant.qparams.fake_quantize`;
   backward passes the gradient through unchanged (NNI's default ``QuantGrad``) or, with
   ``clip=True``, zeroes it where the unclamped code ``round(x / s + zp)`` falls outside
-  ``[qmin, qmax]`` (NNI's ``QATGrad``).
+  ``[qmin, qmax]`` (NNI's ``QATGrad``). In eager mode the clipped form first bounds the codes
+  from ``x``'s min and max (the map is monotone): when all are in range, the backward is the
+  identity and needs no mask (no saved tensor, no pass over ``x``); :func:`fake_quantize_clipped`
+  takes a min/max the caller already has.
 - :func:`straight_through`: the value of ``y`` with the identity gradient to ``x`` (NNI's default
   ``QuantGrad`` around any quantizer, e.g. Naive and DoReFa).
 - :func:`binarize`: ``sign`` with 0 -> +1; ``clip=True`` zeroes the gradient where ``|x| > 1``
@@ -26,7 +29,9 @@ from torch import Tensor
 
 from purecompress.quant.qparams import SCALE_EPS, QuantParams
 
-__all__ = ["binarize", "fake_quantize_ste", "lsq_fake_quantize", "lsq_init_scale", "straight_through"]
+__all__ = [
+    "binarize", "fake_quantize_clipped", "fake_quantize_ste", "lsq_fake_quantize", "lsq_init_scale", "straight_through",
+]
 
 
 class _FakeQuantSTE(torch.autograd.Function):
@@ -98,6 +103,13 @@ class _FakeQuantClippedEager(torch.autograd.Function):
         return grad * inside, None, None, None, None
 
 
+def _codes(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    """``round(x / scale + zero_point)`` on a fresh tensor (in place after the division). Every
+    eager path computes codes with this one sequence, so a code computed for a tensor's min/max
+    is bit-identical to the code of that element inside the tensor."""
+    return (x / scale).add_(zero_point).round_()
+
+
 class _FakeQuantClippedLean(torch.autograd.Function):
     """Same values and gradient with one large allocation per pass instead of three: the forward
     works in place on one temporary and saves nothing new; the backward recomputes the code from
@@ -109,15 +121,36 @@ class _FakeQuantClippedLean(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
         ctx.save_for_backward(x, scale, zero_point)
         ctx.qrange = (qmin, qmax)
-        return (x / scale).add_(zero_point).round_().clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+        return _codes(x, scale, zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, scale, zero_point = ctx.saved_tensors
         qmin, qmax = ctx.qrange
-        code = (x / scale).add_(zero_point).round_()
-        inside = code.sub_((qmin + qmax) / 2).abs_().le_((qmax - qmin) / 2)
+        inside = _codes(x, scale, zero_point).sub_((qmin + qmax) / 2).abs_().le_((qmax - qmin) / 2)
         return inside.mul_(grad), None, None, None, None
+
+
+class _FakeQuantInRange(torch.autograd.Function):
+    """Fake quantization when every code is known to lie in ``[qmin, qmax]``: no clamp, and the
+    clipped STE's mask is all ones, so the backward passes the gradient through unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+        return _codes(x, scale, zero_point).sub_(zero_point).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        return grad, None, None
+
+
+def _codes_in_range(bounds: tuple[Tensor, Tensor], qp: QuantParams) -> bool:
+    """Whether every code of a tensor whose min/max (``[]``, or ``[C]`` along ``qp.axis``) are
+    ``bounds`` lies in ``[qmin, qmax]``. ``x -> round(x / s + zp)`` is monotone for ``s > 0``, so
+    the codes of the two ends bound every code; NaN ends give False. Eager only (host sync)."""
+    codes = _codes(torch.stack(bounds), qp.scale, qp.zero_point)
+    lo, hi = torch.aminmax(codes)
+    return qp.qmin <= lo.item() and hi.item() <= qp.qmax
 
 
 _LEAN_LIMIT = 2**20
@@ -138,17 +171,41 @@ def fake_quantize_ste(x: Tensor, qp: QuantParams, *, clip: bool = False) -> Tens
     >>> x.grad
     tensor([0., 1., 0.])
     """
+    return _fake_quantize_ste(x, qp, clip, None)
+
+
+def fake_quantize_clipped(x: Tensor, qp: QuantParams, bounds: tuple[Tensor, Tensor]) -> Tensor:
+    """``fake_quantize_ste(x, qp, clip=True)`` for callers that already hold ``x``'s min and max
+    (``bounds``: ``[]`` each, or ``[C]`` along ``qp.axis``; e.g. an observer's current range of
+    ``x``). In eager mode they tell, without another pass over ``x``, whether every code is in
+    range; then the backward needs no mask. Wrong bounds give wrong gradients: pass only the
+    exact min/max of this ``x`` (``current_range(x, axis=qp.axis)``)."""
+    return _fake_quantize_ste(x, qp, True, bounds)
+
+
+def _fake_quantize_ste(x: Tensor, qp: QuantParams, clip: bool, bounds: tuple[Tensor, Tensor] | None) -> Tensor:
     scale, zero_point = qp.broadcast(x.dim())
     if torch.compiler.is_compiling():
         return _fake_quantize_composite(x, scale, zero_point, qp.qmin, qp.qmax, clip)
-    if clip:
-        if torch._C._are_functorch_transforms_active():
-            return _FakeQuantClipped.apply(x, scale, zero_point, qp.qmin, qp.qmax)[0]
-        if (x.dtype in _LEAN_DTYPES and scale.dtype in _LEAN_DTYPES
-                and -_LEAN_LIMIT < qp.qmin <= qp.qmax < _LEAN_LIMIT):
-            return _FakeQuantClippedLean.apply(x, scale, zero_point, qp.qmin, qp.qmax)
+    if not clip:
+        return _FakeQuantSTE.apply(x, scale, zero_point, qp.qmin, qp.qmax)
+    if torch._C._are_functorch_transforms_active():
+        return _FakeQuantClipped.apply(x, scale, zero_point, qp.qmin, qp.qmax)[0]
+    lean = x.dtype in _LEAN_DTYPES and scale.dtype in _LEAN_DTYPES and -_LEAN_LIMIT < qp.qmin <= qp.qmax < _LEAN_LIMIT
+    if not lean:
         return _FakeQuantClippedEager.apply(x, scale, zero_point, qp.qmin, qp.qmax)
-    return _FakeQuantSTE.apply(x, scale, zero_point, qp.qmin, qp.qmax)
+    if not (x.requires_grad and torch.is_grad_enabled()):  # no backward: no mask to keep
+        return _codes(x, scale, zero_point).clamp_(qp.qmin, qp.qmax).sub_(zero_point).mul_(scale)
+    if bounds is None:
+        bounds = tuple(torch.aminmax(x.detach())) if qp.axis is None else _channel_bounds(x, qp.axis)
+    if _codes_in_range(bounds, qp):
+        return _FakeQuantInRange.apply(x, scale, zero_point)
+    return _FakeQuantClippedLean.apply(x, scale, zero_point, qp.qmin, qp.qmax)
+
+
+def _channel_bounds(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+    lo, hi = torch.aminmax(x.detach().movedim(axis, 0).reshape(x.shape[axis], -1), dim=1)
+    return lo, hi
 
 
 def _fake_quantize_composite(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,

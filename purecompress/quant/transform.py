@@ -21,7 +21,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from purecompress._pytree import record
+from purecompress._pytree import is_traced, record
 from purecompress.quant.config import QuantConfig, TensorSpec
 from purecompress.quant.observers import Range
 from purecompress.quant.qparams import QuantParams
@@ -66,6 +66,8 @@ class KernelContext(NamedTuple):
         kind: 'weight', 'input' or 'output'.
         spec: the tensor's bits/dtype/scheme.
         step: the state's step (a tensor: compare it with tensor ops, never ``.item()``).
+        first: whether this is the first step (``step == 1``): a bool in eager calls, a bool tensor
+            when traced (``torch.compile``, ``torch.func`` transforms).
         start_step: the config's ``quant_start_step`` (static).
         training: observe and update (True) or use the stored parameters (False).
         params: the params dict of the call (LSQ reads its learnable scales from it).
@@ -75,6 +77,7 @@ class KernelContext(NamedTuple):
     kind: str
     spec: TensorSpec
     step: Tensor
+    first: Tensor | bool
     start_step: int
     training: bool
     params: Mapping[str, Tensor]
@@ -174,10 +177,13 @@ def quantized_call(
     """
     args = args if isinstance(args, tuple) else (args,)
     new: dict[str, TensorState | None] = {}
+    first = state.step == 1
+    if not is_traced(first):  # one host read per call instead of a select per tensor
+        first = bool(first)
 
     def run(x: Tensor, key: str, kind: str, config: QuantConfig) -> Tensor:
         prev = new[key] if key in new else state.tensors.get(key)
-        ctx = KernelContext(key, kind, config.specs[kind], state.step, config.start_step, training, params)
+        ctx = KernelContext(key, kind, config.specs[kind], state.step, first, config.start_step, training, params)
         out, new[key] = q.kernel(x, prev, ctx)
         return out
 
