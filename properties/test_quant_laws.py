@@ -6,7 +6,18 @@ import hypothesis.strategies as st
 import torch
 from hypothesis import example, given, settings
 
-from purecompress.quant import SCHEMES, current_range, fake_quantize, fake_quantize_ste, quant_params, quantize
+from purecompress.quant import (
+    SCHEMES,
+    Range,
+    _host,
+    current_range,
+    ema_range,
+    fake_quantize,
+    fake_quantize_ste,
+    quant_params,
+    quantize,
+)
+from purecompress.quant.ste import _codes_in_range
 
 FAST = settings(max_examples=60, deadline=None)
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False, width=32)
@@ -95,3 +106,55 @@ def test_per_channel_equals_per_tensor_on_each_slice(x: torch.Tensor, b: int, dt
     for c in range(x.shape[0]):
         row = x[c]
         assert torch.equal(per_channel[c], fake_quantize(row, _qp(row, b, dtype, f"per_tensor_{kind}")))
+
+
+# --- Host scalar math (eager per-tensor fast path) equals the tensor ops bit for bit ----------------
+
+scalar_dtypes = st.sampled_from([torch.float32, torch.float64])
+tensor_schemes = st.sampled_from(["per_tensor_affine", "per_tensor_symmetric"])
+edge = st.sampled_from([0.0, -0.0, 1e-45, -1e-45, 1.17549435e-38, 3.4028235e38, -3.4028235e38, 0.5, -0.5])
+any_value = st.one_of(any_finite, edge, st.floats(-300.0, 300.0, width=32))
+
+
+def _both(fn):  # noqa: ANN001, ANN202
+    fast = fn()
+    with _host.disabled():
+        slow = fn()
+    return fast, slow
+
+
+@FAST
+@given(any_value, any_value, bits, dtypes, tensor_schemes, scalar_dtypes)
+@example(0.0, 0.0, 8, "uint", "per_tensor_affine", torch.float32)
+@example(-3.4028235e38, 3.4028235e38, 8, "uint", "per_tensor_affine", torch.float32)
+@example(-1e-45, 1e-45, 2, "int", "per_tensor_symmetric", torch.float32)
+def test_host_qparams_equal_tensor_qparams(a: float, b: float, nbits: int, dtype: str, scheme: str,
+                                           fdtype: torch.dtype) -> None:
+    lo, hi = torch.tensor(min(a, b), dtype=fdtype), torch.tensor(max(a, b), dtype=fdtype)
+    fast, slow = _both(lambda: quant_params(lo, hi, bits=nbits, dtype=dtype, scheme=scheme))
+    assert fast.scale.dtype == slow.scale.dtype == fdtype
+    assert torch.equal(fast.scale, slow.scale) and torch.equal(fast.zero_point, slow.zero_point)
+
+
+@FAST
+@given(any_value, any_value, any_value, any_value, scalar_dtypes, st.sampled_from([0.99, 0.9, 0.5]))
+def test_host_ema_equals_tensor_ema(p0: float, p1: float, c0: float, c1: float, fdtype: torch.dtype,
+                                    decay: float) -> None:
+    prev = Range(torch.tensor(min(p0, p1), dtype=fdtype), torch.tensor(max(p0, p1), dtype=fdtype))
+    cur = Range(torch.tensor(min(c0, c1), dtype=fdtype), torch.tensor(max(c0, c1), dtype=fdtype))
+    x = torch.stack([cur.min, cur.max])
+    fast, slow = _both(lambda: ema_range(prev, x, decay=decay, first=False, current=cur))
+    assert torch.equal(fast.min, slow.min) and torch.equal(fast.max, slow.max)
+    assert torch.equal(fast.min, ema_range(prev, x, decay=decay, first=False).min)
+
+
+@FAST
+@given(tensors(any_value), bits, dtypes, tensor_schemes, st.floats(0.1, 3.0))
+def test_host_in_range_test_equals_tensor_test(x: torch.Tensor, nbits: int, dtype: str, scheme: str,
+                                               stretch: float) -> None:
+    """The eager clipped STE picks its backward from the codes of x's ends: host and tensor
+    arithmetic pick the same one, and the gradient is the mask either way."""
+    qp = _qp(x, nbits, dtype, scheme)
+    y = x * stretch
+    lo, hi = torch.aminmax(y)
+    assert _codes_in_range((lo, hi), qp) == _host.disabled()(_codes_in_range)((lo, hi), qp)

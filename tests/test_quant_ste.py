@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from torch.func import grad, vmap
 
 from purecompress.quant import (
     QuantParams,
+    _host,
     binarize,
     current_range,
     fake_quantize,
@@ -98,6 +100,18 @@ def test_clipped_ste_in_range_check_is_exact_at_the_boundary() -> None:
     assert _node(out) == "_FakeQuantClippedLeanBackward"
     out.sum().backward()
     assert out.tolist() == [0, 2] and x.grad.tolist() == [1, 0]
+
+
+def test_clipped_ste_in_range_check_rounds_like_float32() -> None:
+    """x / s is 2.50000012 in double but exactly 2.5 in float32, whose code 2 is in range: both
+    the host arithmetic and the tensor ops must say in range (double arithmetic would say 3)."""
+    qp = QuantParams(torch.tensor(0.7603748440742493), torch.tensor(0.0), -2, 2)
+    x = torch.tensor([0.0, 1.9009371995925903], requires_grad=True)
+    assert torch.round(x.detach() / qp.scale)[1] == 2
+    for host in (True, False):
+        with contextlib.nullcontext() if host else _host.disabled():
+            out = fake_quantize_ste(x, qp, clip=True)
+        assert _node(out) == "_FakeQuantInRangeBackward"
 
 
 def test_clipped_ste_per_channel_activation_out_of_range_in_one_channel() -> None:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from purecompress._pytree import record
+from purecompress.quant import _host
 
 __all__ = ["EMA_DECAY", "Range", "current_range", "ema_range", "minmax_range"]
 
@@ -94,4 +95,8 @@ def ema_range(
         prev = cur
     elif isinstance(first, Tensor):
         prev = Range(torch.where(first, cur.min, prev.min), torch.where(first, cur.max, prev.max))
+    if (rnd := _host.rounding(prev.min, prev.max, cur.min, cur.max)) and (
+            v := _host.values(prev.min, prev.max, cur.min, cur.max)):
+        lo, hi = _host.ema((v[0], v[1]), (v[2], v[3]), decay, rnd)
+        return Range(_host.scalar(lo, cur.min), _host.scalar(hi, cur.min))
     return Range(prev.min * decay + (1 - decay) * cur.min, prev.max * decay + (1 - decay) * cur.max)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from purecompress._pytree import record, static
+from purecompress.quant import _host
 
 __all__ = [
     "DTYPES",
@@ -148,13 +149,18 @@ def quant_params(
         raise ValueError(f"{scheme} needs 1-D per-channel min/max, got shape {tuple(min_val.shape)}")
     if not per_channel and min_val.dim() != 0:
         raise ValueError(f"{scheme} needs 0-d min/max, got shape {tuple(min_val.shape)}")
+    symmetric = is_symmetric(scheme)
+    zero = float(min(max((qmin + qmax) // 2 if dtype == "uint" else 0, qmin), qmax))  # symmetric only
+    if not per_channel and (rnd := _host.rounding(min_val, max_val)) and (ends := _host.values(min_val, max_val)):
+        scale_v, zero_v = _host.qparams(*ends, qmin, qmax, symmetric=symmetric, zero=zero, eps=SCALE_EPS,
+                                        largest=_SCALE_MAX, rnd=rnd)
+        return QuantParams(_host.scalar(scale_v, min_val), _host.scalar(zero_v, min_val), qmin, qmax, None)
     rmin = torch.clamp(min_val, max=0.0)
     rmax = torch.clamp(max_val, min=0.0)
-    if is_symmetric(scheme):
+    if symmetric:
         abs_max = torch.maximum(-rmin, rmax)
         scale = torch.clamp(abs_max / (float(qmax - qmin) / 2), SCALE_EPS, _SCALE_MAX)
-        zero = (qmin + qmax) // 2 if dtype == "uint" else 0
-        zero_point = torch.full_like(scale, float(min(max(zero, qmin), qmax)))
+        zero_point = torch.full_like(scale, zero)
     else:
         scale = torch.clamp((rmax - rmin) / float(qmax - qmin), SCALE_EPS, _SCALE_MAX)
         zero_point = torch.clamp(qmin - torch.round(rmin / scale), qmin, qmax)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from purecompress.quant import _host
 from purecompress.quant.qparams import SCALE_EPS, QuantParams
 
 __all__ = [
@@ -148,6 +149,9 @@ def _codes_in_range(bounds: tuple[Tensor, Tensor], qp: QuantParams) -> bool:
     """Whether every code of a tensor whose min/max (``[]``, or ``[C]`` along ``qp.axis``) are
     ``bounds`` lies in ``[qmin, qmax]``. ``x -> round(x / s + zp)`` is monotone for ``s > 0``, so
     the codes of the two ends bound every code; NaN ends give False. Eager only (host sync)."""
+    if qp.axis is None and (rnd := _host.rounding(*bounds, qp.scale, qp.zero_point)) and (
+            v := _host.values(*bounds, qp.scale, qp.zero_point)):
+        return _host.codes_in_range(*v, qp.qmin, qp.qmax, rnd)
     codes = _codes(torch.stack(bounds), qp.scale, qp.zero_point)
     lo, hi = torch.aminmax(codes)
     return qp.qmin <= lo.item() and hi.item() <= qp.qmax
