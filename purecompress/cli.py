@@ -13,7 +13,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``purecompress`` command."""
     parser = argparse.ArgumentParser(prog="purecompress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a small CNN on digits, compress it, print a table")
+    demo = sub.add_parser("demo", help="train a small CNN on digits, prune and quantize it, print a table")
     demo.add_argument("--out", default="purecompress-out", help="output folder (default: %(default)s)")
     demo.add_argument("--epochs", type=int, default=8, help="dense training epochs (default: %(default)s)")
     demo.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs per recipe")
@@ -29,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in rows:
             if row.compact:
                 print(f"\n{row.name} {row.compact}")
-        print(f"\nwrote dense and compressed state_dicts and masks (safetensors) to {args.out}/")
+        print(f"\nwrote dense and compressed state_dicts, masks and quantization parameters (safetensors) "
+              f"to {args.out}/")
     return 0
 
 

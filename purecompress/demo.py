@@ -1,8 +1,12 @@
 """``purecompress demo``: train a small CNN on scikit-learn's digits, compress it, print a table.
 
-Each row is one compression recipe applied to the same trained dense model: prune (or quantize),
-fine-tune briefly, evaluate. Everything runs through the functional core
-(``functional_call(model, apply_masks(params, masks))``); the dense model is never modified.
+Each row is one compression recipe applied to the same trained dense model: prune and fine-tune
+briefly, or quantize to 8 bits (quantization-aware fine-tuning, or post-training calibration),
+then evaluate. Everything runs through the functional core (``functional_call(model,
+apply_masks(params, masks))``, ``QuantTransform`` calls); the dense model is never modified. The
+``size`` column is the parameters as stored: float32, or int8 plus a float32 scale and zero point
+for each quantized weight (pruned rows keep their zeros; the compact model shows what shrinking
+removes).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 import purecompress as pc
+import purecompress.quant as pq
 
 __all__ = ["DemoData", "Row", "digits_data", "make_cnn", "run_demo"]
 
@@ -78,12 +83,37 @@ def train(model: nn.Module, params: Mapping[str, Tensor], data: DemoData, *, epo
     return {k: v.detach() for k, v in pc.apply_masks(trainable, masks or {}).items()}
 
 
-def accuracy(model: nn.Module, params: Mapping[str, Tensor], data: DemoData) -> float:
-    """Test accuracy of ``model`` run with ``params``."""
+def train_quantized(model: nn.Module, q: pq.QuantTransform, params: Mapping[str, Tensor], data: DemoData, *,
+                    epochs: int, lr: float = 1e-3, seed: int = 0) -> tuple[pc.Params, pq.QuantState]:
+    """Quantization-aware training of a copy of ``params``; returns it and the final quantization state."""
+    names = {n for n, _ in model.named_parameters()}
+    trainable = {k: v.detach().clone().requires_grad_(k in names) for k, v in params.items()}
+    opt = torch.optim.Adam([v for k, v in trainable.items() if k in names], lr=lr)
+    state = q.init(trainable)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(data.y_train), generator=gen).split(64):
+            out, state = q(model, trainable, state, data.x_train[idx])
+            loss = nn.functional.cross_entropy(out, data.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            state = q.update(state)
+    model.eval()
+    return {k: v.detach() for k, v in trainable.items()}, state
+
+
+def accuracy(model: nn.Module, params: Mapping[str, Tensor], data: DemoData,
+             quant: tuple[pq.QuantTransform, pq.QuantState] | None = None) -> float:
+    """Test accuracy of ``model`` run with ``params`` (quantized with ``quant``'s stored parameters)."""
     model.eval()
     with torch.no_grad():
-        pred = functional_call(model, dict(params), (data.x_test,)).argmax(1)
-    return float((pred == data.y_test).float().mean())
+        if quant is None:
+            out = functional_call(model, dict(params), (data.x_test,))
+        else:
+            out, _ = quant[0](model, params, quant[1], data.x_test, training=False)
+    return float((out.argmax(1) == data.y_test).float().mean())
 
 
 @attrs.frozen
@@ -95,6 +125,7 @@ class Row:
     sparsity: float
     params_kept: int
     params_total: int
+    size_bytes: int
     seconds: float
     detail: str = ""
     compact: str = ""
@@ -165,6 +196,59 @@ def recipes(finetune_epochs: int = 3) -> dict[str, Recipe]:
     }
 
 
+QUANT_CONFIG = [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": ["Conv2d", "Linear"]}]
+
+QuantRecipe = Callable[[nn.Module, pc.Params, DemoData], tuple[pq.QuantTransform, pc.Params, pq.QuantState]]
+
+
+def _qat_recipe(finetune_epochs: int) -> QuantRecipe:
+    """8-bit QAT (NNI's QAT_Quantizer math): weights and inputs of every conv and linear layer."""
+
+    def recipe(model: nn.Module, params: pc.Params, data: DemoData) -> tuple[
+            pq.QuantTransform, pc.Params, pq.QuantState]:
+        q = pq.qat(model, QUANT_CONFIG)
+        tuned, state = train_quantized(model, q, params, data, epochs=finetune_epochs)
+        return q, tuned, state
+
+    return recipe
+
+
+def _ptq_recipe(batches: int = 8) -> QuantRecipe:
+    """8-bit post-training calibration (NNI's ObserverQuantizer): min/max over a few training batches."""
+
+    def recipe(model: nn.Module, params: pc.Params, data: DemoData) -> tuple[
+            pq.QuantTransform, pc.Params, pq.QuantState]:
+        q = pq.observer(model, QUANT_CONFIG)
+        state = q.init(params)
+        model.eval()  # BatchNorm uses its running statistics while calibrating
+        with torch.no_grad():
+            for x in data.x_train.split(64)[:batches]:
+                _, state = q(model, params, state, x, training=True)
+        return q, dict(params), state
+
+    return recipe
+
+
+def quant_recipes(finetune_epochs: int = 3) -> dict[str, QuantRecipe]:
+    """The demo's quantization rows, after the pruning rows."""
+    return {"qat-8bit": _qat_recipe(finetune_epochs), "ptq-8bit": _ptq_recipe()}
+
+
+def stored_bytes(model: nn.Module, q: pq.QuantTransform | None = None, state: pq.QuantState | None = None) -> int:
+    """Bytes of the model's parameters as stored: float32 (4 bytes), or ``bits / 8`` per element of
+    each quantized weight plus its float32 scale and zero point (all quantized tensors' parameters
+    counted, activations' included)."""
+    bits = {f"{e.module}.weight": e.config.specs["weight"].bits for e in (q.plan if q else ())
+            if "weight" in e.config.specs}
+    total = 0
+    for name, p in model.named_parameters():
+        total += -(-p.numel() * bits[name] // 8) if name in bits else 4 * p.numel()
+    for ts in (state.tensors.values() if state else ()):
+        if ts.qparams is not None:
+            total += 4 * (ts.qparams.scale.numel() + ts.qparams.zero_point.numel())
+    return total
+
+
 def run_demo(out_dir: str | Path = "purecompress-out", *, epochs: int = 8, finetune_epochs: int = 3,
              seed: int = 0, verbose: bool = False) -> list[Row]:
     """Train the dense CNN, apply every recipe, write files to ``out_dir``, return the rows."""
@@ -176,7 +260,8 @@ def run_demo(out_dir: str | Path = "purecompress-out", *, epochs: int = 8, finet
     start = time.perf_counter()
     dense = train(model, pc.params_of(model), data, epochs=epochs, seed=seed)
     total = sum(p.numel() for p in model.parameters())
-    rows = [Row("dense", accuracy(model, dense, data), 0.0, total, total, time.perf_counter() - start)]
+    size = stored_bytes(model)
+    rows = [Row("dense", accuracy(model, dense, data), 0.0, total, total, size, time.perf_counter() - start)]
     save_file({k: v.contiguous() for k, v in dense.items()}, str(out / "dense.safetensors"))
     for name, recipe in recipes(finetune_epochs).items():
         start = time.perf_counter()
@@ -184,13 +269,22 @@ def run_demo(out_dir: str | Path = "purecompress-out", *, epochs: int = 8, finet
         seconds = time.perf_counter() - start
         report = _report(model, params, masks)
         rows.append(Row(name, accuracy(model, params, data), 1 - report.params_kept / report.params_total,
-                        report.params_kept, report.params_total, seconds, detail))
+                        report.params_kept, report.params_total, size, seconds, detail))
         save_file({k: v.contiguous() for k, v in params.items()}, str(out / f"{name}.safetensors"))
         pc.save_masks(out / f"{name}-masks.safetensors", masks)
         if verbose:
             print(f"\n{name}\n{detail}")
         if name == CHANNEL_RECIPE:
             rows[-1] = attrs.evolve(rows[-1], compact=compact_summary(model, dense, params, masks, data))
+    for name, quant_recipe in quant_recipes(finetune_epochs).items():
+        start = time.perf_counter()
+        q, params, state = quant_recipe(model, dense, data)
+        seconds = time.perf_counter() - start
+        qparams = {k: ts.qparams for k, ts in state.tensors.items() if ts.qparams is not None}
+        rows.append(Row(name, accuracy(model, params, data, (q, state)), 0.0, total, total,
+                        stored_bytes(model, q, state), seconds, f"{len(qparams)} tensors quantized to 8 bits"))
+        save_file({k: v.contiguous() for k, v in params.items()}, str(out / f"{name}.safetensors"))
+        pq.save_quant_params(out / f"{name}-qparams.safetensors", qparams, metadata={"algorithm": q.name})
     (out / "results.json").write_text(json.dumps([attrs.asdict(r) for r in rows], indent=2))
     return rows
 
@@ -224,8 +318,8 @@ def compact_summary(model: nn.Module, dense: pc.Params, params: pc.Params, masks
 
 def format_rows(rows: list[Row]) -> str:
     """The table ``purecompress demo`` prints."""
-    lines = [f"{'recipe':<18} {'accuracy':>8} {'sparsity':>8} {'params kept':>12} {'seconds':>8}"]
+    lines = [f"{'recipe':<18} {'accuracy':>8} {'sparsity':>8} {'params kept':>12} {'size KiB':>8} {'seconds':>8}"]
     for r in rows:
         lines.append(f"{r.name:<18} {r.accuracy:>8.2%} {r.sparsity:>8.2%} "
-                     f"{r.params_kept:>6}/{r.params_total:<5} {r.seconds:>8.2f}")
+                     f"{r.params_kept:>6}/{r.params_total:<5} {r.size_bytes / 1024:>8.1f} {r.seconds:>8.2f}")
     return "\n".join(lines)

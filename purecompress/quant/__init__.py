@@ -1,6 +1,7 @@
 """Quantization as pure functions: ranges, scales, fake quantization, observers, configs.
 
-API summary (stable names; everything is re-exported here):
+API summary (stable names; everything is re-exported here except the ONNX exporter,
+``purecompress.quant.onnx_export``, which imports ``onnx``):
 
 - Ranges and parameters (``qparams``): ``int_range(bits, dtype='uint', *, narrow=True)``,
   ``QuantParams(scale, zero_point, qmin, qmax, axis=None)`` (record; ``.broadcast(ndim)``,
@@ -30,6 +31,9 @@ API summary (stable names; everything is re-exported here):
 - Conv-BN folding (``fold``): ``find_conv_bn(model) -> {conv: bn}`` (torch.fx),
   ``fold_conv_bn(w, b, gamma, beta, mean, var, eps) -> (w', b')``, ``fold_params(model, params,
   pairs) -> (params', extra_bias)``, ``folded_call(model, params, pairs, args)``.
+- Files (``export``; safetensors + JSON, nothing unpickled): ``save_quant_params(path, qparams, *,
+  metadata=None)``, ``load_quant_params(path)``, ``save_calibration`` / ``load_calibration`` (NNI
+  calibration configs), ``load_nni_calibration`` (NNI's ``torch.save`` files, ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,14 @@ from purecompress.quant.algorithms import (
     qat,
 )
 from purecompress.quant.config import QUANT_TYPES, QuantConfig, TensorSpec, from_quant_config_list
+from purecompress.quant.export import (
+    CalibrationConfig,
+    load_calibration,
+    load_nni_calibration,
+    load_quant_params,
+    save_calibration,
+    save_quant_params,
+)
 from purecompress.quant.fold import find_conv_bn, fold_conv_bn, fold_params, folded_call
 from purecompress.quant.observers import EMA_DECAY, Range, current_range, ema_range, minmax_range
 from purecompress.quant.qparams import (
@@ -73,6 +85,12 @@ from purecompress.quant.transform import Kernel, KernelContext, QuantState, Quan
 
 __all__ = [
     "DTYPES",
+    "CalibrationConfig",
+    "load_calibration",
+    "load_nni_calibration",
+    "load_quant_params",
+    "save_calibration",
+    "save_quant_params",
     "EMA_DECAY",
     "QAT_OP_TYPES",
     "QUANT_TYPES",
