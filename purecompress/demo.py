@@ -64,9 +64,9 @@ def make_cnn() -> nn.Module:
     )  # fmt: skip
 
 
-def train(model: nn.Module, params: Mapping[str, Tensor], data: DemoData, *, epochs: int,
-          masks: pc.Masks | None = None, lr: float = 3e-3, seed: int = 0) -> pc.Params:
-    """Train a copy of ``params`` (masked by ``masks`` in every step) and return it."""
+def _fit(model: nn.Module, params: Mapping[str, Tensor], data: DemoData, forward: Callable[[pc.Params, Tensor], Tensor],
+         *, epochs: int, lr: float, seed: int) -> pc.Params:
+    """Adam on a copy of ``params`` (its parameters, not its buffers) with ``forward(trainable, x)``."""
     names = {n for n, _ in model.named_parameters()}
     trainable = {k: v.detach().clone().requires_grad_(k in names) for k, v in params.items()}
     opt = torch.optim.Adam([v for k, v in trainable.items() if k in names], lr=lr)
@@ -74,34 +74,35 @@ def train(model: nn.Module, params: Mapping[str, Tensor], data: DemoData, *, epo
     model.train()
     for _ in range(epochs):
         for idx in torch.randperm(len(data.y_train), generator=gen).split(64):
-            out = functional_call(model, pc.apply_masks(trainable, masks or {}), (data.x_train[idx],))
-            loss = nn.functional.cross_entropy(out, data.y_train[idx])
+            loss = nn.functional.cross_entropy(forward(trainable, data.x_train[idx]), data.y_train[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
     model.eval()
-    return {k: v.detach() for k, v in pc.apply_masks(trainable, masks or {}).items()}
+    return trainable
+
+
+def train(model: nn.Module, params: Mapping[str, Tensor], data: DemoData, *, epochs: int,
+          masks: pc.Masks | None = None, lr: float = 3e-3, seed: int = 0) -> pc.Params:
+    """Train a copy of ``params`` (masked by ``masks`` in every step) and return it."""
+    masks = masks or {}
+    trained = _fit(model, params, data, lambda p, x: functional_call(model, pc.apply_masks(p, masks), (x,)),
+                   epochs=epochs, lr=lr, seed=seed)
+    return {k: v.detach() for k, v in pc.apply_masks(trained, masks).items()}
 
 
 def train_quantized(model: nn.Module, q: pq.QuantTransform, params: Mapping[str, Tensor], data: DemoData, *,
                     epochs: int, lr: float = 1e-3, seed: int = 0) -> tuple[pc.Params, pq.QuantState]:
     """Quantization-aware training of a copy of ``params``; returns it and the final quantization state."""
-    names = {n for n, _ in model.named_parameters()}
-    trainable = {k: v.detach().clone().requires_grad_(k in names) for k, v in params.items()}
-    opt = torch.optim.Adam([v for k, v in trainable.items() if k in names], lr=lr)
-    state = q.init(trainable)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(data.y_train), generator=gen).split(64):
-            out, state = q(model, trainable, state, data.x_train[idx])
-            loss = nn.functional.cross_entropy(out, data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            state = q.update(state)
-    model.eval()
-    return {k: v.detach() for k, v in trainable.items()}, state
+    state = [q.init(params)]
+
+    def forward(p: pc.Params, x: Tensor) -> Tensor:
+        out, new = q(model, p, state[0], x)
+        state[0] = q.update(new)  # the step count the next batch sees (NNI: after optimizer.step)
+        return out
+
+    trained = _fit(model, params, data, forward, epochs=epochs, lr=lr, seed=seed)
+    return {k: v.detach() for k, v in trained.items()}, state[0]
 
 
 def accuracy(model: nn.Module, params: Mapping[str, Tensor], data: DemoData,

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from purecompress.quant import _host
+from purecompress.quant.observers import current_range
 from purecompress.quant.qparams import SCALE_EPS, QuantParams
 
 __all__ = [
@@ -201,15 +202,11 @@ def _fake_quantize_ste(x: Tensor, qp: QuantParams, clip: bool, bounds: tuple[Ten
     if not (x.requires_grad and torch.is_grad_enabled()):  # no backward: no mask to keep
         return _codes(x, scale, zero_point).clamp_(qp.qmin, qp.qmax).sub_(zero_point).mul_(scale)
     if bounds is None:
-        bounds = tuple(torch.aminmax(x.detach())) if qp.axis is None else _channel_bounds(x, qp.axis)
+        observed = current_range(x, axis=qp.axis)
+        bounds = (observed.min, observed.max)
     if _codes_in_range(bounds, qp):
         return _FakeQuantInRange.apply(x, scale, zero_point)
     return _FakeQuantClippedLean.apply(x, scale, zero_point, qp.qmin, qp.qmax)
-
-
-def _channel_bounds(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
-    lo, hi = torch.aminmax(x.detach().movedim(axis, 0).reshape(x.shape[axis], -1), dim=1)
-    return lo, hi
 
 
 def _fake_quantize_composite(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,
