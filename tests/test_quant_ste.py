@@ -114,6 +114,18 @@ def test_clipped_ste_in_range_check_rounds_like_float32() -> None:
         assert _node(out) == "_FakeQuantInRangeBackward"
 
 
+def test_clipped_ste_zero_dim_input_with_float64_qparams() -> None:
+    """A 0-d float32 x divided by a float64 scale is computed in float64 (2.50000012 -> code 3,
+    clipped); in float32 it would be 2.5 (code 2): the gradient follows the codes actually used."""
+    qp = QuantParams(torch.tensor(0.7603748440742493, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64),
+                     -2, 2)
+    x = torch.tensor(1.9009371995925903, requires_grad=True)
+    out = fake_quantize_ste(x, qp, clip=True)
+    out.backward()
+    assert out.dtype == torch.float64 and out.item() == 2 * 0.7603748440742493
+    assert x.grad.item() == 0.0
+
+
 def test_clipped_ste_per_channel_activation_out_of_range_in_one_channel() -> None:
     qp = QuantParams(torch.tensor([1.0, 0.5]), torch.tensor([0.0, 0.0]), -2, 2, axis=1)
     x = torch.tensor([[1.0, 0.9], [-1.0, 1.3]], requires_grad=True)  # 1.3 / 0.5 -> code 3

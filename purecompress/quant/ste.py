@@ -201,11 +201,14 @@ def _fake_quantize_ste(x: Tensor, qp: QuantParams, clip: bool, bounds: tuple[Ten
         return _FakeQuantClippedEager.apply(x, scale, zero_point, qp.qmin, qp.qmax)
     if not (x.requires_grad and torch.is_grad_enabled()):  # no backward: no mask to keep
         return _codes(x, scale, zero_point).clamp_(qp.qmin, qp.qmax).sub_(zero_point).mul_(scale)
-    if bounds is None:
-        observed = current_range(x, axis=qp.axis)
-        bounds = (observed.min, observed.max)
-    if _codes_in_range(bounds, qp):
-        return _FakeQuantInRange.apply(x, scale, zero_point)
+    # The range test computes the codes of x's ends as the forward computes x's codes only when
+    # no dtype promotion can differ between them (a 0-d x would promote with a float64 scale).
+    if x.dtype == scale.dtype == zero_point.dtype:
+        if bounds is None:
+            observed = current_range(x, axis=qp.axis)
+            bounds = (observed.min, observed.max)
+        if _codes_in_range(bounds, qp):
+            return _FakeQuantInRange.apply(x, scale, zero_point)
     return _FakeQuantClippedLean.apply(x, scale, zero_point, qp.qmin, qp.qmax)
 
 
