@@ -126,7 +126,7 @@ def valid_config_entries(draw: st.DrawFn) -> dict[str, object]:
     kind = draw(st.sampled_from(["sparsity", "sparsity_per_layer", "total_sparsity"]))
     entry[kind] = draw(st.floats(0.0, 1.0, exclude_max=True))
     if kind == "total_sparsity" and draw(st.booleans()):
-        entry["max_sparsity_per_layer"] = draw(st.floats(0.0, 1.0))
+        entry["max_sparsity_per_layer"] = draw(st.floats(0.0, 1.0, exclude_min=True))  # NNI: 0 < cap <= 1
     return entry
 
 

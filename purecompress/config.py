@@ -190,16 +190,20 @@ def _prune_entry(index: int, entry: Mapping[str, object], extra_keys: Sequence[s
         kwargs["sparsity_per_layer"] = _sparsity(index, key, per_layer)
     if "total_sparsity" in entry:
         kwargs["total_sparsity"] = _sparsity(index, "total_sparsity", entry["total_sparsity"])
+    if per_layer is not None and "total_sparsity" in entry:
+        raise ConfigError(index, "total_sparsity", f"set either {key!r} (each layer) or 'total_sparsity' (the "
+                          "selected layers together), not both")
     if "max_sparsity_per_layer" in entry:
+        if "total_sparsity" not in entry:
+            hint = f"with {key!r} each layer gets exactly that" if per_layer is not None else "add total_sparsity"
+            raise ConfigError(index, "max_sparsity_per_layer", f"caps layers under 'total_sparsity' only ({hint})")
         cap = entry["max_sparsity_per_layer"]
-        if isinstance(cap, Mapping):
-            kwargs["max_sparsity_per_layer"] = {
-                str(k): _sparsity(index, "max_sparsity_per_layer", v, upper_inclusive=True)
-                for k, v in cap.items()
-            }
-        else:
-            kwargs["max_sparsity_per_layer"] = _sparsity(index, "max_sparsity_per_layer", cap,
-                                                         upper_inclusive=True)
+        caps = cap.values() if isinstance(cap, Mapping) else (cap,)
+        for value in caps:
+            if _sparsity(index, "max_sparsity_per_layer", value, upper_inclusive=True) == 0.0:
+                raise ConfigError(index, "max_sparsity_per_layer", "must be in (0, 1]: a cap of 0.0 prunes nothing "
+                                  "(leave the layer out, or use 'exclude')")
+        kwargs["max_sparsity_per_layer"] = {str(k): v for k, v in cap.items()} if isinstance(cap, Mapping) else cap
     if not selector.exclude and "sparsity_per_layer" not in kwargs and "total_sparsity" not in kwargs:
         raise ConfigError(index, None, "needs 'sparsity' (or 'sparsity_per_layer') or 'total_sparsity'")
     kwargs["options"] = {k: entry[k] for k in extra_keys if k in entry}

@@ -47,7 +47,7 @@ class Block:
     @kernel.validator
     def _check_kernel(self, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
         del attribute
-        if any((not isinstance(k, int)) or (k < 1 and k != -1) for k in value):
+        if any(isinstance(k, bool) or not isinstance(k, int) or (k < 1 and k != -1) for k in value):
             raise ValueError(f"Block kernel sizes must be positive ints or -1, got {value}")
 
     @classmethod
@@ -68,6 +68,8 @@ class Block:
         pad = len(shape) - len(self.kernel)
         kernel = (1,) * pad + self.kernel if self.padding == "front" else self.kernel + (-1,) * pad
         sizes = tuple(n if k == -1 else k for k, n in zip(kernel, shape))
+        if 0 in shape:
+            raise ValueError(f"a parameter of shape {shape} has a zero-size dim: it has no blocks to score or prune")
         for k, n in zip(sizes, shape):
             if n % k:
                 raise ValueError(f"Block sizes {sizes} do not tile a parameter of shape {shape}")

@@ -75,6 +75,13 @@ INVALID = [
     ([OK | {"total_sparsity": 0.5, "max_sparsity_per_layer": 1.5}], 0, "max_sparsity_per_layer", r"\[0, 1\]"),
     ([OK | {"total_sparsity": 0.5, "max_sparsity_per_layer": {"fc": 2.0}}], 0, "max_sparsity_per_layer", r"\[0, 1\]"),
     ([OK | {"total_sparsity": 0.5, "max_sparsity_per_layer": "x"}], 0, "max_sparsity_per_layer", "float"),
+    ([OK | {"total_sparsity": 0.5, "max_sparsity_per_layer": 0.0}], 0, "max_sparsity_per_layer", r"\(0, 1\]"),
+    ([OK | {"total_sparsity": 0.5, "max_sparsity_per_layer": {"fc": 0.0}}], 0, "max_sparsity_per_layer",
+     r"\(0, 1\]"),
+    # max_sparsity_per_layer caps a global (total) sparsity only; per-layer and total are exclusive
+    ([OK | {"sparsity": 0.5, "max_sparsity_per_layer": 0.9}], 0, "max_sparsity_per_layer", "'total_sparsity' only"),
+    ([OK | {"exclude": True, "max_sparsity_per_layer": 0.9}], 0, "max_sparsity_per_layer", "'total_sparsity' only"),
+    ([OK | {"sparsity": 0.5, "total_sparsity": 0.5}], 0, "total_sparsity", "not both"),
     # both spellings of the per-layer sparsity
     ([OK | {"sparsity": 0.5, "sparsity_per_layer": 0.5}], 0, "sparsity", "set one"),
     # at least one selector

@@ -32,7 +32,7 @@ def test_block_reduce_matches_nni_scaling_example() -> None:
     assert torch.equal(pc.Block((2, 3)).reduce(t, lambda b: b.mean(-1)), torch.tensor([[4.0, 7.0], [16.0, 19.0]]))
 
 
-@pytest.mark.parametrize("kernel", [(0,), (-2,), (1.5,)])
+@pytest.mark.parametrize("kernel", [(0,), (-2,), (1.5,), (True,), (2, False)])
 def test_block_rejects_bad_kernels(kernel: tuple[object, ...]) -> None:
     with pytest.raises(ValueError, match="positive ints or -1"):
         pc.Block(kernel)  # type: ignore[arg-type]
@@ -48,6 +48,8 @@ def test_blocks_that_do_not_tile_raise_a_clear_value_error() -> None:
         pc.Block((3, 3)).grid((4, 6))
     with pytest.raises(ValueError, match="more dims"):
         pc.Block((1, 1, 1)).grid((4, 6))
+    with pytest.raises(ValueError, match=r"shape \(0, 6\) has a zero-size dim"):
+        pc.Block.channel().grid((0, 6))
 
 
 # ----- block views -----------------------------------------------------------------------------
