@@ -237,6 +237,21 @@ def taylor_accumulate(stats: Mapping[str, TaylorStats], params: Mapping[str, Ten
     return out
 
 
+def _batch_grad(loss_of: Callable[..., Tensor], weights: dict[str, Tensor], x: Any, y: Any) -> dict[str, Tensor]:
+    """``torch.func.grad(loss_of)(weights, x, y)``; in eager mode through ``torch.autograd.grad`` on
+    detached leaves instead: the same values without the transform's per-op overhead (~20% of a
+    forward+backward on a small CNN)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return grad(loss_of)(weights, x, y)
+    leaves = {k: v.detach().requires_grad_() for k, v in weights.items()}
+    with torch.enable_grad():
+        loss = loss_of(leaves, x, y)
+    if not loss.requires_grad:  # the loss does not reach the weights at all
+        return {k: torch.zeros_like(v) for k, v in weights.items()}
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
+    return dict(zip(leaves, grads, strict=True))
+
+
 def collect_taylor(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -281,7 +296,7 @@ def collect_taylor(
         if max_batches is not None and i >= max_batches:
             break
         if not per_sample:
-            stats = taylor_accumulate(stats, weights, grad(loss_of)(weights, x, y))
+            stats = taylor_accumulate(stats, weights, _batch_grad(loss_of, weights, x, y))
             continue
         per = vmap(one, in_dims=(None, 0, 0))(weights, x, y)
         for name, g in per.items():

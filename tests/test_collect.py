@@ -109,6 +109,23 @@ def test_taylor_equals_autograd_sum_over_batches() -> None:
     assert stats["conv.weight"].steps == 2
 
 
+def test_taylor_eager_path_equals_torch_func_grad_and_handles_unused_weights() -> None:
+    """Eager collection differentiates with autograd; the values are torch.func.grad's, and a target
+    the loss does not reach scores 0 (func.grad's zeros, not autograd's "unused" error)."""
+    torch.manual_seed(2)
+    model = Net().eval()
+    params = pc.params_of(model)
+    (x, y), = _batches(n=1)
+    stats = collect_taylor(model, params, [(x, y)], F.cross_entropy, ["conv.weight", "fc.weight"])
+    w = {k: params[k] for k in ("conv.weight", "fc.weight")}
+    g = torch.func.grad(lambda w: F.cross_entropy(torch.func.functional_call(model, {**params, **w}, (x,)), y))(w)
+    for name in w:
+        assert torch.equal(stats[name].score, (w[name] * g[name]).pow(2))
+    for loss in (lambda out, t: out[:, :0].sum() + 1.0, lambda out, t: torch.tensor(1.0)):
+        unused = collect_taylor(model, params, [(x, y)], loss, ["conv.weight"])
+        assert torch.equal(unused["conv.weight"].score, torch.zeros_like(params["conv.weight"]))
+
+
 def test_taylor_accumulate_is_pure() -> None:
     params, grads = {"w": torch.tensor([1.0, -2.0])}, {"w": torch.tensor([2.0, 1.0])}
     first = taylor_accumulate({}, params, grads)
