@@ -10,8 +10,10 @@ API summary (stable names; everything is re-exported here except the ONNX export
   ``SCHEMES``, ``DTYPES``, ``SCALE_EPS``, ``is_per_channel``, ``is_symmetric``.
 - Straight-through fake quantization (``ste``): ``fake_quantize_ste(x, qp, *, clip=False)``
   (clip=True is NNI QAT's clipped STE), ``fake_quantize_clipped(x, qp, bounds)`` (the same with
-  ``x``'s known min/max, for observers that have them), ``binarize(x, *, clip=False)`` (BNN),
-  ``lsq_fake_quantize(x, scale, qmin, qmax)``, ``lsq_init_scale(x, qmax)``.
+  ``x``'s known min/max, for observers that have them).
+- Other straight-through estimators (``estimators``): ``straight_through(x, y)``,
+  ``binarize(x, *, clip=False)`` (BNN), ``lsq_fake_quantize(x, scale, qmin, qmax)``,
+  ``lsq_init_scale(x, qmax)``.
 - Observers (``observers``): ``Range(min, max)`` record, ``current_range(x, *, axis=None)``,
   ``minmax_range(prev, x, *, axis=None)``, ``ema_range(prev, x, *, decay=0.99, axis=None,
   first=None, current=None)``, ``EMA_DECAY``.
@@ -50,6 +52,7 @@ from purecompress.quant.algorithms import (
     qat,
 )
 from purecompress.quant.config import QUANT_TYPES, QuantConfig, TensorSpec, from_quant_config_list
+from purecompress.quant.estimators import binarize, lsq_fake_quantize, lsq_init_scale, straight_through
 from purecompress.quant.export import (
     CalibrationConfig,
     load_calibration,
@@ -73,14 +76,7 @@ from purecompress.quant.qparams import (
     quant_params,
     quantize,
 )
-from purecompress.quant.ste import (
-    binarize,
-    fake_quantize_clipped,
-    fake_quantize_ste,
-    lsq_fake_quantize,
-    lsq_init_scale,
-    straight_through,
-)
+from purecompress.quant.ste import fake_quantize_clipped, fake_quantize_ste
 from purecompress.quant.transform import Kernel, KernelContext, QuantState, QuantTransform, TensorState, quantized_call
 
 __all__ = [

@@ -25,16 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from purecompress.quant.config import QuantConfig, TensorSpec, from_quant_config_list
+from purecompress.quant.estimators import binarize, lsq_fake_quantize, lsq_init_scale, straight_through
 from purecompress.quant.observers import current_range, ema_range, minmax_range
 from purecompress.quant.qparams import SCALE_EPS, QuantParams, quant_params
-from purecompress.quant.ste import (
-    binarize,
-    fake_quantize_clipped,
-    fake_quantize_ste,
-    lsq_fake_quantize,
-    lsq_init_scale,
-    straight_through,
-)
+from purecompress.quant.ste import fake_quantize_clipped, fake_quantize_ste
 from purecompress.quant.transform import KernelContext, QuantTransform, TensorState, build, quantized_call
 from purecompress.records import Params
 
