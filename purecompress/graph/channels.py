@@ -21,8 +21,10 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .liveness import FIRST_ONLY, Liveness, _call, _mean_dims, _substitute, op_name
+from .kinds import FIRST_ONLY, op_name
+from .liveness import Liveness
 from .replace import Replacement, replacement_for
+from .structural import _call, _mean_dims, _substitute
 
 __all__ = ["Call", "Classes", "Track", "trace_channels"]
 

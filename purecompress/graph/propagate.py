@@ -34,24 +34,23 @@ producers (weight rows, bias), in norm layers (weight, bias) and in consumers (w
 
 from __future__ import annotations
 
-import copy
-import inspect
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-import optree
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from purecompress.params import params_of
 from purecompress.records import Mask, Masks
 
 from .capture import capture
 from .channels import Call, Classes, Track, trace_channels
-from .liveness import liveness, op_name
+from .fold import EXACT_TOL as EXACT_TOL
+from .fold import _fold, _keep_inexact
+from .liveness import liveness
+from .plan_masks import _propagated
+from .recording import _bind, _masked_copy, _Recorder, _sizes
 from .replace import ChannelSlice, Replacement
 
 __all__ = [
@@ -64,10 +63,6 @@ __all__ = [
     "channel_plan",
     "propagate",
 ]
-
-
-#: A fold deviating by more than this (absolute, on the example inputs) is inexact.
-EXACT_TOL = 1e-5
 
 
 class ShrinkError(ValueError):
@@ -113,55 +108,6 @@ class Analysis:
     sizes: dict[str, tuple[int, int]]
 
 
-def _bind(model: nn.Module, example_inputs: Any) -> inspect.BoundArguments:
-    if isinstance(example_inputs, Tensor):
-        bound = inspect.signature(model.forward).bind(example_inputs)
-    elif isinstance(example_inputs, Mapping):
-        bound = inspect.signature(model.forward).bind(**example_inputs)
-    else:
-        bound = inspect.signature(model.forward).bind(*example_inputs)
-    bound.apply_defaults()
-    return bound
-
-
-def _masked_copy(model: nn.Module, masks: Mapping[str, Mask], values: Mapping[str, Tensor] | None) -> nn.Module:
-    work = copy.deepcopy(model).eval()
-    params = params_of(work)
-    unknown = sorted((set(masks) | set(values or {})) - set(params))
-    if unknown:
-        raise KeyError(f"masks or params for names that are not parameters or buffers of the model: {unknown}")
-    with torch.no_grad():
-        for name, value in (values or {}).items():
-            params[name].copy_(value)
-        for name, mask in masks.items():
-            params[name].mul_(mask.broadcastable().to(params[name].device))
-    return work
-
-
-class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.values: dict[fx.Node, Any] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if any(_in_place(u, self.module) for u in n.users):  # keep the value as it was produced
-            out = optree.tree_map(lambda v: v.clone() if isinstance(v, Tensor) else v, out, none_is_leaf=True)
-        self.values[n] = out
-        return out
-
-
-def _in_place(node: fx.Node, root: nn.Module) -> bool:
-    """Whether ``node`` may write into its inputs (``x.relu_()``, ``x += y``, ``ReLU(inplace=True)``)."""
-    if node.op == "call_module":
-        return bool(getattr(root.get_submodule(str(node.target)), "inplace", False))
-    name = op_name(node)
-    return name.endswith("_") or name.startswith("__i") or name in _IN_PLACE or bool(node.kwargs.get("inplace"))
-
-
-_IN_PLACE = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior", "ixor"}
-
-
 def _keep(classes: Classes, track: Track | None, size: int) -> Tensor:
     return torch.ones(size, dtype=torch.bool) if track is None else ~classes.removed(track.ids)
 
@@ -175,25 +121,6 @@ def _balanced(keep_in: Tensor, keep_out: Tensor, groups: int) -> bool:
 def _whole_groups(keep: Tensor, groups: int) -> bool:
     chunks = keep.reshape(groups, -1)
     return bool((chunks.all(1) | ~chunks.any(1)).all())
-
-
-def _fold(
-    module: nn.Module, x: Tensor, removed: Tensor, cd: int, cd_out: int, used: Tensor, keep_out: Tensor
-) -> tuple[Tensor, float]:
-    """Contribution of the removed input channels (as a bias) and its max deviation."""
-    view = [1] * x.dim()
-    view[cd] = -1
-    xr = x * removed.reshape(view).to(device=x.device, dtype=x.dtype)
-    if not bool(xr.any()):  # the removed channels are zero (pruned row, BN masked): nothing to fold
-        return None, 0.0
-    with torch.no_grad():
-        contrib = module(xr) - module(torch.zeros_like(xr))
-    first = contrib[0].movedim(cd_out - 1, 0)
-    centre = first[(slice(None), *(s // 2 for s in first.shape[1:]))]
-    shape = [1] * contrib.dim()
-    shape[cd_out] = -1
-    deviation = (contrib - centre.reshape(shape)).abs() * used * keep_out.reshape(shape).to(used.device)
-    return centre.cpu(), float(deviation.max()) if deviation.numel() else 0.0
 
 
 def channel_plan(
@@ -309,87 +236,6 @@ def _slices(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, n
             slices[name] = ChannelSlice(keep_in, keep_out if call.kind == "producer" else None, delta)
     return slices, fold_error
 
-
-def _keep_inexact(classes: Classes, calls: Mapping[str, Call], fold_error: Mapping[str, float],
-                  values: Mapping[fx.Node, Any]) -> bool:
-    """Block the removed non-zero inputs of every layer whose fold is inexact; whether any were."""
-    blocked = False
-    for name, error in fold_error.items():
-        call = calls[name]
-        if error <= EXACT_TOL or call.tin is None:
-            continue
-        x = values[call.node.args[0]]
-        nonzero = (x != 0).any(dim=[d for d in range(x.dim()) if d != call.cd_in]).cpu()
-        removed = classes.removed(call.tin.ids)
-        classes.block(call.tin.ids[removed & nonzero])
-        blocked = blocked or bool((removed & nonzero).any())
-    return blocked
-
-
-def _sizes(gm: fx.GraphModule, values: Mapping[fx.Node, Any]) -> dict[str, tuple[int, int]]:
-    sizes: dict[str, tuple[int, int]] = {}
-    for node in gm.graph.nodes:
-        out = values.get(node)
-        if node.op != "call_module" or not isinstance(out, Tensor) or not node.args:
-            continue
-        x = values.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-        module = gm.get_submodule(str(node.target))
-        linear = isinstance(module, nn.Linear)
-        positions = math.prod(out.shape[1:-1] if linear else out.shape[2:])
-        before = sizes.get(str(node.target), (0, 0))
-        numel = x[0].numel() if isinstance(x, Tensor) and x.dim() > 0 else 0
-        sizes[str(node.target)] = (before[0] + positions, before[1] + numel)
-    return sizes
-
-
-def _grid(module: nn.Module, keep_in: Tensor, keep_out: Tensor) -> Tensor:
-    """``[out, in/groups]`` keep grid of a producer's weight (rows: outputs, cols: inputs)."""
-    if isinstance(module, nn.Linear):
-        return keep_out[:, None] & keep_in[None, :]
-    g = module.groups
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        c_out = keep_out.numel() // g
-        cols = keep_out.reshape(g, c_out).repeat_interleave(keep_in.numel() // g, 0)
-        return keep_in[:, None] & cols
-    rows = keep_in.reshape(g, -1).repeat_interleave(keep_out.numel() // g, 0)
-    return keep_out[:, None] & rows
-
-
-def _and(a: Mask | None, b: Mask) -> Mask:
-    if a is None:
-        return b
-    b = Mask(b.keep.to(a.keep.device), b.shape)
-    try:
-        return a & b
-    except ValueError:  # grids that do not nest: combine at element granularity
-        return Mask.from_dense(a.to_dense() * b.to_dense())
-
-
-def _propagated(
-    model: nn.Module, masks: Mapping[str, Mask], slices: Mapping[str, ChannelSlice], calls: Mapping[str, Any]
-) -> Masks:
-    out: Masks = dict(masks)
-    for name, sl in slices.items():
-        module = model.get_submodule(name)
-        prefix = f"{name}." if name else ""
-        keep_in = sl.keep_in
-        if calls[name].kind == "producer":
-            keep_out = sl.keep_out
-            w = module.weight
-            grid = _grid(module, keep_in, keep_out)
-            new = {"weight": Mask(grid.reshape(*grid.shape, *([1] * (w.dim() - 2))), tuple(w.shape))}
-            if getattr(module, "bias", None) is not None:
-                new["bias"] = Mask(keep_out, tuple(module.bias.shape))
-        else:
-            new = {
-                k: Mask(keep_in, tuple(p.shape))
-                for k, p in module.named_parameters(recurse=False)
-                if p.dim() == 1 and p.numel() == keep_in.numel()
-            }
-        for k, mask in new.items():
-            if not bool(mask.keep.all()):
-                out[prefix + k] = _and(out.get(prefix + k), mask)
-    return out
 
 
 def propagate(

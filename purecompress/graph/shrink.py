@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from purecompress.records import Mask, Masks
 
-from .propagate import EXACT_TOL, ShrinkError, analyse
+from .fold import EXACT_TOL
+from .propagate import ShrinkError, analyse
 from .replace import Replacement, replacement_for
 
 __all__ = ["LayerShrink", "ShrinkReport", "shrink"]
