@@ -16,5 +16,7 @@ def test_readme_has_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index: int, capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_example_runs(index: int, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # examples may write files (e.g. qparams.safetensors)
     exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {})
