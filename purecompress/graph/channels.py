@@ -7,7 +7,8 @@ operands (union-find), cat concatenates tracks, views that keep the channel dim 
 it, and every op that would break a shape (see :mod:`~purecompress.graph.propagate`) blocks the
 classes that reach it. Views are handled by pushing a tensor holding each element's channel
 index through the op: the output tells where the channel dim went, and whether every channel
-still appears, in order (flatten repeats each channel ``H * W`` times).
+still appears, in order (flatten repeats each channel ``H * W`` times). The records these walks
+fill (:class:`Track`, :class:`Classes`, :class:`Call`) live in :mod:`~purecompress.graph.tracks`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
 import optree
 import torch
 import torch.fx as fx
@@ -25,70 +25,9 @@ from .kinds import FIRST_ONLY, op_name
 from .liveness import Liveness
 from .replace import Replacement, replacement_for
 from .structural import _call, _mean_dims, _substitute
+from .tracks import Call, Classes, Track
 
 __all__ = ["Call", "Classes", "Track", "trace_channels"]
-
-
-@attrs.frozen
-class Track:
-    """Attributes: cd, the channel dim; ids, ``[C]`` class ids (-1: no class)."""
-
-    cd: int
-    ids: Tensor
-
-
-class Classes:
-    """Union-find over channel classes with a blocked flag per root."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.blocked: list[bool] = []
-
-    def new(self, n: int) -> Tensor:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
-        self.blocked.extend([False] * n)
-        return torch.arange(start, start + n)
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def block(self, ids: Tensor) -> None:
-        for i in ids.tolist():
-            if i >= 0:
-                self.blocked[self.find(i)] = True
-
-    def union(self, a: Tensor, b: Tensor) -> None:
-        for x, y in zip(a.tolist(), b.tolist()):
-            if x < 0 or y < 0:
-                self.block(torch.tensor([x, y]))
-                continue
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                self.parent[ry] = rx
-                self.blocked[rx] = self.blocked[rx] or self.blocked[ry]
-
-    def removed(self, ids: Tensor) -> Tensor:
-        """``[C]`` bool: the channels whose class is removed (not blocked)."""
-        return torch.tensor([i >= 0 and not self.blocked[self.find(i)] for i in ids.tolist()], dtype=torch.bool)
-
-
-@attrs.define
-class Call:
-    """A call of a module from the replacement table (the first call, for reused modules)."""
-
-    node: fx.Node
-    kind: str
-    tin: Track | None
-    tout: Track | None
-    c_in: int
-    c_out: int
-    cd_in: int
-    cd_out: int
-    depthwise: bool = False
 
 
 def _tracks_in(arg: Any, tracks: Mapping[fx.Node, Any]) -> list[Track]:
