@@ -12,23 +12,24 @@ copied, each with a regression test in ``tests/test_quant_compat.py``):
   ``onnx_path`` writes QuantizeLinear/DequantizeLinear nodes (NNI exports the float model).
 - Conv-BN patterns are found with ``torch.fx`` (:func:`purecompress.graph.capture`); BN folding is
   enabled by ``dummy_input`` as in NNI. A BN that is not the conv's only consumer is not folded.
+
+Export (``export_model``, ``export_model_save``, :class:`OnnxPlan`) is the base class
+:class:`~purecompress.compat.quantization_export._QuantizerExport`; :class:`OnnxPlan` is
+re-exported here, so every name keeps this path.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import attrs
 import torch
 from torch import Tensor, nn
 
+from purecompress.compat.quantization_export import OnnxPlan, _QuantizerExport
 from purecompress.compat.quantization_wrappers import (
-    BN_FOLD_TAG,
     LayerInfo,
     QuantGrad,
     QuantizerIdentityWrapper,
@@ -37,9 +38,7 @@ from purecompress.compat.quantization_wrappers import (
 )
 from purecompress.config import ConfigError
 from purecompress.graph import GraphCaptureError, capture
-from purecompress.quant import QUANT_TYPES, QuantConfig, QuantParams, from_quant_config_list
-from purecompress.quant.export import save_calibration
-from purecompress.quant.onnx_export import export_qdq_onnx
+from purecompress.quant import QUANT_TYPES, QuantConfig, from_quant_config_list
 from purecompress.selection import select
 
 __all__ = ["OnnxPlan", "Quantizer", "fold_bn_params"]
@@ -66,27 +65,7 @@ def fold_bn_params(weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm
     return new_weight, new_bias
 
 
-@attrs.frozen
-class OnnxPlan:
-    """What ``export_model(onnx_path=...)`` quantizes, keyed by the names of the unwrapped model.
-
-    Attributes:
-        weights: parameter name -> parameters of its QuantizeLinear/DequantizeLinear.
-        inputs: module name -> parameters for its input.
-        outputs: module name -> parameters for its output.
-        replace: parameter name -> value baked into the exported copy (folded conv weights/biases,
-            non-affine quantized weights such as DoReFa's or BNN's).
-        identities: modules replaced by identities in the exported copy (folded BatchNorms).
-    """
-
-    weights: Mapping[str, QuantParams] = attrs.field(factory=dict)
-    inputs: Mapping[str, QuantParams] = attrs.field(factory=dict)
-    outputs: Mapping[str, QuantParams] = attrs.field(factory=dict)
-    replace: Mapping[str, Tensor] = attrs.field(factory=dict)
-    identities: tuple[str, ...] = ()
-
-
-class Quantizer:
+class Quantizer(_QuantizerExport):
     """Base of the NNI-style quantizers: wraps the selected modules of ``model`` in place.
 
     Args:
@@ -102,10 +81,6 @@ class Quantizer:
     allowed_bits: tuple[int, ...] | None = None
     allowed_quant_types: tuple[str, ...] = QUANT_TYPES
     allowed_keys: tuple[str, ...] = _NNI_KEYS
-    #: Attributes the algorithm adds to a quantized module, removed on export.
-    simulated_attrs: tuple[str, ...] = ()
-    #: The ONNX plan ``export_model`` takes while the modules are still wrapped, for ``export_model_save``.
-    _export_onnx_plan: OnnxPlan | None = None
 
     def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]],
                  optimizer: torch.optim.Optimizer | None = None, dummy_input: Any = None) -> None:
@@ -220,12 +195,6 @@ class Quantizer:
         """Set quantization parameters from a calibration config (see the algorithms)."""
         raise NotImplementedError(f"{type(self).__name__} cannot load a calibration config")
 
-    def _calibration_config(self) -> dict[str, dict[str, Any]]:
-        return {}
-
-    def _onnx_plan(self) -> OnnxPlan:
-        return OnnxPlan()
-
     # -- optimizer, BN folding --------------------------------------------------------------------
 
     def patch_optimizer(self, *tasks: Callable[[], None]) -> None:
@@ -268,92 +237,3 @@ class Quantizer:
         with torch.no_grad():
             bn(module._conv_forward(inputs[0], module.old_weight, old_bias))
         return fold_bn_params(module.old_weight, old_bias, bn)
-
-    # -- export ---------------------------------------------------------------------------------
-
-    def _restore_module(self, module: nn.Module) -> None:
-        """Give ``module`` back its float Parameters and drop the simulation attributes."""
-        old_weight = getattr(module, "old_weight", None)
-        if isinstance(old_weight, nn.Parameter):
-            delattr(module, "weight")
-            del module.old_weight
-            module.register_parameter("weight", old_weight)
-        if getattr(module, BN_FOLD_TAG, False):
-            old_bias = getattr(module, "old_bias", None)
-            delattr(module, "bias")
-            if isinstance(old_bias, nn.Parameter):
-                del module.old_bias
-                module.register_parameter("bias", old_bias)
-            else:
-                module.bias = None
-            delattr(module, BN_FOLD_TAG)
-        for name in self.simulated_attrs:
-            if hasattr(module, name):
-                delattr(module, name)
-
-    def export_model(self, model_path: str | os.PathLike[str], calibration_path: str | os.PathLike[str] | None = None,
-                     onnx_path: str | os.PathLike[str] | None = None, input_shape: Sequence[int] | None = None,
-                     device: torch.device | str | None = None) -> dict[str, dict[str, Any]]:
-        """Save the float state_dict (original keys), the calibration config and optionally ONNX.
-
-        The model is unwrapped afterwards (as in NNI): it holds its original float weights.
-
-        Args:
-            model_path: where to ``torch.save`` the state_dict.
-            calibration_path: where to save the calibration config (``.safetensors``: safe format;
-                anything else: NNI's ``torch.save`` format).
-            onnx_path: where to write a QDQ ONNX model (needs ``input_shape`` or ``dummy_input``).
-            input_shape: shape of the example input for the ONNX export.
-            device: device of that example input.
-
-        Returns:
-            The calibration config ``{layer: {'weight_bits': ..., ...}}``.
-        """
-        if model_path is None:
-            raise ValueError("model_path must be specified")
-        self._export_onnx_plan = self._onnx_plan() if onnx_path is not None else None
-        calibration = self._calibration_config()
-        self._unwrap_model()
-        for layer, _ in self.modules_to_compress:
-            self._restore_module(layer.module)
-        if "steps" in self.bound_model._buffers:
-            del self.bound_model._buffers["steps"]
-        self.export_model_save(self.bound_model, model_path, calibration, calibration_path, onnx_path,
-                               input_shape, device)
-        return calibration
-
-    def export_model_save(self, model: nn.Module, model_path: str | os.PathLike[str],
-                          calibration_config: Mapping[str, Any] | None = None,
-                          calibration_path: str | os.PathLike[str] | None = None,
-                          onnx_path: str | os.PathLike[str] | None = None,
-                          input_shape: Sequence[int] | None = None, device: torch.device | str | None = None) -> None:
-        """Save ``model``'s state_dict, the calibration config and (optionally) a QDQ ONNX model."""
-        example: Any = None
-        if onnx_path is not None:  # check before writing anything: no partial exports
-            if input_shape is not None:
-                example = (torch.zeros(*input_shape, device=device or "cpu"),)
-            elif self.dummy_input is not None:
-                example = self.dummy_input if isinstance(self.dummy_input, tuple) else (self.dummy_input,)
-            else:
-                raise ValueError("exporting ONNX needs an example input: pass input_shape "
-                                 "(or dummy_input to the quantizer)")
-        torch.save(model.state_dict(), os.fspath(model_path))
-        if calibration_path is not None:
-            if os.fspath(calibration_path).endswith(".safetensors"):
-                save_calibration(calibration_path, calibration_config or {})
-            else:
-                torch.save(dict(calibration_config or {}), os.fspath(calibration_path))
-        if onnx_path is None:
-            return
-        plan = self._export_onnx_plan or self._onnx_plan()
-        target = model
-        if plan.replace or plan.identities:
-            target = copy.deepcopy(model)
-            with torch.no_grad():
-                for name, value in plan.replace.items():
-                    parent, _, leaf = name.rpartition(".")
-                    owner = target.get_submodule(parent) if parent else target
-                    setattr(owner, leaf, nn.Parameter(value.detach().clone()))
-            for name in plan.identities:
-                _set_submodule(target, name, nn.Identity())
-        export_qdq_onnx(target, example, onnx_path, weights=plan.weights, inputs=plan.inputs, outputs=plan.outputs)
