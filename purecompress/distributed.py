@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from purecompress.stats import ActivationStats, TaylorStats
+
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
@@ -68,8 +70,6 @@ def resolve_sync(sync: Sync) -> tuple[bool, ProcessGroup | None]:
 
 
 def _count_fields(leaf: Any) -> tuple[str, ...]:
-    from purecompress.collect import ActivationStats, TaylorStats
-
     table: dict[type, tuple[str, ...]] = {ActivationStats: ("samples", "batches"), TaylorStats: ("steps",)}
     if type(leaf) not in table:
         raise TypeError(f"all_reduce_stats sums tensors, ActivationStats and TaylorStats, not {type(leaf).__name__}")
@@ -176,7 +176,7 @@ def all_reduce_stats(stats: T, *, group: ProcessGroup | None = None) -> T:
     Returns:
         The reduced copy, same structure; ``stats`` itself when no process group is initialised.
 
-    >>> from purecompress.collect import TaylorStats
+    >>> from purecompress.stats import TaylorStats
     >>> s = {'w': TaylorStats(torch.ones(2), 1)}
     >>> all_reduce_stats(s) is s  # not distributed: unchanged
     True

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-from purecompress.collect import ActivationStats, TaylorStats
 from purecompress.metrics import _target_names, metric_by
 from purecompress.records import Block, Metric, Metrics
 from purecompress.selection import Plan
+from purecompress.stats import ActivationStats, TaylorStats
 
 __all__ = ["apoz", "bn_scale", "mean_activation", "slim_penalty", "taylor_fo"]
 
@@ -41,7 +41,7 @@ def apoz(stats: Mapping[str, ActivationStats], params: Mapping[str, Tensor], *, 
         params: the model's params (for each ``'<module>.weight'`` shape).
         param: which parameter of each module the channel metric is for.
 
-    >>> from purecompress.collect import batch_activation_stats
+    >>> from purecompress.stats import batch_activation_stats
     >>> s = {'fc': batch_activation_stats(torch.tensor([[0., 1.], [0., 2.]]), -1)}
     >>> apoz(s, {'fc.weight': torch.zeros(2, 3)})['fc.weight'].score.flatten()
     tensor([0., 1.])
@@ -53,7 +53,7 @@ def mean_activation(stats: Mapping[str, ActivationStats], params: Mapping[str, T
                     param: str = "weight") -> Metrics:
     """Mean activation per output channel (NNI's mean rank).
 
-    >>> from purecompress.collect import batch_activation_stats
+    >>> from purecompress.stats import batch_activation_stats
     >>> s = {'fc': batch_activation_stats(torch.tensor([[0., 1.], [0., 3.]]), -1)}
     >>> mean_activation(s, {'fc.weight': torch.zeros(2, 3)})['fc.weight'].score.flatten()
     tensor([0., 2.])
@@ -66,7 +66,7 @@ def taylor_fo(stats: Mapping[str, TaylorStats], *, block: Block | None = None) -
 
     Not averaged over steps (NNI's rule). Default block: output channel.
 
-    >>> from purecompress.collect import TaylorStats
+    >>> from purecompress.stats import TaylorStats
     >>> taylor_fo({'w': TaylorStats(torch.tensor([[1., 2.], [0., 1.]]), 1)})['w'].score.flatten()
     tensor([3., 1.])
     """

@@ -28,7 +28,6 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from purecompress.collect import TaylorStats, activation_fn, batch_activation_stats, channel_dim_of, taylor_term
 from purecompress.compat._schema import EXCLUDE, GLOBAL, INTERNAL, NORMAL
 from purecompress.compat.admm_pruner import ADMMPruner
 from purecompress.compat.evaluator import ForwardHook, TensorHook
@@ -47,6 +46,7 @@ from purecompress.compat.training_tools import (
     MeanRankMetricsCalculator,
 )
 from purecompress.metrics_data import slim_penalty
+from purecompress.stats import TaylorStats, activation_fn, batch_activation_stats, channel_dim_of, taylor_term
 
 __all__ = [
     "ADMMPruner",

@@ -14,7 +14,6 @@ from typing import Any
 from torch import Tensor
 
 from purecompress.allocate_dependency import allocate_dependency_aware
-from purecompress.collect import ActivationStats, TaylorStats
 from purecompress.compat.base import NniMasks, Pruner
 from purecompress.compat.data_collector import DataCollector
 from purecompress.compat.evaluator import Evaluator, Hook
@@ -22,6 +21,7 @@ from purecompress.compat.metrics_calculator import MetricsCalculator, NormMetric
 from purecompress.compat.scaling import Scaling, _channel_scaler
 from purecompress.compat.sparsity_allocator import Scalers, SparsityAllocator
 from purecompress.distributed import Sync, all_reduce_stats, resolve_sync
+from purecompress.stats import ActivationStats, TaylorStats
 
 __all__ = [
     "APoZRankMetricsCalculator",
