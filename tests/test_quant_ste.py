@@ -143,6 +143,17 @@ def test_clipped_ste_nan_and_inf_get_zero_gradient() -> None:
     assert out.isnan()[0] and out[2] == 2.5
 
 
+def test_clipped_ste_off_cpu_reads_nothing_on_the_host() -> None:
+    """Meta tensors have no values (and on a GPU a host read would wait for the device): the range
+    test is skipped and the masked path runs."""
+    qp = QuantParams(torch.tensor(0.5, device="meta"), torch.tensor(0.0, device="meta"), -2, 2)
+    x = torch.randn(4, 4, device="meta", requires_grad=True)
+    out = fake_quantize_ste(x, qp, clip=True)
+    assert _node(out) == "_FakeQuantClippedLeanBackward"
+    out.sum().backward()
+    assert out.device.type == "meta" and x.grad.shape == (4, 4)
+
+
 def test_clipped_ste_without_autograd_gives_the_same_values() -> None:
     with torch.no_grad():
         assert torch.equal(fake_quantize_ste(X.clone().requires_grad_(), QP, clip=True), fake_quantize(X, QP))

@@ -131,3 +131,14 @@ def test_compiled_training_step_matches_eager() -> None:
 def test_weight_quantization_needs_a_weight() -> None:
     with pytest.raises(ValueError, match="no weight"):
         pq.qat(_model(), [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["ReLU"]}])
+
+
+def test_qat_runs_on_meta_tensors() -> None:
+    """Shape-only runs (meta device) work: nothing in the eager call reads a tensor's value on the host."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).to("meta")
+    params = dict(model.named_parameters())
+    q = pq.qat(model, [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["Linear"]}])
+    out, state = q(model, params, q.init(params), torch.randn(2, 4, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 3)
+    assert sorted(state.tensors) == ["0.input", "0.output", "0.weight"]
+    assert state.tensors["0.weight"].qparams.scale.device.type == "meta"

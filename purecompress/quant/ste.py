@@ -193,9 +193,11 @@ def _fake_quantize_ste(x: Tensor, qp: QuantParams, clip: bool, bounds: tuple[Ten
         return _FakeQuantClippedEager.apply(x, scale, zero_point, qp.qmin, qp.qmax)
     if not (x.requires_grad and torch.is_grad_enabled()):  # no backward: no mask to keep
         return _codes(x, scale, zero_point).clamp_(qp.qmin, qp.qmax).sub_(zero_point).mul_(scale)
-    # The range test computes the codes of x's ends as the forward computes x's codes only when
-    # no dtype promotion can differ between them (a 0-d x would promote with a float64 scale).
-    if x.dtype == scale.dtype == zero_point.dtype:
+    # The range test reads two numbers on the host: on CPU only (on an accelerator it would wait for
+    # the device every call; meta tensors have no values). It computes the codes of x's ends as the
+    # forward computes x's codes only when no dtype promotion can differ between them (a 0-d x would
+    # promote with a float64 scale).
+    if x.is_cpu and x.dtype == scale.dtype == zero_point.dtype:
         if bounds is None:
             observed = current_range(x, axis=qp.axis)
             bounds = (observed.min, observed.max)

@@ -178,7 +178,7 @@ def quantized_call(
     args = args if isinstance(args, tuple) else (args,)
     new: dict[str, TensorState | None] = {}
     first = state.step == 1
-    if not is_traced(first):  # one host read per call instead of a select per tensor
+    if first.is_cpu and not is_traced(first):  # one host read per call instead of a select per tensor
         first = bool(first)
 
     def run(x: Tensor, key: str, kind: str, config: QuantConfig) -> Tensor:
