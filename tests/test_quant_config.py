@@ -26,6 +26,14 @@ def test_ema_first_flag_is_traceable() -> None:
     assert torch.equal(kept.max, ema_range(prev, x).max)
 
 
+def test_ema_accepts_a_tensor_decay() -> None:
+    prev = ema_range(None, torch.tensor([0.0, 1.0]))
+    x = torch.tensor([0.5, 2.0])
+    with_tensor = ema_range(prev, x, decay=torch.tensor(0.9), first=False)
+    with_float = ema_range(prev, x, decay=0.9, first=False)
+    assert torch.equal(with_tensor.min, with_float.min) and torch.equal(with_tensor.max, with_float.max)
+
+
 def test_per_channel_ranges() -> None:
     w = torch.arange(24.0).view(2, 3, 4) - 5
     r = current_range(w, axis=0)

@@ -95,7 +95,7 @@ def ema_range(
         prev = cur
     elif isinstance(first, Tensor):
         prev = Range(torch.where(first, cur.min, prev.min), torch.where(first, cur.max, prev.max))
-    if (rnd := _host.rounding(prev.min, prev.max, cur.min, cur.max)) and (
+    if isinstance(decay, (float, int)) and (rnd := _host.rounding(prev.min, prev.max, cur.min, cur.max)) and (
             v := _host.values(prev.min, prev.max, cur.min, cur.max)):
         lo, hi = _host.ema((v[0], v[1]), (v[2], v[3]), decay, rnd)
         return Range(_host.scalar(lo, cur.min), _host.scalar(hi, cur.min))
