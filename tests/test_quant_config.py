@@ -29,9 +29,10 @@ def test_ema_first_flag_is_traceable() -> None:
 def test_ema_accepts_a_tensor_decay() -> None:
     prev = ema_range(None, torch.tensor([0.0, 1.0]))
     x = torch.tensor([0.5, 2.0])
-    with_tensor = ema_range(prev, x, decay=torch.tensor(0.9), first=False)
-    with_float = ema_range(prev, x, decay=0.9, first=False)
-    assert torch.equal(with_tensor.min, with_float.min) and torch.equal(with_tensor.max, with_float.max)
+    decay = torch.tensor(0.9)
+    got = ema_range(prev, x, decay=decay, first=False)
+    assert torch.equal(got.max, prev.max * decay + (1 - decay) * torch.tensor(2.0))
+    torch.testing.assert_close(got.max, ema_range(prev, x, decay=0.9, first=False).max)
 
 
 def test_per_channel_ranges() -> None:
