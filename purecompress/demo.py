@@ -197,12 +197,22 @@ def run_demo(out_dir: str | Path = "purecompress-out", *, epochs: int = 8, finet
         q, params, state = quant_recipe(model, dense, data)
         seconds = time.perf_counter() - start
         qparams = {k: ts.qparams for k, ts in state.tensors.items() if ts.qparams is not None}
+        detail = "\n".join(f"{k}: scale {_span(qp.scale, '.3g')}, zero point {_span(qp.zero_point, 'g')}, "
+                           f"codes [{qp.qmin}, {qp.qmax}]" for k, qp in qparams.items())
         rows.append(Row(name, accuracy(model, params, data, (q, state)), 0.0, total, total,
-                        stored_bytes(model, q, state), seconds, f"{len(qparams)} tensors quantized to 8 bits"))
+                        stored_bytes(model, q, state), seconds, detail))
+        if verbose:
+            print(f"\n{name}\n{detail}")
         save_file({k: v.contiguous() for k, v in params.items()}, str(out / f"{name}.safetensors"))
         pq.save_quant_params(out / f"{name}-qparams.safetensors", qparams, metadata={"algorithm": q.name})
     (out / "results.json").write_text(json.dumps([attrs.asdict(r) for r in rows], indent=2))
     return rows
+
+
+def _span(t: Tensor, spec: str) -> str:
+    """A per-tensor value, or the min..max of per-channel values."""
+    lo, hi = t.min().item(), t.max().item()
+    return format(lo, spec) if lo == hi else f"{lo:{spec}}..{hi:{spec}}"
 
 
 def _latency_ms(model: nn.Module, x: Tensor, params: Mapping[str, Tensor] | None = None) -> float:
