@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["Rounding", "codes_in_range", "disabled", "ema", "qparams", "rounding", "scalar", "values"]
+__all__ = ["Rounding", "codes_in_range", "disabled", "ema", "qparams", "read", "scalar"]
 
 Rounding = Callable[[float], float]
 _F32 = struct.Struct("f")
@@ -54,9 +54,10 @@ def disabled() -> Iterator[None]:
         _enabled = previous
 
 
-def rounding(*tensors: Tensor) -> Rounding | None:
-    """The rounding of the tensors' common dtype when all are eager, CPU, 0-d float32/float64
-    tensors of one dtype that need no gradient; otherwise None (use the tensor ops)."""
+def read(*tensors: Tensor) -> tuple[Rounding, list[float]] | None:
+    """The rounding of the tensors' dtype and their values as Python floats, when all are eager,
+    CPU, 0-d float32/float64 tensors of one dtype that need no gradient and hold finite values;
+    otherwise None (use the tensor ops)."""
     if not _enabled or torch.compiler.is_compiling():
         return None
     dtype = tensors[0].dtype
@@ -64,13 +65,11 @@ def rounding(*tensors: Tensor) -> Rounding | None:
         if (type(t) is not Tensor or t.dim() != 0 or t.dtype != dtype or not t.is_cpu or t.requires_grad
                 or torch._C._functorch.is_functorch_wrapped_tensor(t)):
             return None
-    return _ROUNDING.get(dtype)
-
-
-def values(*tensors: Tensor) -> list[float] | None:
-    """The tensors' values as Python floats, or None when one is not finite."""
-    out = [t.item() for t in tensors]
-    return out if all(math.isfinite(v) for v in out) else None
+    rnd = _ROUNDING.get(dtype)
+    if rnd is None:
+        return None
+    values = [t.item() for t in tensors]
+    return (rnd, values) if all(math.isfinite(v) for v in values) else None
 
 
 def scalar(value: float, like: Tensor) -> Tensor:

@@ -151,7 +151,8 @@ def quant_params(
         raise ValueError(f"{scheme} needs 0-d min/max, got shape {tuple(min_val.shape)}")
     symmetric = is_symmetric(scheme)
     zero = float(min(max((qmin + qmax) // 2 if dtype == "uint" else 0, qmin), qmax))  # symmetric only
-    if not per_channel and (rnd := _host.rounding(min_val, max_val)) and (ends := _host.values(min_val, max_val)):
+    if not per_channel and (host := _host.read(min_val, max_val)):
+        rnd, ends = host
         scale_v, zero_v = _host.qparams(*ends, qmin, qmax, symmetric=symmetric, zero=zero, eps=SCALE_EPS,
                                         largest=_SCALE_MAX, rnd=rnd)
         return QuantParams(_host.scalar(scale_v, min_val), _host.scalar(zero_v, min_val), qmin, qmax, None)

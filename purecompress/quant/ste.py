@@ -28,14 +28,26 @@ from purecompress.quant.qparams import QuantParams
 __all__ = ["fake_quantize_clipped", "fake_quantize_ste"]
 
 
+def _codes(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    """``round(x / scale + zero_point)`` on a fresh tensor (in place after the division). Every
+    path (eager and under transforms) computes codes with this one sequence, so a code computed for a tensor's min/max
+    is bit-identical to the code of that element inside the tensor."""
+    return (x / scale).add_(zero_point).round_()
+
+
+def _fake_quantized(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    """The fake-quantized values of ``x`` on one fresh tensor (no autograd, eager only: clamp_ has
+    no vmap rule)."""
+    return _codes(x, scale, zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+
+
 class _FakeQuantSTE(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
         # In-place steps on fresh temporaries (fewer allocations; clamp_ has no vmap rule).
-        q = (x / scale).add_(zero_point).round_().clamp(qmin, qmax)
-        return q.sub_(zero_point).mul_(scale)
+        return _codes(x, scale, zero_point).clamp(qmin, qmax).sub_(zero_point).mul_(scale)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -48,7 +60,7 @@ class _FakeQuantSTE(torch.autograd.Function):
 
 def _clipped_forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,
                      batched: bool = False) -> tuple[Tensor, Tensor]:
-    code = (x / scale).add_(zero_point).round_()
+    code = _codes(x, scale, zero_point)
     q = code.clamp(qmin, qmax)
     # Float mask, 1.0 where the code is in range (code == q), else 0.0 (a bool mask is slow to
     # make and to multiply by on CPU): eq_ writes it over ``code`` in one pass and keeps the float
@@ -97,13 +109,6 @@ class _FakeQuantClippedEager(torch.autograd.Function):
         return grad * inside, None, None, None, None
 
 
-def _codes(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
-    """``round(x / scale + zero_point)`` on a fresh tensor (in place after the division). Every
-    eager path computes codes with this one sequence, so a code computed for a tensor's min/max
-    is bit-identical to the code of that element inside the tensor."""
-    return (x / scale).add_(zero_point).round_()
-
-
 class _FakeQuantClippedLean(torch.autograd.Function):
     """Same values and gradient with one large allocation per pass instead of three: the forward
     works in place on one temporary and saves nothing new; the backward recomputes the code from
@@ -115,7 +120,7 @@ class _FakeQuantClippedLean(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
         ctx.save_for_backward(x, scale, zero_point)
         ctx.qrange = (qmin, qmax)
-        return _codes(x, scale, zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+        return _fake_quantized(x, scale, zero_point, qmin, qmax)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -142,8 +147,8 @@ def _codes_in_range(bounds: tuple[Tensor, Tensor], qp: QuantParams) -> bool:
     """Whether every code of a tensor whose min/max (``[]``, or ``[C]`` along ``qp.axis``) are
     ``bounds`` lies in ``[qmin, qmax]``. ``x -> round(x / s + zp)`` is monotone for ``s > 0``, so
     the codes of the two ends bound every code; NaN ends give False. Eager only (host sync)."""
-    if qp.axis is None and (rnd := _host.rounding(*bounds, qp.scale, qp.zero_point)) and (
-            v := _host.values(*bounds, qp.scale, qp.zero_point)):
+    if qp.axis is None and (host := _host.read(*bounds, qp.scale, qp.zero_point)):
+        rnd, v = host
         return _host.codes_in_range(*v, qp.qmin, qp.qmax, rnd)
     codes = _codes(torch.stack(bounds), qp.scale, qp.zero_point)
     lo, hi = torch.aminmax(codes)
@@ -192,7 +197,7 @@ def _fake_quantize_ste(x: Tensor, qp: QuantParams, clip: bool, bounds: tuple[Ten
     if not lean:
         return _FakeQuantClippedEager.apply(x, scale, zero_point, qp.qmin, qp.qmax)
     if not (x.requires_grad and torch.is_grad_enabled()):  # no backward: no mask to keep
-        return _codes(x, scale, zero_point).clamp_(qp.qmin, qp.qmax).sub_(zero_point).mul_(scale)
+        return _fake_quantized(x, scale, zero_point, qp.qmin, qp.qmax)
     # The range test reads two numbers on the host: on CPU only (on an accelerator it would wait for
     # the device every call; meta tensors have no values). It computes the codes of x's ends as the
     # forward computes x's codes only when no dtype promotion can differ between them (a 0-d x would
