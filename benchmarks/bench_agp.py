@@ -26,9 +26,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 import purecompress as pc  # noqa: E402
-from purecompress.compat.iterative import AGPPruner  # noqa: E402
-from purecompress.gradual import gradual  # noqa: E402
-from purecompress.schedule import agp_schedule  # noqa: E402
+from purecompress.compat.pruning import AGPPruner
+from purecompress.pruning import agp_schedule, gradual
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)

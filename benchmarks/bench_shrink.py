@@ -26,7 +26,7 @@ from _timing import environment, median_time, table  # noqa: E402
 
 import purecompress as pc  # noqa: E402
 from purecompress.compat.speedup import ModelSpeedup  # noqa: E402
-from purecompress.graph.shrink import shrink  # noqa: E402
+from purecompress.graph import shrink
 
 warnings.filterwarnings("ignore")
 try:

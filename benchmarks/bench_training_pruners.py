@@ -41,9 +41,8 @@ import _models  # noqa: E402
 from _timing import environment, table  # noqa: E402
 
 import purecompress as pc  # noqa: E402
-from purecompress.collect import collect_activations, collect_taylor  # noqa: E402
-from purecompress.compat import training_pruners as compat  # noqa: E402
-from purecompress.metrics_data import apoz, taylor_fo  # noqa: E402
+from purecompress.compat import pruning as compat  # noqa: E402
+from purecompress.pruning import apoz, collect_activations, collect_taylor, taylor_fo
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -110,8 +109,8 @@ def functional_apoz(model: nn.Module, params: pc.Params) -> pc.Masks:
 
 
 def functional_apoz_dependency(model: nn.Module, params: pc.Params) -> pc.Masks:
-    from purecompress.allocate_dependency import allocate_dependency_aware
     from purecompress.graph import capture, channel_dependency, group_dependency
+    from purecompress.pruning import allocate_dependency_aware
 
     plan = pc.select(model, pc.from_config_list(CONFIG))
     graph = capture(model, torch.rand(1, 3, 32, 32))

@@ -27,10 +27,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import purecompress as pc
-from purecompress.collect import collect_taylor
 from purecompress.compat.evaluator import TorchEvaluator
-from purecompress.compat.training_pruners import TaylorFOWeightPruner
-from purecompress.metrics_data import taylor_fo
+from purecompress.compat.pruning import TaylorFOWeightPruner
+from purecompress.pruning import collect_taylor, taylor_fo
 
 CONFIG = [{"sparsity": 0.5, "op_types": ["Conv2d"]}]
 

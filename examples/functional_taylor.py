@@ -18,8 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 import purecompress as pc
-from purecompress.collect import TaylorStats, taylor_accumulate
-from purecompress.metrics_data import taylor_fo
+from purecompress.pruning import TaylorStats, taylor_accumulate, taylor_fo
 
 
 def data(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 import purecompress as pc
-from purecompress.gradual import lottery_ticket, rewind
+from purecompress.pruning import lottery_ticket, rewind
 
 
 def data(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

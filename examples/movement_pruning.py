@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 import purecompress as pc
-from purecompress.movement import movement
+from purecompress.pruning import movement
 
 
 def data(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -1,7 +1,7 @@
 """An NNI 2.x AGPPruner script, unchanged but for its imports, on scikit-learn's digits (< 15 s).
 
 With NNI this script would read ``from nni.compression.pytorch.pruning import AGPPruner``; here
-the class comes from ``purecompress.compat.iterative`` and runs the same tasks (iterations
+the class comes from ``purecompress.compat.pruning`` and runs the same tasks (iterations
 ``0..N``, sparsity ``(1 - (1 - i/N)^3) * s``), writes the same ``log_dir`` layout (files that load
 with ``weights_only=True``), and ``get_best_result()`` returns the same 5-tuple.
 
@@ -17,7 +17,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from purecompress.compat.iterative import AGPPruner
+from purecompress.compat.pruning import AGPPruner
 
 torch.manual_seed(0)
 digits = load_digits()

@@ -21,7 +21,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from purecompress.compat.evaluator import TorchEvaluator
-from purecompress.compat.training_pruners import ActivationAPoZRankPruner, TaylorFOWeightPruner
+from purecompress.compat.pruning import ActivationAPoZRankPruner, TaylorFOWeightPruner
 from purecompress.compat.utils import compute_sparsity_mask2compact
 
 _digits = load_digits()

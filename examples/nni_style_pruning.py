@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from purecompress.compat import trace
 from purecompress.compat.pruning import L1NormPruner
-from purecompress.compat.trace import trace
 
 
 class SmallCNN(nn.Module):

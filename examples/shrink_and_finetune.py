@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import purecompress as pc
-from purecompress.graph.shrink import shrink
+from purecompress.graph import shrink
 
 
 def conv_bn(cin: int, cout: int) -> list[nn.Module]:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import purecompress as pc
 from properties.strategies import int_tensors, metric_sets, shapes, sparsities
-from purecompress.records import blocks_of
+from purecompress.pruning._records import blocks_of
 
 
 def _pruned_elements(masks: pc.Masks, metrics: pc.Metrics) -> int:

@@ -8,8 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from purecompress.allocate_dependency import allocate_dependency_aware, dependency_kept_count
-from purecompress.records import Mask, Metric
+from purecompress.pruning import Mask, Metric, allocate_dependency_aware, dependency_kept_count
 
 
 @st.composite

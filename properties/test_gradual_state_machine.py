@@ -14,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from purecompress.gradual import gradual, rewind
-from purecompress.schedule import agp_schedule
+from purecompress.pruning import agp_schedule, gradual, rewind
 
 SHAPES = {"a": (6, 5), "b": (4, 3, 2)}
 SCHEDULE = functools.partial(agp_schedule, final=0.9, begin=1, end=9, every=2)

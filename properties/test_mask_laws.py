@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import purecompress as pc
 from properties.strategies import blocks_for, int_tensors, masks_for, metric_sets, params_and_masks, shapes, sparsities
-from purecompress.records import blocks_of, unblock
+from purecompress.pruning._records import blocks_of, unblock
 
 
 def _dense(mask: pc.Mask) -> torch.Tensor:

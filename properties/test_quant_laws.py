@@ -9,11 +9,11 @@ from hypothesis import example, given, settings
 from purecompress.quant import (
     SCHEMES,
     Range,
-    _host,
     current_range,
     ema_range,
     fake_quantize,
     fake_quantize_ste,
+    hostmath,
     quant_params,
     quantize,
 )
@@ -118,7 +118,7 @@ any_value = st.one_of(any_finite, edge, st.floats(-300.0, 300.0, width=32))
 
 def _both(fn):  # noqa: ANN001, ANN202
     fast = fn()
-    with _host.disabled():
+    with hostmath.disabled():
         slow = fn()
     return fast, slow
 
@@ -157,4 +157,4 @@ def test_host_in_range_test_equals_tensor_test(x: torch.Tensor, nbits: int, dtyp
     qp = _qp(x, nbits, dtype, scheme)
     y = x * stretch
     lo, hi = torch.aminmax(y)
-    assert _codes_in_range((lo, hi), qp) == _host.disabled()(_codes_in_range)((lo, hi), qp)
+    assert _codes_in_range((lo, hi), qp) == hostmath.disabled()(_codes_in_range)((lo, hi), qp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from purecompress.schedule import agp_schedule, compose_sparsity, linear_schedule, lottery_schedule, relative_sparsity
+from purecompress.pruning import agp_schedule, compose_sparsity, linear_schedule, lottery_schedule, relative_sparsity
 
 fractions = st.floats(0.0, 1.0, allow_nan=False)
 schedules = st.sampled_from([agp_schedule, linear_schedule, lottery_schedule])

@@ -304,7 +304,7 @@ def test_apply_masks_new_dict_dense_when_missing_and_unknown_key_error() -> None
 
 @pytest.mark.parametrize("kind", ["normal", "sorted", "reversed", "constant", "three_values", "periodic"])
 def test_sampled_selection_is_exact_on_large_and_adversarial_inputs(kind: str) -> None:
-    from purecompress.allocate import _kth_smallest_sampled
+    from purecompress.pruning._allocators import _kth_smallest_sampled
 
     n = 1 << 17
     x = {

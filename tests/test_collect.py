@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import purecompress as pc
-from purecompress.collect import (
+from purecompress.pruning import (
     ActivationStats,
     batch_activation_stats,
     channel_dim_of,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import purecompress as pc
-from purecompress.config import check_op_types, parse_selector
+from purecompress.selectors import check_op_types, parse_selector
 
 
 def test_parses_nni_sparsity_keys() -> None:

@@ -9,8 +9,8 @@ import pytest
 
 import purecompress as pc
 import purecompress.quant as pq
-from purecompress.cli import main
-from purecompress.demo import quant_recipes, recipes
+from purecompress.demo.cli import main
+from purecompress.demo.recipes import quant_recipes, recipes
 
 
 def test_demo_writes_table_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

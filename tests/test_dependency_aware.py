@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 import purecompress as pc
-from purecompress.allocate_dependency import allocate_dependency_aware, dependency_kept_count, group_keep
 from purecompress.graph import channel_dependency, group_dependency
-from purecompress.records import Mask, Metric
+from purecompress.pruning import Mask, Metric, allocate_dependency_aware, dependency_kept_count, group_keep
 
 
 class Residual(nn.Module):
@@ -100,8 +99,7 @@ def test_errors_name_the_problem() -> None:
 
 
 def test_compat_allocator_takes_dependencies_by_hand_and_explains_trace_failures() -> None:
-    from purecompress.compat.pruning import L1NormPruner
-    from purecompress.compat.training_pruners import DependencyAwareAllocator
+    from purecompress.compat.pruning import DependencyAwareAllocator, L1NormPruner
     from purecompress.graph import GraphCaptureError
 
     torch.manual_seed(0)

@@ -20,9 +20,17 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import purecompress as pc
-from purecompress.collect import ActivationStats, TaylorStats, collect_activations, collect_taylor
-from purecompress.distributed import all_reduce_stats, broadcast_masks, resolve_sync
-from purecompress.metrics_data import apoz, taylor_fo
+from purecompress.pruning import (
+    ActivationStats,
+    TaylorStats,
+    all_reduce_stats,
+    apoz,
+    broadcast_masks,
+    collect_activations,
+    collect_taylor,
+    resolve_sync,
+    taylor_fo,
+)
 from tests.examples_loader import load_example
 
 if not (dist.is_available() and dist.is_gloo_available()):
@@ -78,7 +86,7 @@ def _functional(rank: int, sync: bool) -> dict[str, Any]:
 def _compat(rank: int, name: str, sync: bool, *, wrap_first: bool = False) -> dict[str, Tensor]:
     """A compat pruner on this rank's shard; DDP wraps the model in the training function, or before pruning."""
     from purecompress.compat.evaluator import TorchEvaluator
-    from purecompress.compat.training_pruners import ActivationAPoZRankPruner, MovementPruner, TaylorFOWeightPruner
+    from purecompress.compat.pruning import ActivationAPoZRankPruner, MovementPruner, TaylorFOWeightPruner
 
     model, data = _model(), _shard(rank)
     if wrap_first:

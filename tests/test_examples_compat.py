@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "nni_style_pruning.py"
 NNI_IMPORTS = {
     "from purecompress.compat.pruning import L1NormPruner": "from nni.compression.pytorch.pruning import L1NormPruner",
-    "from purecompress.compat.trace import trace": "from nni import trace",
+    "from purecompress.compat import trace": "from nni import trace",
 }
 
 

@@ -10,8 +10,7 @@ from torch import nn
 from torch.func import functional_call
 
 import purecompress as pc
-from purecompress.gradual import GradualState, agp, gradual, lottery_ticket, rewind
-from purecompress.schedule import agp_schedule
+from purecompress.pruning import GradualState, agp, agp_schedule, gradual, lottery_ticket, rewind
 
 
 def _model() -> nn.Module:

@@ -9,8 +9,11 @@ from torch import nn
 from torch.func import functional_call, grad
 
 import purecompress as pc
-from purecompress.admm import admm, admm_masks, admm_metric, admm_penalty
-from purecompress.movement import (
+from purecompress.pruning import (
+    admm,
+    admm_masks,
+    admm_metric,
+    admm_penalty,
     apply_movement,
     cubic_sparsity,
     movement,

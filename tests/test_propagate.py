@@ -8,14 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import purecompress as pc
-from purecompress.graph.propagate import (
-    EmptyLayerError,
-    UnbalancedGroupsError,
-    channel_plan,
-    propagate,
-)
-from purecompress.graph.shrink import shrink
-from purecompress.records import Mask
+from purecompress.graph import EmptyLayerError, UnbalancedGroupsError, channel_plan, propagate, shrink
+from purecompress.pruning import Mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -190,7 +184,7 @@ def test_params_override_the_models_values() -> None:
 
 
 def test_custom_channelwise_module_through_the_replacement_table() -> None:
-    from purecompress.graph.replace import Replacement
+    from purecompress.graph import Replacement
 
     class Scale(nn.Module):  # a per-channel learnable scale the default table does not know
         def __init__(self, c: int) -> None:

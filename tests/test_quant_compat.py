@@ -21,8 +21,8 @@ from purecompress.compat.quantization import (
     QuantizerModuleWrapper,
     SchemaError,
 )
-from purecompress.config import ConfigError
 from purecompress.quant import QuantParams, fake_quantize
+from purecompress.selectors import ConfigError
 from tests.compat.models import QuantNet
 
 W_IO = [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["Conv2d", "Linear"]}]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from purecompress.config import ConfigError
 from purecompress.quant import QuantConfig, TensorSpec, current_range, ema_range, from_quant_config_list, minmax_range
-from purecompress.selection import select
+from purecompress.selectors import ConfigError, select
 
 
 def test_ema_vector_from_nni() -> None:

@@ -11,12 +11,12 @@ from torch.func import grad, vmap
 
 from purecompress.quant import (
     QuantParams,
-    _host,
     binarize,
     current_range,
     fake_quantize,
     fake_quantize_clipped,
     fake_quantize_ste,
+    hostmath,
     lsq_fake_quantize,
     lsq_init_scale,
     quant_params,
@@ -109,7 +109,7 @@ def test_clipped_ste_in_range_check_rounds_like_float32() -> None:
     x = torch.tensor([0.0, 1.9009371995925903], requires_grad=True)
     assert torch.round(x.detach() / qp.scale)[1] == 2
     for host in (True, False):
-        with contextlib.nullcontext() if host else _host.disabled():
+        with contextlib.nullcontext() if host else hostmath.disabled():
             out = fake_quantize_ste(x, qp, clip=True)
         assert _node(out) == "_FakeQuantInRangeBackward"
 

@@ -9,7 +9,7 @@ import torch.utils._pytree as torch_pytree
 
 import purecompress as pc
 from purecompress._pytree import tree_map
-from purecompress.records import blocks_of, expand_blocks, unblock
+from purecompress.pruning._records import blocks_of, expand_blocks, unblock
 
 # ----- Block ---------------------------------------------------------------------------------
 

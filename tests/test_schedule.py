@@ -6,7 +6,7 @@ import functools
 
 import pytest
 
-from purecompress.schedule import (
+from purecompress.pruning import (
     agp_schedule,
     compose_sparsity,
     constant_schedule,

@@ -9,9 +9,8 @@ from torch import nn
 from torch.func import functional_call
 
 import purecompress as pc
-from purecompress.allocate_dependency import allocate_dependency_aware
-from purecompress.graph import channel_dependency, group_dependency
-from purecompress.graph.shrink import shrink
+from purecompress.graph import channel_dependency, group_dependency, shrink
+from purecompress.pruning import allocate_dependency_aware
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

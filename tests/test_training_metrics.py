@@ -7,8 +7,15 @@ import torch
 from torch import nn
 
 import purecompress as pc
-from purecompress.collect import TaylorStats, batch_activation_stats
-from purecompress.metrics_data import apoz, bn_scale, mean_activation, slim_penalty, taylor_fo
+from purecompress.pruning import (
+    TaylorStats,
+    apoz,
+    batch_activation_stats,
+    bn_scale,
+    mean_activation,
+    slim_penalty,
+    taylor_fo,
+)
 
 
 def test_apoz_is_one_minus_the_zero_fraction_per_conv_channel() -> None:
@@ -57,8 +64,7 @@ from collections.abc import Callable  # noqa: E402
 
 import torch.nn.functional as F  # noqa: E402
 
-from purecompress.collect import collect_taylor  # noqa: E402
-from purecompress.compat import training_pruners as tp  # noqa: E402
+from purecompress.compat import pruning as tp  # noqa: E402
 from purecompress.compat.evaluator import (  # noqa: E402
     ForwardHook,
     LightningEvaluator,
@@ -66,7 +72,8 @@ from purecompress.compat.evaluator import (  # noqa: E402
     TorchEvaluator,
     TransformersEvaluator,
 )
-from purecompress.config import ConfigError  # noqa: E402
+from purecompress.pruning import collect_taylor  # noqa: E402
+from purecompress.selectors import ConfigError  # noqa: E402
 
 
 def _net() -> nn.Module:

@@ -1,95 +1,238 @@
 """NNI 2.x's compression object API on purecompress's functional core.
 
 Existing NNI scripts run with their imports changed to ``purecompress.compat``, or unchanged with
-``python -m purecompress.compat SCRIPT.py``. Every mask is computed by the core; the classes here
-hold the model and wrap its modules in place, as NNI does.
+``python -m purecompress.compat SCRIPT.py``. Every number is computed by the core; the classes
+here hold the model and wrap its modules in place, as NNI does.
 
-The one-shot pruning API is imported eagerly; the rest (training-aware and iterative pruners,
-schedulers, evaluators, quantizers, ModelSpeedup) is found on first use in :data:`LAZY_MODULES`,
-so ``from purecompress.compat import TaylorFOWeightPruner`` works without importing everything.
+The modules follow NNI's grouping: :mod:`purecompress.compat.pruning` (pruners, their tools,
+task generators and schedulers), :mod:`purecompress.compat.quantization` (quantizers and their
+base), :mod:`~purecompress.compat.evaluator`, :mod:`~purecompress.compat.speedup`
+(``ModelSpeedup``), :mod:`~purecompress.compat.utils` and :mod:`~purecompress.compat.counter`.
+Every public name is also importable from here.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from purecompress.compat.base import Pruner
-from purecompress.compat.data_collector import DataCollector, TargetDataCollector
-from purecompress.compat.metrics_calculator import (
-    DistMetricsCalculator,
-    MetricsCalculator,
-    NormMetricsCalculator,
-    StraightMetricsCalculator,
+from purecompress.compat.counter import (
+    count_flops_params,
 )
-from purecompress.compat.pruning import BasicPruner, FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner
-from purecompress.compat.scaling import Scaling
-from purecompress.compat.sparsity_allocator import (
+from purecompress.compat.evaluator import (
+    BackwardHook,
+    Evaluator,
+    ForwardHook,
+    Hook,
+    LegacyEvaluator,
+    LightningEvaluator,
+    OptimizerRecipe,
+    TensorHook,
+    TorchEvaluator,
+    TransformersEvaluator,
+)
+from purecompress.compat.pruning import (
+    PRUNER_DICT,
+    TARGETS,
+    ActivationAPoZRankPruner,
+    ActivationMeanRankPruner,
+    ADMMPruner,
+    AGPPruner,
+    AGPTaskGenerator,
+    AMCPruner,
+    AMCTaskGenerator,
+    APoZRankMetricsCalculator,
+    AutoCompressPruner,
+    AutoCompressTaskGenerator,
     BankSparsityAllocator,
+    BasePruningScheduler,
+    BasicPruner,
+    DataCollector,
+    DependencyAwareAllocator,
+    DistMetricsCalculator,
+    EvaluatorBasedHookDataCollector,
+    EvaluatorBasedTargetDataCollector,
+    FPGMPruner,
+    FunctionBasedTaskGenerator,
     GlobalSparsityAllocator,
+    HookDataNormMetricsCalculator,
+    L1NormPruner,
+    L2NormPruner,
+    LevelPruner,
+    LinearPruner,
+    LinearTaskGenerator,
+    LotteryTicketPruner,
+    LotteryTicketTaskGenerator,
+    MeanRankMetricsCalculator,
+    MetricsCalculator,
+    MovementPruner,
+    NniMasks,
     NormalSparsityAllocator,
+    NormMetricsCalculator,
+    Pruner,
+    PrunerModuleWrapper,
+    PruningScheduler,
+    Scalers,
+    Scaling,
+    SimulatedAnnealingPruner,
+    SimulatedAnnealingTaskGenerator,
+    SlimPruner,
     SparsityAllocator,
+    StraightMetricsCalculator,
+    TargetDataCollector,
+    Task,
+    TaskGenerator,
+    TaskResult,
+    TaylorFOWeightPruner,
     ThresholdSparsityAllocator,
+    get_scaler,
+    inner_pruner,
+    load_model,
+    normalize_scalers,
+    save_model,
 )
-from purecompress.compat.trace import trace
+from purecompress.compat.quantization import (
+    BN_FOLD_TAG,
+    BNNQuantizer,
+    DoReFaQuantizer,
+    LayerInfo,
+    LsqQuantizer,
+    NaiveQuantizer,
+    ObserverQuantizer,
+    OnnxPlan,
+    QAT_Quantizer,
+    QuantForward,
+    QuantGrad,
+    Quantizer,
+    QuantizerIdentityWrapper,
+    QuantizerModuleWrapper,
+    QuantType,
+)
+from purecompress.compat.speedup import (
+    EmptyLayerError,
+    InputsNumberError,
+    ModelSpeedup,
+    OutputTypeError,
+    ShapeMisMatchError,
+    SpeedupError,
+    UnBalancedGroupError,
+)
+from purecompress.compat.tracing import (
+    is_traceable,
+    rebuild,
+    trace,
+)
 from purecompress.compat.utils import (
     compute_sparsity,
     compute_sparsity_compact2origin,
     compute_sparsity_mask2compact,
     config_list_canonical,
+    get_model_weights_numel,
+    get_module_by_name,
 )
-from purecompress.compat.wrapper import PrunerModuleWrapper
-from purecompress.config import ConfigError
+from purecompress.selectors import ConfigError
 
 #: NNI raises ``schema.SchemaError`` for bad configs; purecompress raises ConfigError (a ValueError).
 SchemaError = ConfigError
 
 __all__ = [
+    "ADMMPruner",
+    "AGPPruner",
+    "AGPTaskGenerator",
+    "AMCPruner",
+    "AMCTaskGenerator",
+    "APoZRankMetricsCalculator",
+    "ActivationAPoZRankPruner",
+    "ActivationMeanRankPruner",
+    "AutoCompressPruner",
+    "AutoCompressTaskGenerator",
+    "BNNQuantizer",
+    "BN_FOLD_TAG",
+    "BackwardHook",
     "BankSparsityAllocator",
+    "BasePruningScheduler",
     "BasicPruner",
     "ConfigError",
     "DataCollector",
+    "DependencyAwareAllocator",
     "DistMetricsCalculator",
+    "DoReFaQuantizer",
+    "EmptyLayerError",
+    "Evaluator",
+    "EvaluatorBasedHookDataCollector",
+    "EvaluatorBasedTargetDataCollector",
     "FPGMPruner",
+    "ForwardHook",
+    "FunctionBasedTaskGenerator",
     "GlobalSparsityAllocator",
+    "Hook",
+    "HookDataNormMetricsCalculator",
+    "InputsNumberError",
     "L1NormPruner",
     "L2NormPruner",
+    "LayerInfo",
+    "LegacyEvaluator",
     "LevelPruner",
+    "LightningEvaluator",
+    "LinearPruner",
+    "LinearTaskGenerator",
+    "LotteryTicketPruner",
+    "LotteryTicketTaskGenerator",
+    "LsqQuantizer",
+    "MeanRankMetricsCalculator",
     "MetricsCalculator",
+    "ModelSpeedup",
+    "MovementPruner",
+    "NaiveQuantizer",
+    "NniMasks",
     "NormMetricsCalculator",
     "NormalSparsityAllocator",
+    "ObserverQuantizer",
+    "OnnxPlan",
+    "OptimizerRecipe",
+    "OutputTypeError",
+    "PRUNER_DICT",
     "Pruner",
     "PrunerModuleWrapper",
+    "PruningScheduler",
+    "QAT_Quantizer",
+    "QuantForward",
+    "QuantGrad",
+    "QuantType",
+    "Quantizer",
+    "QuantizerIdentityWrapper",
+    "QuantizerModuleWrapper",
+    "Scalers",
     "Scaling",
     "SchemaError",
+    "ShapeMisMatchError",
+    "SimulatedAnnealingPruner",
+    "SimulatedAnnealingTaskGenerator",
+    "SlimPruner",
     "SparsityAllocator",
+    "SpeedupError",
     "StraightMetricsCalculator",
+    "TARGETS",
     "TargetDataCollector",
+    "Task",
+    "TaskGenerator",
+    "TaskResult",
+    "TaylorFOWeightPruner",
+    "TensorHook",
     "ThresholdSparsityAllocator",
+    "TorchEvaluator",
+    "TransformersEvaluator",
+    "UnBalancedGroupError",
     "compute_sparsity",
     "compute_sparsity_compact2origin",
     "compute_sparsity_mask2compact",
     "config_list_canonical",
+    "count_flops_params",
+    "get_model_weights_numel",
+    "get_module_by_name",
+    "get_scaler",
+    "inner_pruner",
+    "is_traceable",
+    "load_model",
+    "normalize_scalers",
+    "rebuild",
+    "save_model",
     "trace",
 ]
-
-#: Modules searched (in order) for a name not imported above.
-LAZY_MODULES = (
-    "purecompress.compat.training_pruners",
-    "purecompress.compat.iterative",
-    "purecompress.compat.scheduler",
-    "purecompress.compat.task_generator",
-    "purecompress.compat.evaluator",
-    "purecompress.compat.speedup",
-    "purecompress.compat.quantization",
-    "purecompress.compat.counter",
-)
-
-
-def __getattr__(name: str) -> Any:
-    if not name.startswith("_"):
-        for path in LAZY_MODULES:
-            module = importlib.import_module(path)
-            if name in getattr(module, "__all__", ()):
-                return getattr(module, name)
-    raise AttributeError(f"module 'purecompress.compat' has no attribute {name!r}")

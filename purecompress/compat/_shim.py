@@ -22,22 +22,21 @@ from typing import Any
 __all__ = ["MODULES", "NniFinder", "NotProvidedError", "install", "uninstall"]
 
 _C = "purecompress.compat."
-_TRAINING = _C + "training_pruners"
-_PRUNERS = (_C + "pruning", _TRAINING + ":" + ",".join((
-    "ADMMPruner", "ActivationAPoZRankPruner", "ActivationMeanRankPruner", "MovementPruner", "SlimPruner",
-    "TaylorFOWeightPruner")), _C + "iterative", _C + "scheduler:PruningScheduler")
-_TOOLS = (_C + "tools", _TRAINING + ":" + ",".join((
-    "APoZRankMetricsCalculator", "DependencyAwareAllocator", "EvaluatorBasedHookDataCollector",
-    "EvaluatorBasedTargetDataCollector", "HookDataNormMetricsCalculator", "MeanRankMetricsCalculator")),
-    _C + "task_generator")
+_P = _C + "pruning."
+_PRUNERS = (_P + "basic_pruner", _P + "movement_pruner", _P + "iterative_pruner", _P + "amc_pruner",
+            _P + "basic_scheduler:PruningScheduler")
+_TOOLS = (_P + "tools", _P + "task_generator")
 _EVALUATOR = (_C + "evaluator",)
-_BASE = (_C + "base", _C + "scheduler:BasePruningScheduler,Task,TaskResult")
+_SCHEDULER_BASE = (_P + "basic_scheduler:BasePruningScheduler", _P + "task_generator:Task,TaskResult")
+_BASE = (_P + "base", *_SCHEDULER_BASE)
+_QUANT_BASE = _C + ("quantization:Quantizer,QuantizerModuleWrapper,QuantizerIdentityWrapper,QuantGrad,QuantForward,"
+                    "LayerInfo")
 
 #: NNI module -> its sources: ``"compat.module"`` (its ``__all__``) or ``"compat.module:Name,Name"``.
 MODULES: dict[str, tuple[str, ...]] = {
-    "nni": (_C + "trace:trace",),
+    "nni": (_C + "tracing:trace",),
     "nni.compression": (),
-    "nni.compression.pytorch": (_C + "base:Pruner", _C + "quantization:Quantizer", *_EVALUATOR,
+    "nni.compression.pytorch": (_P + "base:Pruner", _C + "quantization:Quantizer", *_EVALUATOR,
                                 _C + "speedup:ModelSpeedup"),
     "nni.compression.pytorch.base": _BASE,
     "nni.compression.pytorch.pruning": _PRUNERS,
@@ -54,22 +53,21 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni.algorithms.compression.v2.pytorch": _EVALUATOR,
     "nni.algorithms.compression.v2.pytorch.base": _BASE,
     "nni.algorithms.compression.v2.pytorch.pruning": _PRUNERS,
-    "nni.algorithms.compression.v2.pytorch.pruning.basic_pruner": (_C + "pruning", *_PRUNERS[1:2]),
+    "nni.algorithms.compression.v2.pytorch.pruning.basic_pruner": (_P + "basic_pruner",),
     "nni.algorithms.compression.v2.pytorch.pruning.tools": _TOOLS,
-    "nni.algorithms.compression.v2.pytorch.utils": (_C + "utils", _C + "scaling", *_EVALUATOR),
-    "nni.algorithms.compression.v2.pytorch.utils.scaling": (_C + "scaling",),
-    "nni.algorithms.compression.v2.pytorch.pruning.iterative_pruner": (_C + "iterative",),
-    "nni.algorithms.compression.v2.pytorch.pruning.basic_scheduler": (_C + "scheduler",),
-    "nni.algorithms.compression.v2.pytorch.pruning.auto_compress_pruner": (_C + "iterative",),
-    "nni.algorithms.compression.v2.pytorch.pruning.amc_pruner": (_C + "iterative",),
-    "nni.algorithms.compression.v2.pytorch.pruning.tools.task_generator": (_C + "task_generator",),
-    "nni.algorithms.compression.v2.pytorch.base.scheduler": (_C + "scheduler",),
+    "nni.algorithms.compression.v2.pytorch.utils": (_C + "utils", _P + "tools:Scaling", *_EVALUATOR),
+    "nni.algorithms.compression.v2.pytorch.utils.scaling": (_P + "tools:Scaling",),
+    "nni.algorithms.compression.v2.pytorch.pruning.iterative_pruner": (_P + "iterative_pruner",),
+    "nni.algorithms.compression.v2.pytorch.pruning.basic_scheduler": (_P + "basic_scheduler",),
+    "nni.algorithms.compression.v2.pytorch.pruning.auto_compress_pruner": (_P + "iterative_pruner",),
+    "nni.algorithms.compression.v2.pytorch.pruning.amc_pruner": (_P + "amc_pruner",),
+    "nni.algorithms.compression.v2.pytorch.pruning.tools.task_generator": (_P + "task_generator",),
+    "nni.algorithms.compression.v2.pytorch.base.scheduler": _SCHEDULER_BASE,
     "nni.compression.pytorch.utils.counter": (_C + "counter",),
     "nni.compression.pytorch.speedup.compressor": (_C + "speedup:ModelSpeedup",),
     "nni.compression.pytorch.speedup.error_code": (_C + (
         "speedup:SpeedupError,EmptyLayerError,ShapeMisMatchError,InputsNumberError,OutputTypeError,UnBalancedGroupError"),),
-    "nni.compression.pytorch.compressor": (_C + "base:Pruner", _C + "wrapper:PrunerModuleWrapper", _C + (
-        "quantization:Quantizer,QuantizerModuleWrapper,QuantizerIdentityWrapper,QuantGrad,QuantForward,LayerInfo")),
+    "nni.compression.pytorch.compressor": (_P + "base:Pruner,PrunerModuleWrapper", _QUANT_BASE),
     "nni.compression.pytorch.quantization.literal": (_C + "quantization:QuantType,BN_FOLD_TAG",),
 }
 

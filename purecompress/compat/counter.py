@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from purecompress.compat.wrapper import PrunerModuleWrapper
-from purecompress.records import Mask
+from purecompress.compat.pruning.base import PrunerModuleWrapper
+from purecompress.pruning import Mask
 from purecompress.search import count_flops_params as _count
 
 __all__ = ["count_flops_params"]

@@ -2,7 +2,7 @@
 
 ``ModelSpeedup(model, dummy_input, masks_file).speedup_model()`` replaces, in place, every layer
 of ``model`` that loses channels with a smaller one, as NNI does; the plan, the slicing and the
-folding of constants all come from :func:`purecompress.graph.shrink`. Differences from NNI 2.10:
+folding of constants all come from :func:`purecompress.graph`. Differences from NNI 2.10:
 
 - the graph is captured with ``torch.fx`` (NNI's ``torch.jit`` translation fails on many graphs);
 - the result computes the masked model's function: the constant a pruned channel still emits
@@ -13,7 +13,7 @@ folding of constants all come from :func:`purecompress.graph.shrink`. Difference
 - a dict ``dummy_input`` is passed as keyword inputs when its keys are parameters of
   ``forward``, else as the single positional input (``torch.jit.trace``'s reading).
 
-After ``speedup_model()``, ``self.report`` holds the :class:`~purecompress.graph.shrink.ShrinkReport`.
+After ``speedup_model()``, ``self.report`` holds the :class:`~purecompress.ShrinkReport`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from purecompress.graph import propagate as core
-from purecompress.graph.replace import ChannelSlice, Replacement, replacement_for
-from purecompress.graph.shrink import ShrinkReport, shrink
-from purecompress.records import Mask, Masks
+from purecompress import graph
+from purecompress.graph import ChannelSlice, Replacement, ShrinkReport, replacement_for, shrink
+from purecompress.pruning import Mask, Masks
 
 __all__ = [
     "EmptyLayerError",
@@ -56,7 +55,7 @@ class SpeedupError(Exception):
         return str(self.msg)
 
 
-class EmptyLayerError(SpeedupError, core.EmptyLayerError):
+class EmptyLayerError(SpeedupError, graph.EmptyLayerError):
     """A layer would be pruned to nothing."""
 
     def __init__(self, detail: str = "") -> None:
@@ -84,7 +83,7 @@ class OutputTypeError(SpeedupError):
         super().__init__(f"The output type should be {target_type}, but {current_type} founded")
 
 
-class UnBalancedGroupError(SpeedupError, core.UnbalancedGroupsError):
+class UnBalancedGroupError(SpeedupError, graph.UnbalancedGroupsError):
     """A grouped conv would keep different channel counts in its groups."""
 
     def __init__(self, detail: str = "") -> None:
@@ -205,9 +204,9 @@ class ModelSpeedup:
         try:
             compact, self.report = shrink(model, _core_masks(self.masks), _example_inputs(model, self.dummy_input),
                                           replacements=table, strict=True)
-        except core.EmptyLayerError as err:
+        except graph.EmptyLayerError as err:
             raise EmptyLayerError(str(err)) from err
-        except core.UnbalancedGroupsError as err:
+        except graph.UnbalancedGroupsError as err:
             raise UnBalancedGroupError(str(err)) from err
         replaced = set(self.report.replaced)
         for name in self.report.replaced:

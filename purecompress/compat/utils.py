@@ -13,9 +13,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from purecompress.config import DEFAULT_OP_TYPES, PruneConfig, Selector, from_config_list
-from purecompress.records import Mask
-from purecompress.selection import select
+from purecompress.pruning import Mask, PruneConfig, from_config_list
+from purecompress.selectors import DEFAULT_OP_TYPES, Selector, select
 
 __all__ = [
     "compute_sparsity",

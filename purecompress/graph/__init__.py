@@ -1,15 +1,87 @@
-"""Graph capture (``torch.fx``) and the channel dependencies read from it."""
+"""Graph work: capture (``torch.fx``), channel dependencies, mask propagation and shrinking.
+
+The modules behind this package are private; every public name is re-exported here:
+:func:`capture`, :func:`channel_dependency` / :func:`group_dependency` (NNI's dependency sets),
+:func:`propagate` / :func:`channel_plan` (which channels the masks kill), :func:`shrink` (a compact
+model equal to the masked one) and the replacement table (:class:`Replacement`, :class:`ChannelSlice`).
+"""
 
 from __future__ import annotations
 
-from .capture import PRODUCER_TYPES, GraphCaptureError, capture, is_captured
-from .dependency import channel_dependency, group_dependency
+from purecompress.graph._capture import (
+    PRODUCER_TYPES,
+    GraphCaptureError,
+    capture,
+    is_captured,
+)
+from purecompress.graph._dependency import (
+    Kind,
+    channel_dependency,
+    group_dependency,
+)
+from purecompress.graph._propagate import (
+    EXACT_TOL,
+    FIRST_ONLY,
+    Analysis,
+    Call,
+    ChannelPlan,
+    Classes,
+    EmptyLayerError,
+    Liveness,
+    ShrinkError,
+    Track,
+    UnbalancedGroupsError,
+    analyse,
+    channel_plan,
+    kind_of,
+    liveness,
+    op_name,
+    propagate,
+    trace_channels,
+)
+from purecompress.graph._replace import (
+    REPLACEMENTS,
+    ChannelSlice,
+    Replacement,
+    replacement_for,
+)
+from purecompress.graph._shrink import (
+    LayerShrink,
+    ShrinkReport,
+    shrink,
+)
 
 __all__ = [
+    "Analysis",
+    "Call",
+    "ChannelPlan",
+    "ChannelSlice",
+    "Classes",
+    "EXACT_TOL",
+    "EmptyLayerError",
+    "FIRST_ONLY",
     "GraphCaptureError",
+    "Kind",
+    "LayerShrink",
+    "Liveness",
     "PRODUCER_TYPES",
+    "REPLACEMENTS",
+    "Replacement",
+    "ShrinkError",
+    "ShrinkReport",
+    "Track",
+    "UnbalancedGroupsError",
+    "analyse",
     "capture",
     "channel_dependency",
+    "channel_plan",
     "group_dependency",
     "is_captured",
+    "kind_of",
+    "liveness",
+    "op_name",
+    "propagate",
+    "replacement_for",
+    "shrink",
+    "trace_channels",
 ]

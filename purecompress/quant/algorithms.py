@@ -30,7 +30,7 @@ from purecompress.quant.observers import current_range, ema_range, minmax_range
 from purecompress.quant.qparams import SCALE_EPS, QuantParams, quant_params
 from purecompress.quant.ste import fake_quantize_clipped, fake_quantize_ste
 from purecompress.quant.transform import KernelContext, QuantTransform, TensorState, build, quantized_call
-from purecompress.records import Params
+from purecompress.transform import Params
 
 __all__ = ["QAT_OP_TYPES", "bnn", "dorefa", "dorefa_weight", "lsq", "lsq_scales", "naive", "observer", "qat"]
 

@@ -4,7 +4,7 @@ Keys (NNI 2.10): ``quant_types`` (subset of weight/input/output), ``quant_bits``
 dict, each in 1..31), ``quant_dtype`` ('int'/'uint' or per-type dict, default 'uint'),
 ``quant_scheme`` (one of :data:`~purecompress.quant.qparams.SCHEMES` or per-type dict, default
 'per_tensor_affine'), ``quant_start_step`` (int >= 0), ``op_types``, ``op_names``, ``exclude``.
-Every problem raises :class:`~purecompress.config.ConfigError` naming the entry index and key.
+Every problem raises :class:`~purecompress.selectors.ConfigError` naming the entry index and key.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from purecompress.config import ConfigError, Selector, check_op_types, parse_selector
 from purecompress.quant.qparams import DTYPES, SCHEMES, int_range, is_per_channel
+from purecompress.selectors import ConfigError, Selector, check_op_types, parse_selector
 
 __all__ = ["QUANT_TYPES", "QuantConfig", "TensorSpec", "from_quant_config_list"]
 
@@ -153,7 +153,7 @@ def from_quant_config_list(
     >>> from_quant_config_list([{'quant_types': ['weight'], 'quant_bits': 40, 'op_types': ['Conv2d']}])
     Traceback (most recent call last):
     ...
-    purecompress.config.ConfigError: config_list[0]['quant_bits']: weight bits must be an int in 1..31, got 40
+    purecompress.selectors.ConfigError: config_list[0]['quant_bits']: weight bits must be an int in 1..31, got 40
     """
     if isinstance(config_list, Mapping) or not isinstance(config_list, Sequence):
         raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")

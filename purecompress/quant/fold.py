@@ -16,7 +16,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from purecompress.records import Params
+from purecompress.transform import Params
 
 __all__ = ["find_conv_bn", "fold_conv_bn", "fold_params", "folded_call"]
 

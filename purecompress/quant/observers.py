@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from purecompress._pytree import record
-from purecompress.quant import _host
+from purecompress.quant import hostmath
 
 __all__ = ["EMA_DECAY", "Range", "current_range", "ema_range", "minmax_range"]
 
@@ -95,8 +95,8 @@ def ema_range(
         prev = cur
     elif isinstance(first, Tensor):
         prev = Range(torch.where(first, cur.min, prev.min), torch.where(first, cur.max, prev.max))
-    if isinstance(decay, (float, int)) and (host := _host.read(prev.min, prev.max, cur.min, cur.max)):
+    if isinstance(decay, (float, int)) and (host := hostmath.read(prev.min, prev.max, cur.min, cur.max)):
         rnd, v = host
-        lo, hi = _host.ema((v[0], v[1]), (v[2], v[3]), decay, rnd)
-        return Range(_host.scalar(lo, cur.min), _host.scalar(hi, cur.min))
+        lo, hi = hostmath.ema((v[0], v[1]), (v[2], v[3]), decay, rnd)
+        return Range(hostmath.scalar(lo, cur.min), hostmath.scalar(hi, cur.min))
     return Range(prev.min * decay + (1 - decay) * cur.min, prev.max * decay + (1 - decay) * cur.max)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from purecompress._pytree import record, static
-from purecompress.quant import _host
+from purecompress.quant import hostmath
 
 __all__ = [
     "DTYPES",
@@ -151,11 +151,11 @@ def quant_params(
         raise ValueError(f"{scheme} needs 0-d min/max, got shape {tuple(min_val.shape)}")
     symmetric = is_symmetric(scheme)
     zero = float(min(max((qmin + qmax) // 2 if dtype == "uint" else 0, qmin), qmax))  # symmetric only
-    if not per_channel and (host := _host.read(min_val, max_val)):
+    if not per_channel and (host := hostmath.read(min_val, max_val)):
         rnd, ends = host
-        scale_v, zero_v = _host.qparams(*ends, qmin, qmax, symmetric=symmetric, zero=zero, eps=SCALE_EPS,
+        scale_v, zero_v = hostmath.qparams(*ends, qmin, qmax, symmetric=symmetric, zero=zero, eps=SCALE_EPS,
                                         largest=_SCALE_MAX, rnd=rnd)
-        return QuantParams(_host.scalar(scale_v, min_val), _host.scalar(zero_v, min_val), qmin, qmax, None)
+        return QuantParams(hostmath.scalar(scale_v, min_val), hostmath.scalar(zero_v, min_val), qmin, qmax, None)
     rmin = torch.clamp(min_val, max=0.0)
     rmax = torch.clamp(max_val, min=0.0)
     if symmetric:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from purecompress.quant import _host
+from purecompress.quant import hostmath
 from purecompress.quant.observers import current_range
 from purecompress.quant.qparams import QuantParams
 
@@ -147,9 +147,9 @@ def _codes_in_range(bounds: tuple[Tensor, Tensor], qp: QuantParams) -> bool:
     """Whether every code of a tensor whose min/max (``[]``, or ``[C]`` along ``qp.axis``) are
     ``bounds`` lies in ``[qmin, qmax]``. ``x -> round(x / s + zp)`` is monotone for ``s > 0``, so
     the codes of the two ends bound every code; NaN ends give False. Eager only (host sync)."""
-    if qp.axis is None and (host := _host.read(*bounds, qp.scale, qp.zero_point)):
+    if qp.axis is None and (host := hostmath.read(*bounds, qp.scale, qp.zero_point)):
         rnd, v = host
-        return _host.codes_in_range(*v, qp.qmin, qp.qmax, rnd)
+        return hostmath.codes_in_range(*v, qp.qmin, qp.qmax, rnd)
     codes = _codes(torch.stack(bounds), qp.scale, qp.zero_point)
     lo, hi = torch.aminmax(codes)
     return qp.qmin <= lo.item() and hi.item() <= qp.qmax

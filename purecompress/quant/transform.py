@@ -25,8 +25,8 @@ from purecompress._pytree import is_traced, record
 from purecompress.quant.config import QuantConfig, TensorSpec
 from purecompress.quant.observers import Range
 from purecompress.quant.qparams import QuantParams
-from purecompress.records import Params
-from purecompress.selection import Plan, select
+from purecompress.selectors import Plan, select
+from purecompress.transform import Params
 
 __all__ = ["Kernel", "KernelContext", "QuantState", "QuantTransform", "TensorState", "quantized_call"]
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from purecompress.records import Mask
+from purecompress.pruning import Mask
 
 __all__ = ["Counts", "LayerCount", "count_flops_params", "with_masks"]
 

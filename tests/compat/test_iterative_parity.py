@@ -22,11 +22,11 @@ from nni.algorithms.compression.v2.pytorch.base import Task as NniTask  # noqa: 
 from nni.algorithms.compression.v2.pytorch.base import TaskResult as NniTaskResult  # noqa: E402
 from nni.algorithms.compression.v2.pytorch.pruning.tools import TaskGenerator as NniTaskGenerator  # noqa: E402
 
-from purecompress.compat import iterative  # noqa: E402
-from purecompress.compat import task_generator as ours_tg  # noqa: E402
-from purecompress.compat.scheduler import Task, TaskResult  # noqa: E402
+from purecompress.compat import pruning as iterative  # noqa: E402
+from purecompress.compat import pruning as ours_tg  # noqa: E402
+from purecompress.compat.pruning import Task, TaskResult  # noqa: E402
 from purecompress.compat.utils import compute_sparsity_mask2compact  # noqa: E402
-from purecompress.schedule import iteration_sparsities  # noqa: E402
+from purecompress.pruning import iteration_sparsities  # noqa: E402
 from purecompress.search import count_flops_params  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -167,7 +167,7 @@ def test_simulated_annealing_band(tmp_path: Path) -> None:
 
 
 def test_auto_compress_band(tmp_path: Path) -> None:
-    pytest.importorskip("purecompress.compat.training_pruners", reason="ADMM comes with the training pruners")
+    pytest.importorskip("purecompress.compat.pruning", reason="ADMM comes with the training pruners")
     config_list = [{"op_types": ["Conv2d"], "total_sparsity": 0.8}]
     model = _model()
 
@@ -197,7 +197,7 @@ def test_amc_meets_flops_budget(tmp_path: Path) -> None:
                                  ddpg_params=ddpg, target="flops", log_dir=str(tmp_path))
     pruner.compress()
     _, best, masks, _, configs = pruner.get_best_result()
-    from purecompress.records import Mask
+    from purecompress.pruning import Mask
 
     dense = count_flops_params(_model(), dummy)
     pruned = count_flops_params(best, dummy, {f"{k}.weight": Mask.from_dense(v["weight"]) for k, v in masks.items()})

@@ -22,7 +22,7 @@ from nni.algorithms.compression.v2.pytorch.utils import config_list_canonical as
 from schema import SchemaError  # noqa: E402
 
 import purecompress.compat as C  # noqa: E402
-from purecompress.config import ConfigError  # noqa: E402
+from purecompress.selectors import ConfigError  # noqa: E402
 from tests.compat.models import build  # noqa: E402
 
 Masks = dict[str, dict[str, torch.Tensor]]

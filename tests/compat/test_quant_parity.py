@@ -20,7 +20,7 @@ import nni.algorithms.compression.pytorch.quantization as N  # noqa: E402
 from schema import SchemaError  # noqa: E402
 
 import purecompress.compat.quantization as P  # noqa: E402
-from purecompress.config import ConfigError  # noqa: E402
+from purecompress.selectors import ConfigError  # noqa: E402
 from tests.compat.models import QuantNet  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",

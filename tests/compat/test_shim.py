@@ -106,10 +106,11 @@ def test_every_table_entry_imports() -> None:
             assert getattr(module, export) is not None, f"{name}.{export}"
 
 
-def test_compat_package_finds_later_names_lazily() -> None:
+def test_compat_package_serves_every_name_from_its_nni_module() -> None:
     import purecompress.compat as compat
 
-    assert compat.TaylorFOWeightPruner.__module__ == "purecompress.compat.training_pruners"
-    assert compat.LevelPruner.__module__ == "purecompress.compat.pruning"
-    with pytest.raises(AttributeError, match="no attribute 'NoSuchPruner'"):
+    assert compat.TaylorFOWeightPruner.__module__ == "purecompress.compat.pruning.basic_pruner"
+    assert compat.LevelPruner.__module__ == "purecompress.compat.pruning.basic_pruner"
+    assert compat.QAT_Quantizer.__module__ == "purecompress.compat.quantization.quantizers"
+    with pytest.raises(AttributeError, match="NoSuchPruner"):
         compat.NoSuchPruner  # noqa: B018

@@ -15,7 +15,7 @@ from purecompress.compat.speedup import (
     UnBalancedGroupError,
 )
 from purecompress.compat.utils import compute_sparsity_compact2origin
-from purecompress.graph.propagate import ShrinkError
+from purecompress.graph import ShrinkError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

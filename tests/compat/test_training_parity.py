@@ -3,7 +3,7 @@
 Both sides train the same copy of the model on the same batches with the same optimizer, so the
 deterministic pruners (APoZ, mean rank, Taylor FO, Slim) must give identical masks. ADMM and
 movement get NNI's own sparsity-band checks (NNI's ADMM turns its weights to NaN on the first
-step, see ``purecompress.admm.admm_penalty``, so its masks are not an oracle).
+step, see ``purecompress.admm_penalty``, so its masks are not an oracle).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from torch import nn
 nni = pytest.importorskip("nni", reason="parity tests need nni==2.10.1 as the oracle")
 nni_pruning = pytest.importorskip("nni.compression.pytorch.pruning")
 
+from purecompress.compat import pruning as ours  # noqa: E402
 from purecompress.compat import pruning as pc_pruning  # noqa: E402
-from purecompress.compat import training_pruners as ours  # noqa: E402
 from purecompress.compat.evaluator import TorchEvaluator  # noqa: E402
 from purecompress.compat.utils import compute_sparsity_mask2compact  # noqa: E402
 

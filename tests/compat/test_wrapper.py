@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 import purecompress as pc
 from purecompress.compat import L1NormPruner, LevelPruner, PrunerModuleWrapper
-from purecompress.compat.wrapper import compact_mask
+from purecompress.compat.pruning.base import compact_mask
 from tests.compat.models import MODELS, build
 
 

@@ -1,0 +1,357 @@
+"""The base of every NNI 2.x pruner: :class:`Pruner` (binds a model, wraps the configured modules,
+loads masks, exports) and :class:`PrunerModuleWrapper` (the module wrapper NNI scripts reach
+through ``get_modules_wrapper()``).
+
+The wrapper keeps NNI's names and buffers (``weight`` moves to the wrapper so ``conv1.weight``
+keeps its name; ``weight_mask``/``bias_mask`` buffers); every mask it holds comes from the core as a
+:class:`~purecompress.Mask`. Errors are :class:`~purecompress.ConfigError` (NNI's
+``schema.SchemaError`` is the same class under ``purecompress.compat.SchemaError``).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from purecompress.compat.schema import Form, validate
+from purecompress.compat.utils import canonical_from, get_module_by_name
+from purecompress.pruning import Mask
+from purecompress.selectors import select
+
+__all__ = [
+    "NniMasks",
+    "Pruner",
+    "PrunerModuleWrapper",
+    "TARGETS",
+]
+
+
+TARGETS = ("weight", "bias")
+
+
+
+def compact_mask(mask: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """The cheapest tensor that multiplies like ``mask``: None if dense, ``[out, 1, ...]`` if rows.
+
+    Args:
+        mask: 0/1 tensor of the target's shape.
+        dtype: the target's dtype (the result is in it).
+
+    >>> compact_mask(torch.ones(2, 3), torch.float32) is None
+    True
+    >>> compact_mask(torch.tensor([[1., 1.], [0., 0.]]), torch.float32)
+    tensor([[1.],
+            [0.]])
+    """
+    keep = mask != 0
+    if bool(keep.all()):
+        return None
+    if mask.dim() >= 2:
+        rows = keep.reshape(keep.shape[0], -1)
+        if bool((rows == rows[:, :1]).all()):
+            return rows[:, :1].reshape(keep.shape[0], *([1] * (mask.dim() - 1))).to(dtype)
+    return keep.to(dtype)
+
+
+
+@attrs.frozen
+class _Factors:
+    """How the forward applies the masks.
+
+    Attributes:
+        params: target -> compact factor to multiply it by (absent: dense, no work).
+        output: a factor for the module's output instead (``nn.Linear`` with a row mask: ``y * m``
+            costs ``batch * out``, ``W * m`` costs ``out * in`` in the forward and again backward).
+    """
+
+    params: dict[str, Tensor]
+    output: Tensor | None = None
+    records: dict[str, Mask] = attrs.field(factory=dict)
+
+
+
+def _plan(module: nn.Module, targets: tuple[str, ...], masks: tuple[Tensor | None, ...],
+          dtype: torch.dtype) -> _Factors:
+    factors = {t: compact_mask(m, dtype) for t, m in zip(targets, masks) if m is not None}
+    factors = {t: f for t, f in factors.items() if f is not None}
+    shapes = {t: tuple(m.shape) for t, m in zip(targets, masks) if m is not None}
+    records = {t: Mask(f != 0, shapes[t]) for t, f in factors.items()}
+    rows = factors.get("weight")
+    if type(module) is nn.Linear and rows is not None and rows.shape[1:] == (1,):
+        row = rows.reshape(-1)
+        bias = dict(zip(targets, masks)).get("bias")
+        # Masking the output also zeroes the bias of pruned rows: only equal when the bias mask does.
+        if bias is None or torch.equal((bias != 0).to(dtype), row):
+            return _Factors({}, row, records)
+    return _Factors(factors, None, records)
+
+
+
+class PrunerModuleWrapper(nn.Module):
+    """Wraps ``module`` so its ``weight`` (and ``bias``) are multiplied by masks in every forward.
+
+    Args:
+        module: the module to prune (must have a ``weight``).
+        module_name: its qualified name in the model; the wrapper takes its place.
+        config: the canonical config that selected it, e.g. ``{'op_names': [name], 'total_sparsity': 0.5}``.
+
+    Attributes:
+        weight, bias: the module's Parameters (moved here while wrapped).
+        weight_mask, bias_mask: float 0/1 buffers of the targets' shapes (``bias_mask`` None without bias).
+    """
+
+    def __init__(self, module: nn.Module, module_name: str, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        if not isinstance(getattr(module, "weight", None), Tensor):
+            raise ValueError(f"module {module_name!r} ({type(module).__name__}) has no 'weight' tensor to prune")
+        for target in TARGETS:
+            if isinstance(getattr(module, target, None), Tensor) and target not in module._parameters:
+                raise ValueError(f"{module_name}.{target} is not a Parameter of the module (is it wrapped already?)")
+        self.module = module
+        self.name = module_name
+        self.config = dict(config)
+        self._order = list(module._parameters)
+        self._cache: tuple[tuple[Tensor | None, ...], tuple[int, ...], torch.dtype, _Factors] | None = None
+        self.targets = tuple(t for t in TARGETS if isinstance(getattr(module, t, None), Tensor))
+        for target in TARGETS:
+            tensor = getattr(module, target, None) if target in self.targets else None
+            self.register_parameter(target, module._parameters.get(target) if tensor is not None else None)
+            self.register_buffer(f"{target}_mask", None if tensor is None else torch.ones_like(tensor.detach()))
+        # The masks start all ones: seed the cache as dense rather than scanning them.
+        masks = tuple(self._buffers[f"{t}_mask"] for t in self.targets)
+        self._cache = (masks, tuple(m._version for m in masks), module.weight.dtype, _Factors({}))
+
+    def _weight2buffer(self) -> None:
+        """Move the module's Parameters here; the module keeps a buffer (NNI's layout)."""
+        for target in self.targets:
+            param = self._parameters[target]
+            if target in self.module._parameters:
+                delattr(self.module, target)
+            self.module.register_buffer(target, param.detach())
+
+    def _weight2parameter(self) -> None:
+        """Give the Parameters back to the module with the masks baked into their values."""
+        with torch.no_grad():
+            for target in self.targets:
+                param = self._parameters[target]
+                mask = self._buffers[f"{target}_mask"]
+                if mask is not None:
+                    param.mul_(mask.to(param.device, param.dtype))
+                delattr(self.module, target)
+                self.module.register_parameter(target, param)
+        params = self.module._parameters
+        ordered = [(k, params.pop(k)) for k in self._order if k in params] + list(params.items())
+        params.clear()
+        params.update(ordered)
+
+    def _factors(self) -> _Factors:
+        """The cached compact masks, rebuilt when a mask buffer is replaced or edited in place."""
+        masks = tuple(self._buffers[f"{t}_mask"] for t in self.targets)
+        versions = tuple(-1 if m is None else m._version for m in masks)
+        dtype = self._parameters["weight"].dtype
+        cached = self._cache
+        # The cache holds the mask tensors themselves (not ids): a new mask is never mistaken for an old one.
+        if cached is None or cached[1] != versions or cached[2] != dtype \
+                or any(a is not b for a, b in zip(cached[0], masks)):
+            cached = (masks, versions, dtype, _plan(self.module, self.targets, masks, dtype))
+            self._cache = cached
+        return cached[3]
+
+    def mask_record(self, target: str = "weight") -> Mask | None:
+        """The current mask of ``target`` as a compact core :class:`~purecompress.Mask`; None if dense."""
+        return self._factors().records.get(target)
+
+    def masked(self, target: str) -> Tensor:
+        """``target`` with its mask applied (differentiable; the parameter itself if the mask is dense)."""
+        mask = self.mask_record(target)
+        param = self._parameters[target]
+        return param if mask is None else mask.apply(param)
+
+    def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        plan = self._factors()
+        buffers = self.module._buffers  # direct slot write: nn.Module.__setattr__ would re-register a Parameter
+        for target in self.targets:
+            factor = plan.params.get(target)
+            param = self._parameters[target]
+            buffers[target] = param if factor is None else param * factor
+        out = self.module(*inputs, **kwargs)
+        return out if plan.output is None else out * plan.output
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+_logger = logging.getLogger(__name__)
+
+
+NniMasks = dict[str, dict[str, Tensor | None]]
+
+
+
+def _setattr(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _ = get_module_by_name(model, name)
+    if parent is None:
+        raise ValueError(f"module {name!r} does not exist in the model")
+    setattr(parent, name.rpartition(".")[2], module)
+
+
+
+class Pruner(abc.ABC):
+    """Abstract pruner bound to ``model``: subclasses implement :meth:`reset_tools` and :meth:`compress`.
+
+    Args:
+        model: the model to prune (wrapped in place), or None to bind later with :meth:`reset`.
+        config_list: NNI config dicts, e.g. ``[{'sparsity': 0.5, 'op_types': ['Conv2d']}]``.
+
+    Attributes:
+        bound_model: the model.
+        config_list: the canonical config list (see :func:`purecompress.compat.utils.config_list_canonical`).
+        modules_wrapper: ``{name: PrunerModuleWrapper}`` in ``named_modules()`` order.
+        is_wrapped: whether the wrappers are in the model now.
+    """
+
+    #: The config forms the pruner accepts (None: any NNI pruning keys) and its op types.
+    config_forms: Sequence[Form] | None = None
+    supported_op_types: Sequence[str] | None = None
+
+    def __init__(self, model: nn.Module | None, config_list: list[dict] | None) -> None:
+        self.is_wrapped = False
+        self.bound_model: nn.Module | None = None
+        self.config_list: list[dict] | None = None
+        self.modules_wrapper: dict[str, PrunerModuleWrapper] | None = None
+        if model is not None and config_list is not None:
+            self.reset(model, config_list)
+
+    def reset(self, model: nn.Module | None = None, config_list: list[dict] | None = None) -> None:
+        """Bind ``model`` and ``config_list`` (validated), wrap the selected modules, reset the tools."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Only a torch.nn.Module can be pruned, got {type(model).__name__}")
+        configs = validate(config_list, forms=self.config_forms, op_types=self.supported_op_types)
+        self._unwrap_model()
+        self.bound_model = model
+        self.config_list = canonical_from(model, config_list, configs)  # type: ignore[arg-type]
+        config_of = {name: config for config in self.config_list for name in config["op_names"]}
+        modules = dict(model.named_modules())
+        self.modules_wrapper = {}
+        for entry in select(model, configs):
+            wrapper = PrunerModuleWrapper(modules[entry.module], entry.module, config_of[entry.module])
+            self.modules_wrapper[entry.module] = wrapper.to(wrapper.weight.device)
+        self._wrap_model()
+        self.reset_tools()
+
+    @abc.abstractmethod
+    def reset_tools(self) -> None:
+        """Create (or reset) the tools :meth:`compress` uses."""
+
+    @abc.abstractmethod
+    def compress(self) -> tuple[nn.Module, NniMasks]:
+        """Compute masks, load them into the wrappers; return ``(bound_model, masks)``."""
+
+    def _bound(self) -> nn.Module:
+        if self.bound_model is None or self.modules_wrapper is None:
+            raise RuntimeError("No model is bound to this pruner; call reset(model, config_list) first")
+        return self.bound_model
+
+    def get_modules_wrapper(self) -> dict[str, PrunerModuleWrapper]:
+        """``{module name: wrapper}`` in ``named_modules()`` order."""
+        self._bound()
+        return self.modules_wrapper  # type: ignore[return-value]
+
+    def _wrap_model(self) -> None:
+        """Put the wrappers in the model (Parameters move into them)."""
+        model = self._bound()
+        if not self.is_wrapped:
+            for wrapper in reversed(list(self.get_modules_wrapper().values())):
+                _setattr(model, wrapper.name, wrapper)
+                wrapper._weight2buffer()
+            self.is_wrapped = True
+
+    def _unwrap_model(self) -> None:
+        """Put the original modules back, with the masks baked into their weights."""
+        if self.bound_model is None or self.modules_wrapper is None:
+            return
+        if self.is_wrapped:
+            for wrapper in self.get_modules_wrapper().values():
+                _setattr(self.bound_model, wrapper.name, wrapper.module)
+                wrapper._weight2parameter()
+            self.is_wrapped = False
+
+    def get_origin2wrapped_parameter_name_map(self) -> dict[str, str]:
+        """``{original parameter name: wrapped name}``: ``X.weight``/``X.bias`` keep their names,
+        other parameters of a wrapped module ``X`` become ``X.module.p``."""
+        model = self._bound()
+        if not self.is_wrapped:
+            raise RuntimeError("The parameter name map exists only while the model is wrapped")
+        prefixes = [(f"{name}.module.", f"{name}.") for name in self.get_modules_wrapper()]
+        out = {}
+        for name, _ in model.named_parameters():
+            original = next((new + name[len(old):] for old, new in prefixes if name.startswith(old)), name)
+            out[original] = name
+        return out
+
+    def load_masks(self, masks: Mapping[str, Mapping[str, Tensor | None]]) -> None:
+        """Load ``{module: {'weight': mask, 'bias': mask}}`` into the wrappers (on the targets' devices)."""
+        wrappers = self.get_modules_wrapper()
+        for module_name, targets in masks.items():
+            if module_name not in wrappers:
+                raise KeyError(f"{module_name!r} is not wrapped by this pruner; wrapped: {list(wrappers)}")
+            wrapper = wrappers[module_name]
+            for target, mask in targets.items():
+                if target not in ("weight", "bias") or (mask is not None and target not in wrapper.targets):
+                    raise KeyError(f"{module_name!r} has no {target}_mask")
+                if mask is None:
+                    continue
+                param = getattr(wrapper, target)
+                if tuple(mask.shape) != tuple(param.shape):
+                    raise ValueError(f"{module_name}.{target}: mask of shape {tuple(mask.shape)} for a "
+                                     f"{target} of shape {tuple(param.shape)}")
+                setattr(wrapper, f"{target}_mask", mask.to(param.device))
+
+    def show_pruned_weights(self, dim: int = 0) -> dict[str, tuple[int, int]]:
+        """Log (and return) ``{module: (kept, total)}`` slices along ``dim`` of each weight mask."""
+        out = {}
+        for name, wrapper in self.get_modules_wrapper().items():
+            mask = Mask.from_dense(wrapper.weight_mask)
+            keep = mask.keep if mask.keep.dim() <= 1 else \
+                mask.keep.any(dim=[d for d in range(mask.keep.dim()) if d != dim])
+            out[name] = (int(keep.sum()), int(wrapper.weight_mask.shape[dim]))
+            _logger.info("simulated prune %s remain/total: %d/%d", name, *out[name])
+        return out
+
+    def export_model(self, model_path: str | os.PathLike[str], mask_path: str | os.PathLike[str] | None = None) -> None:
+        """Save the unwrapped, masked ``state_dict`` (original keys) and optionally the mask dict.
+
+        The mask file holds ``{module: {'weight': mask, 'bias': mask or None}}`` as NNI's does.
+        """
+        self._bound()
+        if model_path is None:
+            raise ValueError("model_path must be specified")
+        self._unwrap_model()
+        try:
+            mask_dict = {name: {"weight": w.weight_mask, "bias": w.bias_mask}
+                         for name, w in self.get_modules_wrapper().items()}
+            torch.save(self.bound_model.state_dict(), model_path)  # type: ignore[union-attr]
+            _logger.debug("model state_dict saved to %s", model_path)
+            if mask_path is not None:
+                torch.save(mask_dict, mask_path)
+                _logger.debug("mask dict saved to %s", mask_path)
+        finally:
+            self._wrap_model()
+
+    def generate_module_groups(self) -> dict[int, list[str]]:
+        """``{index in config_list: module names}`` (of the canonical config list)."""
+        return {i: list(c["op_names"]) for i, c in enumerate(self.config_list or []) if c.get("op_names")}
+
+    def clear_model_references(self) -> None:
+        """Unwrap and forget the model."""
+        self._unwrap_model()
+        self.bound_model = None
+        self.config_list = None
+        self.modules_wrapper = None

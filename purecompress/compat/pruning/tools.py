@@ -1,0 +1,640 @@
+"""NNI 2.10's pruning tools: the ``DataCollector -> MetricsCalculator -> SparsityAllocator``
+pipeline that every basic pruner runs, with NNI's :class:`Scaling` granularity.
+
+Each class adapts names and call order only: collectors return the core's statistics records,
+calculators call the core metrics (:func:`~purecompress.lp_norm`, :func:`~purecompress.fpgm`, ...),
+allocators call the core allocators (:func:`~purecompress.allocate_per_layer`,
+:func:`~purecompress.allocate_global`, ...), and :class:`Scaling` is a :class:`~purecompress.Block`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from purecompress.compat.evaluator import Evaluator, Hook
+from purecompress.compat.pruning.base import NniMasks, Pruner, PrunerModuleWrapper
+from purecompress.pruning import (
+    ActivationStats,
+    Block,
+    Mask,
+    Masks,
+    Metric,
+    Metrics,
+    Sync,
+    TaylorStats,
+    all_reduce_stats,
+    allocate_balanced,
+    allocate_dependency_aware,
+    allocate_global,
+    allocate_per_layer,
+    allocate_threshold,
+    bias_masks,
+    expand_blocks,
+    fpgm,
+    lp_norm,
+    metric_by,
+    resolve_sync,
+)
+
+__all__ = [
+    "APoZRankMetricsCalculator",
+    "BankSparsityAllocator",
+    "DataCollector",
+    "DependencyAwareAllocator",
+    "DistMetricsCalculator",
+    "EvaluatorBasedHookDataCollector",
+    "EvaluatorBasedTargetDataCollector",
+    "GlobalSparsityAllocator",
+    "HookDataNormMetricsCalculator",
+    "MeanRankMetricsCalculator",
+    "MetricsCalculator",
+    "NormMetricsCalculator",
+    "NormalSparsityAllocator",
+    "Scalers",
+    "Scaling",
+    "SparsityAllocator",
+    "StraightMetricsCalculator",
+    "TargetDataCollector",
+    "ThresholdSparsityAllocator",
+    "get_scaler",
+    "normalize_scalers",
+]
+
+
+
+class Scaling:
+    """A scaling kernel (block size per dim, ``-1`` = the whole dim, squeezed after shrinking).
+
+    Args:
+        kernel_size: block size per dim; shorter than a tensor's rank, it is padded.
+        kernel_padding_mode: ``'front'`` pads the kernel on the left with 1, ``'back'`` pads it on
+            the right with -1 (``Scaling([1], 'back')`` = one value per output channel).
+
+    >>> Scaling([2, 3]).shrink(torch.arange(24.).view(4, 6))
+    tensor([[ 4.,  7.],
+            [16., 19.]])
+    >>> Scaling([1], 'back').shrink(torch.ones(3, 3, 3), lambda t: t.norm(dim=-1))
+    tensor([3., 3., 3.])
+    >>> Scaling([5]).shrink(torch.ones(10, 10)).shape
+    torch.Size([10, 2])
+    """
+
+    def __init__(self, kernel_size: Sequence[int], kernel_padding_mode: Literal["front", "back"] = "front") -> None:
+        if kernel_padding_mode not in ("front", "back"):
+            raise ValueError(f"kernel_padding_mode should be one of ['front', 'back'], got {kernel_padding_mode!r}")
+        self.kernel_size = list(kernel_size)
+        self.kernel_padding_mode = kernel_padding_mode
+        self.block = Block(tuple(kernel_size), kernel_padding_mode)
+
+    def __repr__(self) -> str:
+        return f"Scaling({self.kernel_size}, kernel_padding_mode={self.kernel_padding_mode!r})"
+
+    def padded_kernel(self, rank: int) -> list[int]:
+        """The kernel padded to ``rank`` dims (NNI's canonical kernel)."""
+        if len(self.kernel_size) > rank:
+            raise ValueError(f"kernel_size {self.kernel_size} has more dims than a tensor of rank {rank}")
+        pad = rank - len(self.kernel_size)
+        if self.kernel_padding_mode == "front":
+            return [1] * pad + self.kernel_size
+        return self.kernel_size + [-1] * pad
+
+    def squeezed_dims(self, rank: int) -> list[int]:
+        """Dims that shrinking removes (where the padded kernel is -1)."""
+        return [d for d, k in enumerate(self.padded_kernel(rank)) if k == -1]
+
+    def grid(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The unsqueezed block grid of a tensor of ``shape`` (the core's ``Block.grid``)."""
+        return self.block.grid(tuple(shape))
+
+    def shrink(self, target: Tensor, reduce_func: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Reduce each block of ``target`` to one value (default: the mean).
+
+        Args:
+            target: tensor of any shape the kernel tiles.
+            reduce_func: maps ``[*grid, block_numel]`` to ``grid`` (reduces the last dim).
+
+        Returns:
+            The grid tensor with the kernel's ``-1`` dims squeezed.
+        """
+        reduced = self.block.reduce(target, reduce_func or (lambda t: t.mean(-1)))
+        keep = [n for d, n in enumerate(reduced.shape) if d not in self.squeezed_dims(target.dim())]
+        return reduced.reshape(keep)
+
+    def expand(self, target: Tensor, expand_size: Sequence[int]) -> Tensor:
+        """Repeat each value of ``target`` (a shrunk tensor) over its block of a tensor of ``expand_size``."""
+        size = tuple(int(n) for n in expand_size)
+        grid = self.grid(size)
+        if target.numel() != torch.Size(grid).numel():
+            raise ValueError(f"cannot expand a tensor of shape {tuple(target.shape)} to {list(size)} with "
+                             f"kernel size {self.kernel_size} ({self.kernel_padding_mode})")
+        return expand_blocks(target.reshape(grid), size).expand(size).clone()
+
+    def validate(self, target: Sequence[int] | Tensor) -> None:
+        """Raise ValueError unless shrinking then expanding a tensor of this shape is shape-lossless."""
+        shape = tuple(target.shape) if isinstance(target, Tensor) else tuple(target)
+        try:
+            out = self.expand(self.shrink(torch.zeros(shape)), shape)
+        except ValueError as err:
+            raise ValueError(f"The tensor with shape {list(shape)} can not shape-lossless scaling with kernel "
+                             f"size {self.kernel_size} and kernel_padding_mode {self.kernel_padding_mode}") from err
+        if tuple(out.shape) != shape:
+            raise ValueError(f"The tensor with shape {list(shape)} can not shape-lossless scaling with kernel "
+                             f"size {self.kernel_size} and kernel_padding_mode {self.kernel_padding_mode}")
+
+
+
+def channel_scaler() -> Scaling:
+    """One value per output channel (``Scaling([1], 'back')``), the scaling of NNI's channel pruners."""
+    return Scaling([1], kernel_padding_mode="back")
+
+
+
+class DataCollector(abc.ABC):
+    """Abstract collector bound to a pruner (NNI calls it the compressor).
+
+    Args:
+        compressor: the pruner.
+    """
+
+    def __init__(self, compressor: Pruner) -> None:
+        self.compressor = compressor
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget collected state."""
+
+    @abc.abstractmethod
+    def collect(self) -> dict[str, dict[str, Tensor]]:
+        """``{module: {target: data}}``."""
+
+
+
+class TargetDataCollector(DataCollector):
+    """The wrapped weights: ``{module: {'weight': tensor}}``.
+
+    The tensors are detached views of the Parameters (NNI clones): the core never writes to its
+    inputs, so no copy is needed.
+    """
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+
+    def collect(self) -> dict[str, dict[str, Tensor]]:
+        return {name: {"weight": wrapper.weight.detach()}
+                for name, wrapper in self.compressor.get_modules_wrapper().items()}
+
+
+NniData = Mapping[str, Mapping[str, Tensor]]
+
+
+NniMetrics = dict[str, dict[str, Tensor]]
+
+
+CoreMetric = Callable[[Mapping[str, Tensor], list[str], Scaling], Mapping[str, Metric]]
+
+
+
+def _order(p: float | str | None) -> float:
+    """NNI's ``p``: None or 'fro' is the 2-norm."""
+    return 2.0 if p is None or p == "fro" else float(p)
+
+
+
+class MetricsCalculator(abc.ABC):
+    """Abstract calculator.
+
+    Args:
+        scalers: block granularity (one :class:`Scaling`, or ``{module|'_default': {target|'_default': Scaling}}``);
+            None means one metric value per element.
+    """
+
+    def __init__(self, scalers: Scalers | Scaling | None = None) -> None:
+        self.scalers = normalize_scalers(scalers)
+
+    def _get_scaler(self, module_name: str, target_name: str) -> Scaling:
+        return get_scaler(self.scalers, module_name, target_name) or Scaling([1])
+
+    def _each(self, data: NniData, metric: CoreMetric) -> NniMetrics:
+        """Run a core metric on every target; reshape to NNI's (squeezed) metric shape."""
+        out: NniMetrics = {}
+        for module_name, targets in data.items():
+            out[module_name] = {}
+            for target, tensor in targets.items():
+                scaler = self._get_scaler(module_name, target)
+                score = metric({target: tensor}, [target], scaler)[target].score
+                dims = scaler.squeezed_dims(tensor.dim())
+                out[module_name][target] = score.reshape([n for d, n in enumerate(score.shape) if d not in dims])
+        return out
+
+    @abc.abstractmethod
+    def calculate_metrics(self, data: NniData) -> NniMetrics:
+        """``{module: {target: metric}}``; higher = more important."""
+
+
+
+class StraightMetricsCalculator(MetricsCalculator):
+    """The data itself (the mean of each block) is the metric."""
+
+    def calculate_metrics(self, data: NniData) -> NniMetrics:
+        return self._each(data, lambda p, t, s: metric_by(p, t, lambda b: b.mean(-1), block=s.block))
+
+
+
+class NormMetricsCalculator(MetricsCalculator):
+    """The ``p``-norm of each block (Level, L1, L2 pruners).
+
+    Args:
+        p: norm order; None means 2 (NNI's 'fro').
+        scalers: see :class:`MetricsCalculator`.
+
+    >>> import torch
+    >>> NormMetricsCalculator(2, Scaling([1], 'back')).calculate_metrics({'c': {'weight': torch.ones(3, 3, 3)}})
+    {'c': {'weight': tensor([3., 3., 3.])}}
+    """
+
+    def __init__(self, p: float | str | None = None, scalers: Scalers | Scaling | None = None) -> None:
+        super().__init__(scalers)
+        self.p = p if p is not None else "fro"
+
+    def calculate_metrics(self, data: NniData) -> NniMetrics:
+        return self._each(data, lambda params, t, s: lp_norm(params, t, p=_order(self.p), block=s.block))
+
+
+
+class DistMetricsCalculator(MetricsCalculator):
+    """Each block's summed ``p``-distance to all other blocks (FPGM).
+
+    Args:
+        p: distance order; None means 2.
+        scalers: see :class:`MetricsCalculator`.
+
+    >>> import torch
+    >>> calc = DistMetricsCalculator(2, Scaling([1], 'back'))
+    >>> calc.calculate_metrics({'c': {'weight': torch.tensor([[1., 2.], [4., 6.]])}})
+    {'c': {'weight': tensor([5., 5.])}}
+    """
+
+    def __init__(self, p: float | str | None = None, scalers: Scalers | Scaling | None = None) -> None:
+        super().__init__(scalers)
+        self.p = p if p is not None else "fro"
+
+    def calculate_metrics(self, data: NniData) -> NniMetrics:
+        return self._each(data, lambda params, t, s: fpgm(params, t, p=_order(self.p), block=s.block))
+
+
+Scalers = Mapping[str, Mapping[str, Scaling]]
+
+
+NniMetrics = Mapping[str, Mapping[str, Tensor]]
+
+
+
+def normalize_scalers(scalers: Scalers | Scaling | None) -> Scalers | None:
+    """NNI's rule: one :class:`Scaling` means ``{'_default': {'_default': scaling}}``."""
+    return {"_default": {"_default": scalers}} if isinstance(scalers, Scaling) else scalers
+
+
+
+def get_scaler(scalers: Scalers | None, module_name: str, target_name: str) -> Scaling | None:
+    """Look up ``scalers[module][target]``, then ``[module]['_default']``, ``['_default'][target]``,
+    ``['_default']['_default']``; None when none is given."""
+    if not scalers:
+        return None
+    default = scalers.get("_default", {})
+    fallback = default.get(target_name, default.get("_default"))
+    module = scalers.get(module_name, {})
+    return module.get(target_name, module.get("_default", fallback))
+
+
+
+class SparsityAllocator(abc.ABC):
+    """Abstract allocator: :meth:`common_target_masks_generation` makes the weight masks.
+
+    Args:
+        pruner: the pruner whose wrappers receive the masks.
+        scalers: the block granularity of the metrics (None: one metric value per element).
+        continuous_mask: already-pruned blocks stay pruned.
+    """
+
+    def __init__(self, pruner: Pruner, scalers: Scalers | Scaling | None = None, continuous_mask: bool = True) -> None:
+        self.pruner = pruner
+        self.scalers = normalize_scalers(scalers)
+        self.continuous_mask = continuous_mask
+        # Dense masks this allocator made in to_nni -> the core masks they came from (already
+        # intersected with the prior): generate_sparsity then needs no second pass over them.
+        self._made: dict[str, tuple[Tensor, Mask]] = {}
+
+    def _get_scaler(self, module_name: str, target_name: str) -> Scaling | None:
+        return get_scaler(self.scalers, module_name, target_name)
+
+    def _wrapper(self, module_name: str) -> PrunerModuleWrapper:
+        return self.pruner.get_modules_wrapper()[module_name]
+
+    def core_metrics(self, metrics: NniMetrics) -> Metrics:
+        """NNI metrics as core records keyed ``'module.target'`` (grid from this allocator's scalers)."""
+        out = {}
+        for module_name, targets in metrics.items():
+            wrapper = self._wrapper(module_name)
+            for target, metric in targets.items():
+                holder = getattr(wrapper, f"{target}_mask")
+                shape = tuple(holder.shape)
+                scaler = self._get_scaler(module_name, target)
+                grid = scaler.grid(shape) if scaler is not None else shape
+                if metric.numel() != math.prod(grid):
+                    raise ValueError(f"{module_name}.{target}: metric of shape {tuple(metric.shape)} does not fit "
+                                     f"a target of shape {shape} with scaler {scaler}")
+                out[f"{module_name}.{target}"] = Metric(metric.detach().to(holder.device).reshape(grid), shape)
+        return out
+
+    def prior_masks(self, names: Sequence[str]) -> Masks | None:
+        """The wrappers' current weight masks for core ``names`` (None without continuous masking)."""
+        if not self.continuous_mask:
+            return None
+        out = {}
+        for name in names:
+            module_name, _, target = name.rpartition(".")
+            mask = self._wrapper(module_name).mask_record(target) if target == "weight" else None
+            if mask is not None:  # dense masks prune nothing: no prior needed
+                out[name] = mask
+        return out
+
+    def sparsity_of(self, names: Sequence[str]) -> dict[str, float]:
+        """Each target's ``total_sparsity`` from its wrapper's canonical config."""
+        return {name: float(self._wrapper(name.rpartition(".")[0]).config["total_sparsity"]) for name in names}
+
+    def to_nni(self, masks: Masks) -> NniMasks:
+        """Core masks as NNI's ``{module: {target: dense 0/1 mask}}`` on the targets' devices."""
+        out: NniMasks = {}
+        for name, mask in masks.items():
+            module_name, _, target = name.rpartition(".")
+            holder = getattr(self._wrapper(module_name), f"{target}_mask")
+            dense = mask.to_dense(holder.dtype).to(holder.device)
+            out.setdefault(module_name, {})[target] = dense
+            self._made[name] = (dense, mask)
+        return out
+
+    def _core_mask(self, name: str, dense: Tensor) -> tuple[Mask, bool]:
+        """(core mask of ``dense``, whether this allocator made it from a core mask)."""
+        made = self._made.get(name)
+        if made is not None and made[0] is dense:
+            return made[1], True
+        return Mask.from_dense(dense), False
+
+    @abc.abstractmethod
+    def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
+        """Masks ``{module: {target: mask}}`` of the targets' shapes for metric-driven targets."""
+
+    def special_target_masks_generation(self, masks: NniMasks) -> NniMasks:
+        """Add bias masks from weight masks (NNI's rule, :func:`purecompress.bias_masks`)."""
+        core, shapes = {}, {}
+        for module_name, targets in masks.items():
+            wrapper = self._wrapper(module_name)
+            weight = targets.get("weight")
+            if weight is not None and wrapper.bias_mask is not None:
+                core[f"{module_name}.weight"] = self._core_mask(f"{module_name}.weight", weight)[0]
+                shapes[f"{module_name}.bias"] = tuple(wrapper.bias_mask.shape)
+        for name, mask in bias_masks(core, shapes).items():
+            module_name, _, target = name.rpartition(".")
+            if target == "bias":
+                masks[module_name]["bias"] = mask.to_dense(masks[module_name]["weight"].dtype)  # type: ignore[union-attr]
+        return masks
+
+    def generate_sparsity(self, metrics: NniMetrics) -> NniMasks:
+        """Weight masks, kept pruned where already pruned (continuous masking), then bias masks."""
+        self._made = {}
+        masks = self.common_target_masks_generation(metrics)
+        if self.continuous_mask:  # done by the core's prior= for masks made here; a guarantee for subclasses
+            for module_name, targets in masks.items():
+                wrapper = self._wrapper(module_name)
+                weight = targets.get("weight")
+                if weight is None or wrapper.mask_record("weight") is None \
+                        or self._core_mask(f"{module_name}.weight", weight)[1]:
+                    continue
+                targets["weight"] = torch.minimum(weight, wrapper.weight_mask.to(weight))
+        return self.special_target_masks_generation(masks)
+
+
+
+class NormalSparsityAllocator(SparsityAllocator):
+    """Each layer prunes its ``total_sparsity`` lowest-metric blocks (:func:`purecompress.allocate_per_layer`)."""
+
+    def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
+        core = self.core_metrics(metrics)
+        return self.to_nni(allocate_per_layer(core, self.sparsity_of(list(core)), prior=self.prior_masks(list(core))))
+
+
+
+class BankSparsityAllocator(SparsityAllocator):
+    """Every bank of shape ``balance_gran`` prunes the layer's sparsity (:func:`purecompress.allocate_balanced`).
+
+    Args:
+        pruner: the pruner.
+        balance_gran: bank shape, right-aligned to the metric's dims (e.g. ``[5]``).
+    """
+
+    def __init__(self, pruner: Pruner, balance_gran: Sequence[int]) -> None:
+        if any(not isinstance(g, int) or g <= 0 for g in balance_gran):
+            raise ValueError(f"All values in balance_gran should be positive ints, got {list(balance_gran)}")
+        super().__init__(pruner)
+        self.balance_gran = list(balance_gran)
+
+    def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
+        core = self.core_metrics(metrics)
+        return self.to_nni(allocate_balanced(core, self.sparsity_of(list(core)), gran=self.balance_gran,
+                                             prior=self.prior_masks(list(core))))
+
+
+
+class GlobalSparsityAllocator(SparsityAllocator):
+    """All metrics pooled, one ``total_sparsity``, per-layer cap ``max_sparsity_per_layer`` (default 0.99).
+
+    Uses :func:`purecompress.allocate_global`. Unlike NNI 2.10, already-pruned blocks count toward
+    the total first (NNI gives them ``min - 1`` per layer, which can prune more than asked).
+    """
+
+    def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
+        core = self.core_metrics(metrics)
+        if not core:
+            return {}
+        sparsity = self.sparsity_of(list(core))
+        if len(set(sparsity.values())) > 1:
+            raise ValueError(f"GlobalSparsityAllocator needs one total_sparsity for all its layers, got {sparsity}")
+        caps = {}
+        for name in core:
+            module_name = name.rpartition(".")[0]
+            config = self._wrapper(module_name).config
+            caps[name] = float(config.get("max_sparsity_per_layer", {}).get(module_name, 0.99))
+        return self.to_nni(allocate_global(core, next(iter(sparsity.values())), max_sparsity=caps,
+                                           prior=self.prior_masks(list(core))))
+
+
+
+class ThresholdSparsityAllocator(SparsityAllocator):
+    """Keeps blocks whose ``sigmoid(metric)`` exceeds ``total_sparsity`` (NNI's experimental allocator)."""
+
+    def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
+        core = self.core_metrics(metrics)
+        # NNI compares sigmoid(metric) with the config's 'total_sparsity' used as a threshold.
+        squashed = {n: Metric(torch.sigmoid(m.score), m.shape) for n, m in core.items()}
+        return self.to_nni(allocate_threshold(squashed, self.sparsity_of(list(core)),
+                                              prior=self.prior_masks(list(core))))
+
+
+class EvaluatorCollector(DataCollector):
+    """Trains through an evaluator with patches and hooks (abstract: leaves say what to return)."""
+
+    def __init__(self, compressor: Pruner, evaluator: Evaluator,
+                 before_opt_step_tasks: Sequence[Callable] | None = None,
+                 after_opt_step_tasks: Sequence[Callable] | None = None,
+                 loss_patch: Callable[[Tensor], Tensor] | None = None,
+                 hooks: Mapping[str, Mapping[str, Hook]] | None = None,
+                 max_steps: int | None = None, max_epochs: int | None = None) -> None:
+        super().__init__(compressor)
+        self.evaluator = evaluator
+        self.max_steps, self.max_epochs = max_steps, max_epochs
+        self._hooks: Mapping[str, Mapping[str, Hook]] = {}
+        self.reset(before_opt_step_tasks, after_opt_step_tasks, loss_patch, hooks)
+
+    def reset(self, before_opt_step_tasks: Sequence[Callable] | None = None,
+              after_opt_step_tasks: Sequence[Callable] | None = None,
+              loss_patch: Callable[[Tensor], Tensor] | None = None,
+              hooks: Mapping[str, Mapping[str, Hook]] | None = None) -> None:
+        """Patch the evaluator's optimizer step and loss, register the hooks (NNI's ``reset``)."""
+        if before_opt_step_tasks or after_opt_step_tasks:
+            self.evaluator.patch_optimizer_step(list(before_opt_step_tasks or []), list(after_opt_step_tasks or []))
+        if loss_patch is not None:
+            self.evaluator.patch_loss(loss_patch)
+        if hooks:
+            self._hooks = hooks
+            self.evaluator.register_hooks([h for targets in hooks.values() for h in targets.values()])
+
+
+
+class EvaluatorBasedTargetDataCollector(EvaluatorCollector):
+    """Trains, then returns the wrapped weights ``{module: {'weight': tensor}}`` (copies)."""
+
+    def collect(self) -> dict[str, dict[str, Tensor]]:
+        self.evaluator.train(max_steps=self.max_steps, max_epochs=self.max_epochs)
+        return {name: {"weight": w.weight.detach().clone()}
+                for name, w in self.compressor.get_modules_wrapper().items()}
+
+
+
+class EvaluatorBasedHookDataCollector(EvaluatorCollector):
+    """Trains, then returns what each hook gathered ``{module: {target: record}}``.
+
+    Under ``torch.distributed`` the records the core knows (``ActivationStats``, ``TaylorStats``)
+    are summed over the ranks before they are returned (:func:`purecompress.all_reduce_stats`), so
+    metrics and masks are the same on every rank. ``sync`` (attribute): ``'auto'`` (default: when a
+    process group is initialised), True, False (rank-local, as NNI) or a ``ProcessGroup``.
+    """
+
+    sync: Sync = "auto"
+
+    def collect(self) -> dict[str, dict[str, Any]]:
+        self.evaluator.train(max_steps=self.max_steps, max_epochs=self.max_epochs)
+        out = {m: {t: hook.buffer[0] for t, hook in targets.items() if hook.buffer}
+               for m, targets in self._hooks.items()}
+        reduce, group = resolve_sync(self.sync)
+        if reduce:  # every rank reduces before any rank may raise below, so none is left waiting
+            summable = {m: {t: v for t, v in d.items() if isinstance(v, (ActivationStats, TaylorStats))}
+                        for m, d in out.items()}
+            for m, d in all_reduce_stats(summable, group=group).items():
+                out[m].update(d)
+        for module_name, targets in self._hooks.items():
+            if set(targets) - set(out[module_name]):
+                raise RuntimeError(f"the hook on {module_name!r} saw no data during training: does the training "
+                                   "function run the model and respect max_steps/max_epochs?")
+        return {m: d for m, d in out.items() if d}
+
+
+
+def _per_channel(value: Any, stat: Callable[[ActivationStats], Tensor]) -> Tensor:
+    if isinstance(value, ActivationStats):
+        return stat(value)
+    raise TypeError(f"expected ActivationStats from an activation hook, got {type(value).__name__}")
+
+
+
+class APoZRankMetricsCalculator(MetricsCalculator):
+    """``1 - APoZ`` per output channel from activation statistics (:func:`purecompress.apoz`)."""
+
+    def calculate_metrics(self, data: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Tensor]]:
+        return {m: {t: (1 - _per_channel(v, ActivationStats.zero_fraction)).float() for t, v in targets.items()}
+                for m, targets in data.items()}
+
+
+
+class MeanRankMetricsCalculator(MetricsCalculator):
+    """Mean activation per output channel (:func:`purecompress.mean_activation`)."""
+
+    def calculate_metrics(self, data: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Tensor]]:
+        return {m: {t: _per_channel(v, ActivationStats.mean).float() for t, v in targets.items()}
+                for m, targets in data.items()}
+
+
+
+class HookDataNormMetricsCalculator(NormMetricsCalculator):
+    """The norm of accumulated hook data (Taylor: L1 of ``sum (w*g)**2`` per block)."""
+
+    def calculate_metrics(self, data: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Tensor]]:
+        tensors = {m: {t: v.score if isinstance(v, TaylorStats) else v[1] for t, v in targets.items()}
+                   for m, targets in data.items()}
+        return super().calculate_metrics(tensors)
+
+
+
+class DependencyAwareAllocator(SparsityAllocator):
+    """Channel masks shared by dependent layers (:func:`purecompress.allocate_dependency_aware`).
+
+    The dependency sets come from :mod:`purecompress.graph` (``torch.fx``) on the unwrapped model
+    with ``dummy_input``, or are given by hand.
+
+    Args:
+        pruner: the pruner.
+        dummy_input: example input (required unless both dependencies are given).
+        scalers: metric granularity (default: output channel).
+        channel_dependency: sets of module names, instead of analysing the graph.
+        group_dependency: ``{module: groups}``, instead of analysing the graph.
+    """
+
+    def __init__(self, pruner: Pruner, dummy_input: Any, scalers: Scalers | Scaling | None = None,
+                 channel_dependency: Sequence[Sequence[str]] | None = None,
+                 group_dependency: Mapping[str, int] | None = None) -> None:
+        super().__init__(pruner, scalers or channel_scaler())
+        if channel_dependency is None or group_dependency is None:
+            if dummy_input is None:
+                raise ValueError("mode='dependency_aware' needs dummy_input (an example input of the model, e.g. "
+                                 "torch.rand(1, 3, 224, 224)) to find the layers whose channels must agree")
+            from purecompress.graph import GraphCaptureError, capture
+            from purecompress.graph import channel_dependency as channels
+            from purecompress.graph import group_dependency as groups
+
+            pruner._unwrap_model()
+            try:
+                graph = capture(pruner._bound(), dummy_input)
+                channel_dependency = channels(graph) if channel_dependency is None else channel_dependency
+                group_dependency = groups(graph) if group_dependency is None else group_dependency
+            except GraphCaptureError as err:
+                raise GraphCaptureError(
+                    f"{err} In purecompress.compat, give the dependencies by hand: build the pruner with "
+                    "mode='normal', then set pruner.sparsity_allocator = DependencyAwareAllocator(pruner, None, "
+                    "channel_dependency=[('conv1', 'conv2'), ...], group_dependency={'conv1': 1, ...}).",
+                    module=err.module, op=err.op) from err
+            finally:
+                pruner._wrap_model()
+        self.channel_dependency = [tuple(s) for s in channel_dependency]
+        self.group_dependency = dict(group_dependency)
+
+    def common_target_masks_generation(self, metrics: Mapping[str, Mapping[str, Tensor]]) -> NniMasks:
+        core = self.core_metrics(metrics)
+        names = list(core)
+        masks = allocate_dependency_aware(core, self.sparsity_of(names), channel_sets=self.channel_dependency,
+                                          groups=self.group_dependency, prior=self.prior_masks(names))
+        return self.to_nni(masks)

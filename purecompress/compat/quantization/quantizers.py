@@ -1,0 +1,611 @@
+"""NNI 2.10's quantizers (``nni.algorithms.compression.pytorch.quantization``): :class:`QAT_Quantizer`,
+:class:`NaiveQuantizer`, :class:`DoReFaQuantizer`, :class:`BNNQuantizer`, :class:`LsqQuantizer` and
+:class:`ObserverQuantizer`, on the kernels of :mod:`purecompress.quant`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from purecompress.compat.quantization.base import OnnxPlan, QuantForward, Quantizer, QuantizerModuleWrapper
+from purecompress.quant import (
+    EMA_DECAY,
+    SCALE_EPS,
+    QuantParams,
+    Range,
+    TensorSpec,
+    binarize,
+    current_range,
+    dorefa_weight,
+    ema_range,
+    fake_quantize,
+    fake_quantize_clipped,
+    fake_quantize_ste,
+    int_range,
+    lsq_fake_quantize,
+    lsq_init_scale,
+    minmax_range,
+    quant_params,
+)
+
+__all__ = [
+    "BNNQuantizer",
+    "DoReFaQuantizer",
+    "LsqQuantizer",
+    "NaiveQuantizer",
+    "ObserverQuantizer",
+    "QAT_Quantizer",
+]
+
+
+logger = logging.getLogger(__name__)
+
+
+
+def _axis(kind: str, spec: TensorSpec) -> int | None:
+    # NNI: weights keep dim 0 (output channels), activations dim 1.
+    return (0 if kind == "weight" else 1) if spec.per_channel else None
+
+
+
+def _nni_shape(like: Tensor, axis: int | None) -> list[int]:
+    if axis is None:
+        return [1]
+    return [like.shape[axis] if d == axis else 1 for d in range(like.dim())]
+
+
+
+def _flat(buffer: Tensor, axis: int | None) -> Tensor:
+    return buffer.reshape(-1) if axis is not None else buffer.reshape(())
+
+
+
+def _as_buffer(value: Any, device: torch.device) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32).to(device)
+    return t.reshape(1) if t.dim() == 0 else t.clone()
+
+
+
+def _qparams(spec: TensorSpec, rng: Range, axis: int | None) -> QuantParams:
+    return quant_params(rng.min, rng.max, bits=spec.bits, dtype=spec.dtype, scheme=spec.scheme, axis=axis)
+
+
+
+class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
+    """Quantization-aware training with NNI 2.10's interface.
+
+    Args:
+        model: the model (wrapped in place).
+        config_list: e.g. ``[{'quant_types': ['weight', 'input'], 'quant_bits': 8,
+            'op_types': ['Conv2d', 'Linear']}]``; op types Conv2d, Linear, ReLU, ReLU6.
+        optimizer: required: ``steps`` counts its ``step()`` calls (starting at 1).
+        dummy_input: optional; enables Conv2d-BatchNorm2d folding.
+    """
+
+    allowed_op_types = ("Conv2d", "Linear", "ReLU", "ReLU6")
+    simulated_attrs = ("old_weight", "old_bias", "ema_decay", "tracked_min_output", "tracked_max_output",
+                       "tracked_min_input", "tracked_max_input", "weight_scale", "weight_zero_point",
+                       "input_scale", "input_zero_point", "output_scale", "output_zero_point")
+
+    def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]], optimizer: torch.optim.Optimizer,
+                 dummy_input: Any = None) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError("QAT_Quantizer needs a torch.optim.Optimizer (it counts steps), "
+                            f"got {type(optimizer).__name__}")
+        super().__init__(model, config_list, optimizer, dummy_input)
+        self.quant_grad = QuantForward()
+        device = next(model.parameters()).device
+        self.bound_model.register_buffer("steps", torch.tensor(1, device=device))
+        for wrapper in self.modules_wrapper:
+            module = wrapper.module
+            for kind, spec in wrapper.quant_config.specs.items():
+                axis = _axis(kind, spec)
+                if kind == "weight":
+                    shape = _nni_shape(module.weight, axis) if wrapper.quantizes_weight else [1]
+                else:  # activation shapes are known at the first forward (per channel: resized there)
+                    shape = [1]
+                    module.register_buffer(f"tracked_min_{kind}", torch.zeros(shape, device=device))
+                    module.register_buffer(f"tracked_max_{kind}", torch.zeros(shape, device=device))
+                module.register_buffer(f"{kind}_scale", torch.zeros(shape, device=device))
+                module.register_buffer(f"{kind}_zero_point", torch.zeros(shape, device=device))
+            module.ema_decay = EMA_DECAY
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken plus one (NNI's ``bound_model.steps``)."""
+        return int(self.bound_model.steps)
+
+    def _stored(self, module: nn.Module, kind: str, spec: TensorSpec, axis: int | None) -> tuple[QuantParams, Tensor]:
+        scale = _flat(getattr(module, f"{kind}_scale"), axis)
+        zero_point = _flat(getattr(module, f"{kind}_zero_point"), axis)
+        qmin, qmax = spec.qrange
+        # Scale 0 means "never computed" (the core never returns 0): NNI would divide by it.
+        return QuantParams(torch.clamp(scale, min=SCALE_EPS), zero_point, qmin, qmax, axis), scale > 0
+
+    def _store(self, module: nn.Module, kind: str, qp: QuantParams, like: Tensor) -> None:
+        shape = _nni_shape(like, qp.axis)
+        for name, value in ((f"{kind}_scale", qp.scale), (f"{kind}_zero_point", qp.zero_point)):
+            buffer = getattr(module, name)
+            if list(buffer.shape) != shape:
+                setattr(module, name, value.detach().reshape(shape).clone())
+            else:
+                buffer.copy_(value.detach().reshape(shape))
+
+    def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        module, spec = wrapper.module, wrapper.quant_config.specs["weight"]
+        weight, axis = module.weight, _axis("weight", spec)
+        if self.steps < wrapper.quant_config.start_step:
+            return weight
+        observed = current_range(weight, axis=axis)
+        current = _qparams(spec, observed, axis)
+        if wrapper.training:
+            self._store(module, "weight", current, weight)
+            return fake_quantize_clipped(weight, current, (observed.min, observed.max))
+        stored, valid = self._stored(module, "weight", spec, axis)
+        qp = QuantParams(torch.where(valid, stored.scale, current.scale),
+                         torch.where(valid, stored.zero_point, current.zero_point), stored.qmin, stored.qmax, axis)
+        return fake_quantize_ste(weight, qp, clip=True)
+
+    def _activation(self, x: Tensor, wrapper: QuantizerModuleWrapper, kind: str) -> Tensor:
+        module, spec = wrapper.module, wrapper.quant_config.specs[kind]
+        axis = _axis(kind, spec)
+        if not wrapper.training:
+            if self.steps < wrapper.quant_config.start_step:
+                return x
+            stored, valid = self._stored(module, kind, spec, axis)
+            if axis is not None:
+                valid = valid.reshape(_nni_shape(x, axis))
+            return torch.where(valid, fake_quantize_ste(x, stored, clip=True), x)
+        lo, hi = getattr(module, f"tracked_min_{kind}"), getattr(module, f"tracked_max_{kind}")
+        channels = x.shape[axis] if axis is not None else 1
+        prev = Range(_flat(lo, axis), _flat(hi, axis)) if lo.numel() == channels else None
+        observed = current_range(x, axis=axis)
+        tracked = ema_range(prev, x, decay=module.ema_decay, axis=axis, first=self.steps == 1, current=observed)
+        shape = _nni_shape(x, axis)
+        setattr(module, f"tracked_min_{kind}", tracked.min.reshape(shape).clone())
+        setattr(module, f"tracked_max_{kind}", tracked.max.reshape(shape).clone())
+        if self.steps < wrapper.quant_config.start_step:
+            return x
+        qp = _qparams(spec, tracked, axis)
+        self._store(module, kind, qp, x)
+        return fake_quantize_clipped(x, qp, (observed.min, observed.max))
+
+    def quantize_input(self, inputs: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        return self._activation(inputs, wrapper, "input")
+
+    def quantize_output(self, output: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        return self._activation(output, wrapper, "output")
+
+    def step_with_optimizer(self) -> None:
+        """Count one optimizer step."""
+        self.bound_model.steps.add_(1)
+
+    def _calibration_config(self) -> dict[str, dict[str, Any]]:
+        config: dict[str, dict[str, Any]] = {}
+        for wrapper in self.modules_wrapper:
+            module, entry = wrapper.module, {}
+            for kind, spec in wrapper.quant_config.specs.items():
+                entry[f"{kind}_bits"] = int(spec.bits)
+                if kind == "weight":
+                    entry["weight_scale"] = module.weight_scale.detach().clone()
+                    entry["weight_zero_point"] = module.weight_zero_point.detach().clone()
+                    continue
+                for bound in ("min", "max"):
+                    value = getattr(module, f"tracked_{bound}_{kind}").detach()
+                    # NNI calls float() on it and crashes for per-channel ranges: keep the tensor.
+                    entry[f"tracked_{bound}_{kind}"] = float(value) if value.numel() == 1 else value.clone()
+            config[wrapper.name] = entry
+        return config
+
+    def load_calibration_config(self, calibration_config: Mapping[str, Mapping[str, Any]]) -> None:
+        """Restore tracked ranges (and weight scales) from a calibration config; bits must match.
+
+        Raises:
+            ValueError: a layer's bits differ from this quantizer's config.
+        """
+        for wrapper in self.modules_wrapper:
+            name, module = wrapper.name, wrapper.module
+            if name not in calibration_config:
+                logger.warning("calibration config has no entry for module %s", name)
+                continue
+            entry = calibration_config[name]
+            for kind, spec in wrapper.quant_config.specs.items():
+                if entry.get(f"{kind}_bits") != spec.bits:
+                    raise ValueError(f"calibration config: {name} {kind}_bits is {entry.get(f'{kind}_bits')!r}, "
+                                     f"the quantizer uses {spec.bits}")
+                device = getattr(module, f"{kind}_scale").device
+                if kind == "weight":
+                    for key in ("weight_scale", "weight_zero_point"):
+                        if key in entry:
+                            setattr(module, key, _as_buffer(entry[key], device))
+                    continue
+                axis = _axis(kind, spec)
+                lo = _as_buffer(entry[f"tracked_min_{kind}"], device)
+                hi = _as_buffer(entry[f"tracked_max_{kind}"], device)
+                setattr(module, f"tracked_min_{kind}", lo)
+                setattr(module, f"tracked_max_{kind}", hi)
+                qp = _qparams(spec, Range(_flat(lo, axis), _flat(hi, axis)), axis)
+                setattr(module, f"{kind}_scale", qp.scale.reshape(lo.shape).clone())
+                setattr(module, f"{kind}_zero_point", qp.zero_point.reshape(lo.shape).clone())
+
+    def _onnx_plan(self) -> OnnxPlan:
+        weights, inputs, outputs, replace, identities = {}, {}, {}, {}, []
+        for wrapper in self.modules_wrapper:
+            module, name = wrapper.module, wrapper.name
+            prefix = f"{name}." if name else ""
+            for kind, spec in wrapper.quant_config.specs.items():
+                axis = _axis(kind, spec)
+                stored, valid = self._stored(module, kind, spec, axis)
+                if not bool(valid.all()):
+                    continue  # never observed: exported in float
+                if kind == "weight" and wrapper.quantizes_weight:
+                    weights[prefix + "weight"] = stored
+                    if wrapper.bn_module is not None:
+                        folded_w, folded_b = fold_for_export(wrapper)
+                        replace[prefix + "weight"], replace[prefix + "bias"] = folded_w, folded_b
+                        identities.append(self.conv_bn_patterns[name])
+                elif kind == "input":
+                    inputs[name] = stored
+                elif kind == "output":
+                    outputs[name] = stored
+        return OnnxPlan(weights, inputs, outputs, replace, tuple(identities))
+
+
+
+def fold_for_export(wrapper: QuantizerModuleWrapper) -> tuple[Tensor, Tensor]:
+    """The folded float weight and bias of a BN-folded wrapper (detached)."""
+    from purecompress.compat.quantization.base import fold_bn_params
+
+    module = wrapper.module
+    with torch.no_grad():
+        return fold_bn_params(module.old_weight, getattr(module, "old_bias", None), wrapper.bn_module)
+
+
+logger = logging.getLogger(__name__)
+
+
+_SELECT = ("op_types", "op_names", "exclude")
+
+
+
+def _require_optimizer(name: str, optimizer: object) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{name} needs a torch.optim.Optimizer (it counts steps), got {type(optimizer).__name__}")
+
+
+
+def _register_weight_bits(wrappers: Sequence[QuantizerModuleWrapper]) -> None:
+    """A ``weight_bits`` buffer ``[1]`` on every module whose weight is quantized (NNI's modules carry it)."""
+    for w in wrappers:
+        if "weight" in w.quant_config.specs:
+            w.module.register_buffer("weight_bits", torch.tensor([float(w.quant_config.bits("weight"))],
+                                                                 device=w.module.weight.device))
+
+
+
+def naive_quantize(weight: Tensor, scale: Tensor) -> Tensor:
+    """``trunc(w / scale) * scale``: NNI casts to int8, which truncates toward zero."""
+    # core-request: purecompress.quant naive_quantize (see .notes/quant_requests.md)
+    return torch.trunc(weight / scale) * scale
+
+
+
+class NaiveQuantizer(Quantizer):
+    """8-bit weights with a running max scale ``max|w| / 127`` (NNI's ``NaiveQuantizer``)."""
+
+    allowed_bits = (8,)
+    allowed_quant_types = ("weight",)
+    allowed_keys = ("quant_types", "quant_bits", *_SELECT)
+
+    def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]],
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+        super().__init__(model, config_list, optimizer)
+        self.layer_scale: dict[str, Tensor] = {}
+
+    def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        weight = wrapper.module.weight
+        scale = torch.clamp(weight.detach().abs().max() / 127, min=SCALE_EPS)
+        if wrapper.name in self.layer_scale:
+            scale = torch.maximum(self.layer_scale[wrapper.name], scale)
+        self.layer_scale[wrapper.name] = scale
+        return naive_quantize(weight, scale)
+
+    def _calibration_config(self) -> dict[str, dict[str, Any]]:
+        return {w.name: {"weight_bits": 8} for w in self.modules_wrapper}
+
+    def _onnx_plan(self) -> OnnxPlan:
+        weights, replace = {}, {}
+        for w in self.modules_wrapper:
+            if w.name in self.layer_scale and w.quantizes_weight:
+                scale = self.layer_scale[w.name].detach()
+                key = f"{w.name}.weight" if w.name else "weight"
+                # Truncated codes are integers, so QuantizeLinear's rounding reproduces them exactly.
+                replace[key] = naive_quantize(w.module.old_weight.detach(), scale)
+                weights[key] = QuantParams(scale, torch.zeros(()), -127, 127)
+        return OnnxPlan(weights=weights, replace=replace)
+
+
+
+class DoReFaQuantizer(Quantizer):
+    """DoReFa-Net weight quantization (NNI's ``DoReFaQuantizer``); plain STE gradient."""
+
+    allowed_quant_types = ("weight",)
+    allowed_keys = ("quant_types", "quant_bits", *_SELECT)
+    simulated_attrs = ("weight_bits",)
+
+    def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]],
+                 optimizer: torch.optim.Optimizer) -> None:
+        _require_optimizer("DoReFaQuantizer", optimizer)
+        super().__init__(model, config_list, optimizer)
+        _register_weight_bits(self.modules_wrapper)
+
+    def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        return dorefa_weight(wrapper.module.weight, wrapper.quant_config.bits("weight"))
+
+    def _calibration_config(self) -> dict[str, dict[str, Any]]:
+        return {w.name: {"weight_bits": int(w.module.weight_bits)} for w in self.modules_wrapper
+                if hasattr(w.module, "weight_bits")}
+
+    def _onnx_plan(self) -> OnnxPlan:  # the grid is not affine-integer: bake the weights
+        return OnnxPlan(replace={f"{w.name}.weight": dorefa_weight(w.module.old_weight.detach(),
+                                                                      w.quant_config.bits("weight"))
+                                 for w in self.modules_wrapper if w.quantizes_weight})
+
+
+
+class BNNQuantizer(Quantizer):
+    """Binarized weights and outputs (NNI's ``BNNQuantizer``): ``sign`` with 0 -> +1."""
+
+    allowed_quant_types = ("weight", "output")
+    allowed_keys = ("quant_types", "quant_bits", *_SELECT)
+    simulated_attrs = ("weight_bits",)
+
+    def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]],
+                 optimizer: torch.optim.Optimizer) -> None:
+        _require_optimizer("BNNQuantizer", optimizer)
+        super().__init__(model, config_list, optimizer)
+        self.quant_grad = QuantForward()
+        _register_weight_bits(self.modules_wrapper)
+
+    def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        wrapper.module.weight_bits.fill_(1.0)  # NNI reports 1 bit once the weights are binarized
+        return binarize(wrapper.module.weight)
+
+    def quantize_output(self, output: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        return binarize(output, clip=True)
+
+    def _calibration_config(self) -> dict[str, dict[str, Any]]:
+        return {w.name: {"weight_bits": int(w.module.weight_bits)} for w in self.modules_wrapper
+                if hasattr(w.module, "weight_bits")}
+
+    def _onnx_plan(self) -> OnnxPlan:
+        if any("output" in w.quant_config.specs for w in self.modules_wrapper):
+            logger.warning("ONNX has no binarization op: BNN outputs are exported unquantized")
+        return OnnxPlan(replace={f"{w.name}.weight": binarize(w.module.old_weight.detach())
+                                 for w in self.modules_wrapper if w.quantizes_weight})
+
+
+
+class LsqQuantizer(Quantizer):
+    """Learned Step Size Quantization (NNI's ``LsqQuantizer``): the steps are Parameters."""
+
+    simulated_attrs = ("old_weight", "tracked_min_input", "tracked_max_input", "tracked_min_output",
+                       "tracked_max_output", "output_scale", "input_scale", "weight_scale", "weight_bits",
+                       "output_bits", "input_bits", "weight_qmin", "weight_qmax", "input_qmin", "input_qmax",
+                       "output_qmin", "output_qmax")
+
+    def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]], optimizer: torch.optim.Optimizer,
+                 dummy_input: Any = None) -> None:
+        _require_optimizer("LsqQuantizer", optimizer)
+        super().__init__(model, config_list, optimizer, dummy_input)
+        self.quant_grad = QuantForward()
+        device = next(model.parameters()).device
+        self.bound_model.register_buffer("steps", torch.tensor([1.0], device=device))
+        for w in self.modules_wrapper:
+            module = w.module
+            for kind, spec in w.quant_config.specs.items():
+                qmin, qmax = int_range(spec.bits, "int", narrow=False)
+                if kind == "weight":
+                    init = lsq_init_scale(module.weight, qmax)
+                else:  # initialised from the first batch
+                    init = torch.tensor([1.0], device=device)
+                setattr(module, f"{kind}_scale", nn.Parameter(init))
+                module.register_buffer(f"{kind}_bits", torch.tensor([float(spec.bits)], device=device))
+                setattr(module, f"{kind}_qmin", qmin)
+                setattr(module, f"{kind}_qmax", qmax)
+                optimizer.add_param_group({"params": getattr(module, f"{kind}_scale")})
+
+    def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        m = wrapper.module
+        return lsq_fake_quantize(m.weight, m.weight_scale, m.weight_qmin, m.weight_qmax)
+
+    def _activation(self, x: Tensor, wrapper: QuantizerModuleWrapper, kind: str) -> Tensor:
+        m = wrapper.module
+        scale = getattr(m, f"{kind}_scale")
+        if int(self.bound_model.steps) == 1:
+            scale.data = lsq_init_scale(x, getattr(m, f"{kind}_qmax"))
+        return lsq_fake_quantize(x, scale, getattr(m, f"{kind}_qmin"), getattr(m, f"{kind}_qmax"))
+
+    def quantize_input(self, inputs: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        return self._activation(inputs, wrapper, "input")
+
+    def quantize_output(self, output: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        return self._activation(output, wrapper, "output")
+
+    def step_with_optimizer(self) -> None:
+        """Count one optimizer step."""
+        self.bound_model.steps.add_(1)
+
+    def _calibration_config(self) -> dict[str, dict[str, Any]]:
+        config = {}
+        for w in self.modules_wrapper:
+            m, entry = w.module, {}
+            for kind in w.quant_config.specs:
+                entry[f"{kind}_bits"] = int(getattr(m, f"{kind}_bits"))
+                if kind != "weight":  # NNI also writes the input range here, and crashes without one
+                    bound = float(getattr(m, f"{kind}_scale").detach().reshape(-1)[0] * getattr(m, f"{kind}_qmax"))
+                    entry[f"tracked_min_{kind}"], entry[f"tracked_max_{kind}"] = -bound, bound
+            config[w.name] = entry
+        return config
+
+    def load_calibration_config(self, calibration_config: Mapping[str, Mapping[str, Any]]) -> None:
+        """Set the input/output steps to ``tracked_max / qmax``; bits must match.
+
+        Raises:
+            ValueError: a layer's bits differ from this quantizer's config.
+        """
+        for w in self.modules_wrapper:
+            if w.name not in calibration_config:
+                logger.warning("calibration config has no entry for module %s", w.name)
+                continue
+            entry, m = calibration_config[w.name], w.module
+            for kind, spec in w.quant_config.specs.items():
+                if entry.get(f"{kind}_bits") != spec.bits:
+                    raise ValueError(f"calibration config: {w.name} {kind}_bits is {entry.get(f'{kind}_bits')!r}, "
+                                     f"the quantizer uses {spec.bits}")
+                if kind != "weight":
+                    step = float(entry[f"tracked_max_{kind}"]) / getattr(m, f"{kind}_qmax")
+                    scale = getattr(m, f"{kind}_scale")
+                    scale.data = torch.tensor([max(step, SCALE_EPS)], device=scale.device)
+
+    def _onnx_plan(self) -> OnnxPlan:
+        plan: dict[str, dict[str, QuantParams]] = {"weight": {}, "input": {}, "output": {}}
+        for w in self.modules_wrapper:
+            m = w.module
+            for kind in w.quant_config.specs:
+                scale = getattr(m, f"{kind}_scale").detach().reshape(())
+                qp = QuantParams(scale, torch.zeros(()), getattr(m, f"{kind}_qmin"), getattr(m, f"{kind}_qmax"))
+                plan[kind][f"{w.name}.weight" if kind == "weight" else w.name] = qp
+        return OnnxPlan(weights=plan["weight"], inputs=plan["input"], outputs=plan["output"])
+
+
+_SELECT = ("op_types", "op_names", "exclude")
+
+
+
+class ObserverQuantizer(Quantizer):
+    """Post-training calibration (NNI's ``ObserverQuantizer``).
+
+    Run the model in eval mode on calibration data, then call :meth:`compress`: weights become
+    8-bit symmetric ([-127, 127], torch's MinMaxObserver scale ``max|w| / 127.5``), inputs and
+    outputs 7-bit affine ([0, 127]) from a histogram observer (torch's ``HistogramObserver``
+    collects the histogram; its L2 search picks the range; scale and zero point come from the core).
+    """
+
+    allowed_bits = (8,)
+    allowed_keys = ("quant_types", "quant_bits", *_SELECT)
+    simulated_attrs = ("weight_qmax", "weight_qmin", "input_qmax", "input_qmin", "output_qmax", "output_qmin",
+                       "weight_scale", "weight_zero_point", "input_scale", "input_zero_point", "output_scale",
+                       "output_zero_point")
+
+    def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]],
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+        if model.training:
+            raise ValueError("ObserverQuantizer calibrates in evaluation mode: call model.eval() first")
+        super().__init__(model, config_list, optimizer)
+        self.quant_grad = QuantForward()
+        self.compressed = False
+        self.device = next(model.parameters()).device
+        self.weight_ranges: dict[str, Range] = {}
+        self.all_observers: dict[str, dict[str, Any]] = {w.name: {} for w in self.modules_wrapper}
+        for w in self.modules_wrapper:
+            for kind in w.quant_config.specs:
+                qmin, qmax = (-127, 127) if kind == "weight" else (0, 127)
+                setattr(w.module, f"{kind}_qmin", qmin)
+                setattr(w.module, f"{kind}_qmax", qmax)
+                if kind != "weight":
+                    with warnings.catch_warnings():  # torch's deprecation note on reduce_range (NNI's setting)
+                        warnings.simplefilter("ignore", UserWarning)
+                        observer = torch.ao.quantization.HistogramObserver(reduce_range=True)
+                    self.all_observers[w.name][kind] = observer
+
+    def _qparams(self, name: str, kind: str) -> QuantParams:
+        if kind == "weight":
+            rng = self.weight_ranges[name]
+            qp = quant_params(rng.min, rng.max, dtype="int", scheme="per_tensor_symmetric", qrange=(-128, 127))
+            return QuantParams(qp.scale, qp.zero_point, -127, 127)
+        observer = self.all_observers[name][kind]
+        search = getattr(observer, "_non_linear_param_search", None)
+        lo, hi = search() if search is not None else (observer.min_val, observer.max_val)
+        return quant_params(lo, hi, dtype="uint", qrange=(0, 127))
+
+    def _record(self, wrapper: QuantizerModuleWrapper, kind: str, x: Tensor) -> None:
+        if kind == "weight":
+            self.weight_ranges[wrapper.name] = minmax_range(self.weight_ranges.get(wrapper.name), x)
+        else:
+            self.all_observers[wrapper.name][kind](x.detach().cpu())
+
+    def _observe(self, x: Tensor, wrapper: QuantizerModuleWrapper, kind: str) -> Tensor:
+        """Before :meth:`compress`: record ``x`` and return it; after: ``x`` fake-quantized."""
+        if self.compressed:
+            return fake_quantize(x, _stored(wrapper.module, kind))
+        self._record(wrapper, kind, x)
+        return x
+
+    def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        return self._observe(wrapper.module.weight, wrapper, "weight")
+
+    def quantize_input(self, inputs: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        return self._observe(inputs, wrapper, "input")
+
+    def quantize_output(self, output: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
+        return self._observe(output, wrapper, "output")
+
+    def compress(self) -> nn.Module:
+        """Fix scales and zero points from the calibration data; later forwards are quantized."""
+        for w in self.modules_wrapper:
+            for kind in w.quant_config.specs:
+                if kind == "weight" and w.name not in self.weight_ranges:
+                    self._record(w, "weight", w.module.old_weight.detach())
+                qp = self._qparams(w.name, kind)
+                w.module.register_buffer(f"{kind}_scale", qp.scale.reshape(1).to(self.device))
+                w.module.register_buffer(f"{kind}_zero_point", qp.zero_point.reshape(1).to(self.device))
+        self.compressed = True
+        return self.bound_model
+
+    def _restore_module(self, module: nn.Module) -> None:
+        quantized = None
+        if self.compressed and isinstance(getattr(module, "old_weight", None), nn.Parameter):
+            quantized = fake_quantize(module.old_weight.detach(), _stored(module, "weight"))
+        super()._restore_module(module)
+        if quantized is not None:  # NNI exports the fake-quantized weights
+            module.weight.data.copy_(quantized)
+
+    def _calibration_config(self) -> dict[str, dict[str, Any]]:
+        config: dict[str, dict[str, Any]] = {}
+        if not self.compressed:  # nothing calibrated yet
+            return config
+        for w in self.modules_wrapper:
+            m, entry = w.module, {}
+            for kind in w.quant_config.specs:
+                scale, zp = getattr(m, f"{kind}_scale"), getattr(m, f"{kind}_zero_point")
+                qmin, qmax = getattr(m, f"{kind}_qmin"), getattr(m, f"{kind}_qmax")
+                entry[f"{kind}_bits"] = 8
+                entry[f"tracked_min_{kind}"] = float(scale * (qmin - zp))  # float32, as NNI computes it
+                entry[f"tracked_max_{kind}"] = float(scale * (qmax - zp))
+                entry[f"tracked_qmin_{kind}"], entry[f"tracked_qmax_{kind}"] = qmin, qmax
+            if entry:
+                config[w.name] = entry
+        return config
+
+    def _onnx_plan(self) -> OnnxPlan:
+        if not self.compressed:  # nothing calibrated yet
+            return OnnxPlan()
+        plan: dict[str, dict[str, QuantParams]] = {"weight": {}, "input": {}, "output": {}}
+        for w in self.modules_wrapper:
+            for kind in w.quant_config.specs:
+                plan[kind][f"{w.name}.weight" if kind == "weight" else w.name] = _stored(w.module, kind)
+        return OnnxPlan(weights=plan["weight"], inputs=plan["input"], outputs=plan["output"])
+
+
+
+def _stored(module: nn.Module, kind: str) -> QuantParams:
+    """The per-tensor parameters :meth:`ObserverQuantizer.compress` stored on ``module`` for ``kind``."""
+    return QuantParams(getattr(module, f"{kind}_scale").reshape(()), getattr(module, f"{kind}_zero_point").reshape(()),
+                       getattr(module, f"{kind}_qmin"), getattr(module, f"{kind}_qmax"))

@@ -1,0 +1,316 @@
+"""How channel dim 1 flows through each op, for the dependency analyses.
+
+:class:`Kind` names the ways an op can pass its inputs' channels to its output, ``_KINDS`` maps
+op names (function, method or module class along the MRO) to a kind, and :func:`_kind` looks a
+node up (unknown ops are RESHAPE, NNI's behaviour). Per kind, ``_FLOW`` gives the inputs whose
+channels reach the output (element-wise ops: those not broadcast along the channel dim; views and
+reductions: those with as many channels as the output) and ``_JOINS`` the operands whose channels
+meet and so must agree. :func:`~purecompress.graph.channel_dependency` walks the graph
+with them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import TensorMetadata
+
+from purecompress.graph._capture import PRODUCER_TYPES, capture, is_captured
+
+__all__ = [
+    "Kind",
+    "channel_dependency",
+    "group_dependency",
+]
+
+
+# The dependency analyses' logger: its records keep the name they had before this module split off.
+log = logging.getLogger("purecompress.graph")
+
+
+
+class Kind(enum.Enum):
+    """How an op passes the channel dim (dim 1) of its inputs to its output."""
+
+    KEEP = "keep"  # element-wise or channel-wise: output channel i comes from input channel i
+    MERGE = "merge"  # KEEP, and its operands' channels must agree (add, mul, ...)
+    RESHAPE = "reshape"  # passes channels when dim 1 keeps its size (views, reductions)
+    FIRST = "first"  # RESHAPE of the first argument; the others give a shape or dtype
+    CAT = "cat"  # RESHAPE, and a dependency when it joins off the channel dim
+    STACK = "stack"  # a dependency always (stacked tensors have one shape)
+    MIX = "mix"  # every output channel mixes input channels: the search stops
+
+
+
+def _table(kind: Kind, names: str) -> dict[str, Kind]:
+    return dict.fromkeys(names.split(), kind)
+
+
+
+# Keys: function __name__ (torch.*, F.*, operator.*), method name, or module class name (the
+# first hit along the class's MRO). Anything else is RESHAPE, NNI's behaviour for unknown ops.
+_KINDS: dict[str, Kind] = {
+    **_table(Kind.KEEP, """
+        relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu celu gelu silu mish hardtanh
+        hardtanh_ hardswish hardsigmoid sigmoid sigmoid_ tanh tanh_ softplus softsign logsigmoid
+        prelu rrelu threshold softmax log_softmax abs neg exp log sqrt rsqrt square pow clamp
+        clamp_ clip sign reciprocal pos contiguous clone detach float half
+        dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
+        batch_norm instance_norm group_norm layer_norm local_response_norm normalize
+        max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d lp_pool2d
+        adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d
+        adaptive_max_pool2d adaptive_max_pool3d interpolate upsample pad
+        ReLU ReLU6 LeakyReLU PReLU ELU SELU CELU GELU SiLU Mish Hardtanh Hardswish Hardsigmoid
+        Sigmoid Tanh Softplus Softsign LogSigmoid RReLU Threshold Softmax LogSoftmax Softmax2d
+        Identity _DropoutNd AlphaDropout _NormBase GroupNorm LayerNorm LocalResponseNorm
+        _MaxPoolNd _AvgPoolNd _AdaptiveAvgPoolNd _AdaptiveMaxPoolNd LPPool2d Upsample
+        _ConstantPadNd _ReflectionPadNd _ReplicationPadNd _CircularPadNd
+    """),
+    **_table(Kind.MERGE, """
+        add add_ iadd radd sub sub_ isub rsub subtract mul mul_ imul multiply div div_ itruediv
+        truediv divide true_divide floordiv floor_divide addcmul addcmul_ addcdiv addcdiv_
+        maximum minimum where logical_and logical_or logical_xor
+    """),
+    **_table(Kind.RESHAPE, """
+        view reshape flatten squeeze unsqueeze permute transpose expand getitem mean sum amax
+        amin split chunk pixel_shuffle Flatten Unflatten
+    """),
+    **_table(Kind.FIRST, "to type_as expand_as view_as reshape_as"),
+    "cat": Kind.CAT, "concat": Kind.CAT, "concatenate": Kind.CAT, "stack": Kind.STACK,
+    **_table(Kind.MIX, "linear conv1d conv2d conv3d matmul mm bmm einsum bilinear Bilinear"),
+}  # fmt: skip
+
+
+
+def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> Kind:
+    if node.op == "call_module":
+        names = [cls.__name__ for cls in type(modules[node.target]).__mro__]
+    elif node.op == "call_method":
+        names = [node.target]
+    elif node.op == "call_function":
+        names = [getattr(node.target, "__name__", "")]
+    else:  # placeholder, get_attr, output: no producer behind them
+        return Kind.MIX
+    kind = next((_KINDS[n] for n in names if n in _KINDS), None)
+    if kind is None:
+        log.debug("unknown op %s: channels pass when dim 1 keeps its size", names[0])
+    return Kind.RESHAPE if kind is None else kind
+
+
+
+def _channels(node: fx.Node) -> int | None:
+    """Size of dim 1 of the node's tensor; for a multi-output op (split, max) its input's."""
+    meta = node.meta.get("tensor_meta")
+    if isinstance(meta, TensorMetadata):
+        return meta.shape[1] if len(meta.shape) > 1 else None
+    if meta is not None and node.all_input_nodes:
+        return _channels(node.all_input_nodes[0])
+    return None
+
+
+
+def _keep(node: fx.Node) -> list[fx.Node]:
+    """Tensor inputs whose channels reach the output: not broadcast along it, not resized."""
+    out = node.meta.get("tensor_meta")
+    if not isinstance(out, TensorMetadata) or len(out.shape) < 2:
+        return node.all_input_nodes
+    kept = []
+    for x in node.all_input_nodes:
+        meta = x.meta.get("tensor_meta")
+        axis = len(meta.shape) - len(out.shape) + 1 if isinstance(meta, TensorMetadata) else -1
+        if axis >= 0 and meta.shape[axis] == out.shape[1]:  # dim 1 of the output, right-aligned
+            kept.append(x)
+    return kept
+
+
+
+def _reshape(node: fx.Node) -> list[fx.Node]:
+    """Inputs with as many channels as the output (NNI's ``reshape_break_channel_dependency``)."""
+    out = _channels(node)
+    return [x for x in node.all_input_nodes if out is not None and _channels(x) == out]
+
+
+
+def _first(node: fx.Node) -> list[fx.Node]:
+    """The first argument, when it has as many channels as the output (``x.expand_as(y)``)."""
+    return [x for x in _reshape(node) if node.args and x is node.args[0]]
+
+
+
+def _cat_dim(node: fx.Node) -> int | None:
+    """The normalised dim a cat joins on, or None when it has no known shape."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    meta = node.meta.get("tensor_meta")
+    if not isinstance(meta, TensorMetadata) or not isinstance(dim, int):
+        return None
+    return dim % len(meta.shape)
+
+
+
+_FLOW: dict[Kind, Callable[[fx.Node], list[fx.Node]]] = {
+    Kind.KEEP: _keep,
+    Kind.MERGE: _keep,
+    Kind.RESHAPE: _reshape,
+    Kind.FIRST: _first,
+    Kind.CAT: _reshape,
+    Kind.STACK: _reshape,
+    Kind.MIX: lambda node: [],
+}
+
+
+# The operands whose channels meet at an op and so must agree.
+_JOINS: dict[Kind, Callable[[fx.Node], list[fx.Node]]] = {
+    Kind.MERGE: _keep,
+    Kind.CAT: lambda node: node.all_input_nodes if _cat_dim(node) != 1 else [],
+    Kind.STACK: lambda node: node.all_input_nodes,
+}
+
+
+
+def _graph(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[Any]) -> fx.GraphModule:
+    if example_inputs is not None:
+        return capture(model, example_inputs, leaf_modules=leaf_modules)
+    if is_captured(model):
+        return model  # type: ignore[return-value]
+    raise TypeError("example_inputs is required unless model is a graph returned by capture()")
+
+
+
+def _producer(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    if node.op == "call_module" and isinstance(modules[node.target], PRODUCER_TYPES):
+        return str(node.target)
+    return None
+
+
+
+def _find(parent: dict[str, str], x: str) -> str:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+
+def channel_dependency(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+) -> list[tuple[str, ...]]:
+    """Sets of layers whose output channels must share one mask (NNI's ``ChannelDependency``).
+
+    Args:
+        model: the model (not modified), or a graph returned by :func:`capture`.
+        example_inputs: inputs for :func:`capture` (a tensor such as ``[1, 3, H, W]``, a tuple
+            or a dict); omit it when ``model`` is already a captured graph.
+        leaf_modules: passed to :func:`capture`.
+
+    Returns:
+        A partition of the producer layers (Conv*, ConvTranspose*, Linear) called in the graph,
+        by module name: a layer with no dependency is a 1-tuple, as in NNI's
+        ``dependency_sets``. Sets are ordered by the graph position of their first member,
+        members by graph position.
+
+    >>> import torch
+    >>> class Residual(nn.Module):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+    ...     def forward(self, x):
+    ...         y = self.a(x)
+    ...         return y + self.b(y).relu()
+    >>> channel_dependency(Residual(), torch.zeros(1, 3, 4, 4))
+    [('a', 'b')]
+    """
+    gm = _graph(model, example_inputs, leaf_modules)
+    modules = dict(gm.named_modules())
+    parent: dict[str, str] = {}  # union-find over producer names; roots are earliest members
+    rank: dict[str, int] = {}  # graph position of each producer's first call
+    sources: dict[fx.Node, frozenset[str]] = {}  # nearest producers whose channels reach a node
+    for node in gm.graph.nodes:
+        name = _producer(node, modules)
+        if name is not None:
+            parent.setdefault(name, name)
+            rank.setdefault(name, len(rank))
+            sources[node] = frozenset((name,))
+            continue
+        kind = _kind(node, modules)
+        sources[node] = frozenset().union(*(sources[x] for x in _FLOW[kind](node)))
+        joins = _JOINS.get(kind)
+        if joins is not None:
+            met = frozenset().union(*(sources[x] for x in joins(node)))
+            roots = sorted({_find(parent, x) for x in met}, key=rank.__getitem__)
+            for root in roots[1:]:
+                parent[root] = roots[0]
+    groups: dict[str, list[str]] = {}
+    for name in parent:
+        groups.setdefault(_find(parent, name), []).append(name)
+    return [tuple(members) for members in groups.values()]
+
+
+
+_GROUPED = (*(t for t in PRODUCER_TYPES if t is not nn.Linear), nn.GroupNorm)
+
+
+
+def _group_count(module: nn.Module) -> int:
+    if isinstance(module, nn.GroupNorm):
+        return module.num_groups
+    if module.out_channels == module.groups:  # depthwise: no extra constraint (NNI)
+        return 1
+    return module.groups
+
+
+
+def group_dependency(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+) -> dict[str, int]:
+    """Per layer, the number its output channel count must stay divisible by (NNI's
+    ``GroupDependency``).
+
+    Every conv gets its own ``groups`` (1 when depthwise, i.e. ``groups == out_channels``); a
+    grouped conv or GroupNorm with ``g > 1`` groups also requires ``g`` of the nearest producer
+    layers feeding it, found through any op. A layer constrained several times gets the lcm.
+
+    Args:
+        model: the model (not modified), or a graph returned by :func:`capture`.
+        example_inputs: inputs for :func:`capture`; omit when ``model`` is a captured graph.
+        leaf_modules: passed to :func:`capture`.
+
+    Returns:
+        ``{module name: group count}`` for every conv and GroupNorm called in the graph and every
+        producer a grouped layer constrains, in graph order.
+
+    >>> import torch
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=4))
+    >>> group_dependency(net, torch.zeros(1, 3, 4, 4))
+    {'0': 4, '2': 4}
+    """
+    gm = _graph(model, example_inputs, leaf_modules)
+    modules = dict(gm.named_modules())
+    sources: dict[fx.Node, frozenset[str]] = {}
+    counts: dict[str, list[int]] = {}
+    for node in gm.graph.nodes:
+        feeding = frozenset().union(*(sources[x] for x in node.all_input_nodes))
+        name = _producer(node, modules)
+        if name is not None:
+            sources[node] = frozenset((name,))
+        else:  # like NNI, through any op, but not through shape arithmetic (x.size(), ...)
+            sources[node] = feeding if "tensor_meta" in node.meta else frozenset()
+        if node.op != "call_module" or not isinstance(modules[node.target], _GROUPED):
+            continue
+        groups = _group_count(modules[node.target])
+        counts.setdefault(str(node.target), []).append(groups)
+        if groups > 1:
+            for parent in sorted(feeding):
+                counts.setdefault(parent, []).append(groups)
+    return {name: math.lcm(*values) for name, values in counts.items()}

@@ -1,0 +1,1119 @@
+"""Channel analysis on a captured graph, and :func:`propagate`: which channels of a masked model are
+dead, and the masks (and compact-model plan) that follow from them.
+
+A reference run records every op of the model on the example input; each op kind says how channels
+flow through it (elementwise, structural reshapes, reductions, joins); the liveness pass marks a
+channel dead when the masks zero it everywhere it is read; :func:`propagate` masks every such
+channel (BN, consumers' inputs) and :func:`channel_plan` records, per layer, which channels a
+compact model keeps and the constants of pruned channels to fold into the next bias.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import optree
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from purecompress.graph._capture import capture
+from purecompress.graph._replace import ChannelSlice, Replacement, replacement_for
+from purecompress.pruning import Mask, Masks, params_of
+
+__all__ = [
+    "Analysis",
+    "Call",
+    "ChannelPlan",
+    "Classes",
+    "EXACT_TOL",
+    "EmptyLayerError",
+    "FIRST_ONLY",
+    "Liveness",
+    "ShrinkError",
+    "Track",
+    "UnbalancedGroupsError",
+    "analyse",
+    "channel_plan",
+    "kind_of",
+    "liveness",
+    "op_name",
+    "propagate",
+    "trace_channels",
+]
+
+
+
+def _table(kind: str, names: str) -> dict[str, str]:
+    return dict.fromkeys(names.split(), kind)
+
+
+
+# Keys: function __name__, method name, or a module class name along the MRO.
+_KINDS: dict[str, str] = {
+    **_table("elementwise", """
+        relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu celu gelu silu mish hardtanh
+        hardtanh_ hardswish hardsigmoid sigmoid sigmoid_ tanh tanh_ softplus softsign logsigmoid
+        rrelu threshold abs neg exp log sqrt rsqrt square pow clamp clamp_ clip sign reciprocal
+        contiguous clone detach float half double to type_as dropout dropout1d dropout2d dropout3d
+        alpha_dropout feature_alpha_dropout add add_ iadd radd sub sub_ isub rsub subtract mul
+        mul_ imul multiply div div_ itruediv truediv divide true_divide floordiv floor_divide
+        addcmul addcdiv maximum minimum where gt lt ge le eq ne sin cos erf
+        ReLU ReLU6 LeakyReLU ELU SELU CELU GELU SiLU Mish Hardtanh Hardswish Hardsigmoid
+        Sigmoid Tanh Softplus Softsign LogSigmoid RReLU Threshold Identity _DropoutNd AlphaDropout
+        Tanhshrink Softshrink Hardshrink PReLU
+    """),
+    **_table("batchnorm", "_BatchNorm batch_norm"),
+    **_table("instancenorm", "_InstanceNorm instance_norm"),
+    **_table("groupnorm", "GroupNorm group_norm"),
+    **_table("layernorm", "LayerNorm layer_norm RMSNorm rms_norm"),
+    **_table("softmax", "softmax log_softmax softmin normalize Softmax LogSoftmax Softmin"),
+    **_table("spatial", """
+        max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d
+        adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d
+        adaptive_max_pool3d interpolate upsample pad _MaxPoolNd _AvgPoolNd _AdaptiveAvgPoolNd
+        _AdaptiveMaxPoolNd Upsample _ConstantPadNd _ReflectionPadNd _ReplicationPadNd
+        _CircularPadNd
+    """),
+    **_table("index", """
+        view reshape flatten unflatten squeeze unsqueeze permute transpose t movedim expand
+        expand_as repeat getitem split chunk unbind narrow select flip roll pixel_shuffle
+        pixel_unshuffle Flatten Unflatten PixelShuffle PixelUnshuffle cat concat concatenate stack
+    """),
+    **_table("reduce", "mean sum amax amin nansum nanmean logsumexp"),
+    **_table("functional_layer", "linear conv1d conv2d conv3d conv_transpose1d conv_transpose2d"),
+}  # fmt: skip
+
+
+#: Element-wise ops whose later tensor arguments give only a dtype or device (no data).
+FIRST_ONLY = {"type_as", "to"}
+
+
+
+def kind_of(
+    node: fx.Node, modules: Mapping[str, nn.Module], extra: Mapping[type[nn.Module], Replacement] | None = None
+) -> str:
+    """The op kind of ``node``: a key of the table above, ``'producer'``, ``'channelwise'``,
+    ``'unknown'``, or the node's op for placeholders, get_attr and output."""
+    if node.op in ("placeholder", "get_attr", "output"):
+        return node.op
+    if node.op == "call_module":
+        module = modules[str(node.target)]
+        names = [cls.__name__ for cls in type(module).__mro__]
+        named = next((_KINDS[n] for n in names if n in _KINDS), None)
+        if named in ("batchnorm", "instancenorm", "groupnorm"):
+            return named
+        entry = replacement_for(module, extra)
+        if entry is not None:
+            return entry.kind
+    else:
+        names = [op_name(node)]
+    return next((_KINDS[n] for n in names if n in _KINDS), "unknown")
+
+
+
+def op_name(node: fx.Node) -> str:
+    """Function or method name of a call node."""
+    return str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+
+
+
+
+#: Element-wise ops whose output is zero wherever one of their factors is.
+_ZERO_KILL = {"mul", "mul_", "imul", "multiply"}
+
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, Tensor)
+
+
+
+def _broadcasts(a: torch.Size, b: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(a, b) == b
+    except RuntimeError:
+        return False
+
+
+
+def _tensor_inputs(node: fx.Node, values: Mapping[fx.Node, Any]) -> list[fx.Node]:
+    return [n for n in node.all_input_nodes if _is_tensor(values[n])]
+
+
+
+def _call(node: fx.Node, modules: Mapping[str, nn.Module], args: tuple, kwargs: dict) -> Any:
+    if node.op == "call_module":
+        return modules[str(node.target)](*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)
+
+
+
+def _substitute(node: fx.Node, values: Mapping[fx.Node, Any], env: Mapping[fx.Node, Any]) -> tuple:
+    args = fx.node.map_arg(node.args, lambda n: env.get(n, values[n]))
+    kwargs = fx.node.map_arg(node.kwargs, lambda n: env.get(n, values[n]))
+    return args, kwargs
+
+
+
+def _data_inputs(node: fx.Node, values: Mapping[fx.Node, Any]) -> list[fx.Node]:
+    """The inputs whose elements flow to the output (the first argument; every cat operand)."""
+    first = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+    nodes: list[fx.Node] = []
+    fx.node.map_arg(first, nodes.append)
+    return [n for n in nodes if _is_tensor(values[n]) or isinstance(values[n], (tuple, list))]
+
+
+
+def _mean_dims(node: fx.Node, args: tuple, kwargs: dict) -> Tensor:
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = args[2] if len(args) > 2 and isinstance(args[2], bool) else kwargs.get("keepdim", False)
+    if dim is None:
+        return args[0].mean()
+    return args[0].mean(dim, keepdim=bool(keepdim))
+
+
+
+_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+
+def _avg_for_max(node: fx.Node, module: nn.Module | None, args: tuple, kwargs: dict) -> Tensor | None:
+    """An average pool with the windows of a max pool (None when dilated or returning indices)."""
+    x = args[0]
+    if module is not None:
+        if isinstance(module, nn.modules.pooling._AdaptiveMaxPoolNd):
+            return getattr(F, f"adaptive_avg_pool{x.dim() - 2}d")(x, module.output_size)
+        opts = dict(
+            kernel_size=module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            ceil_mode=module.ceil_mode,
+            return_indices=module.return_indices,
+        )
+    else:
+        name = op_name(node)
+        if name.startswith("adaptive"):
+            size = args[1] if len(args) > 1 else kwargs["output_size"]
+            return getattr(F, f"adaptive_avg_pool{x.dim() - 2}d")(x, size)
+        opts = {**dict(zip(_POOL_ARGS[1:], args[1:])), **kwargs}
+    if opts.get("return_indices") or opts.get("dilation", 1) not in (1, (1,) * (x.dim() - 2), [1] * (x.dim() - 2)):
+        return None
+    pool = getattr(F, f"avg_pool{x.dim() - 2}d")
+    return pool(
+        x,
+        opts["kernel_size"],
+        opts.get("stride") or opts["kernel_size"],
+        opts.get("padding", 0),
+        ceil_mode=bool(opts.get("ceil_mode", False)),
+        count_include_pad=True,
+    )
+
+
+
+def _any_over(x: Tensor, dims: list[int], shape: torch.Size) -> Tensor:
+    return x.sum(dims, keepdim=True).expand(shape) if dims else x
+
+
+
+def _gamma(module: nn.Module | None, shape: torch.Size, dim: int = 1) -> Tensor | float:
+    weight = getattr(module, "weight", None) if module is not None else None
+    if weight is None:
+        return 1.0
+    view = [1] * len(shape)
+    view[dim] = -1
+    return (weight.detach() != 0).float().reshape(view) if weight.dim() == 1 else (weight.detach() != 0).float()
+
+
+
+def _structural(
+    node: fx.Node,
+    kind: str,
+    modules: Mapping[str, nn.Module],
+    values: Mapping[fx.Node, Any],
+    varies: Mapping[fx.Node, Any],
+) -> tuple[Callable[..., Any], list[fx.Node]]:
+    """The structural map of one node and the input nodes it takes (in order)."""
+    out = values[node]
+    module = modules[str(node.target)] if node.op == "call_module" else None
+    shape = out.shape if _is_tensor(out) else None
+    if kind in ("elementwise", "channelwise"):
+        inputs = [n for n in _tensor_inputs(node, values) if _broadcasts(values[n].shape, shape)]
+        if op_name(node) in FIRST_ONLY:
+            inputs = inputs[:1]
+        kill: Tensor | float = 1.0
+        if op_name(node) in _ZERO_KILL or node.target is operator.mul:
+            zero = torch.zeros(shape, dtype=torch.bool, device=out.device)
+            for n in inputs:
+                zero = zero | ((varies[n] == 0) & (values[n] == 0)).expand(shape)
+            if any(isinstance(a, (int, float)) and a == 0 for a in node.args):
+                zero = torch.ones(shape, dtype=torch.bool, device=out.device)
+            kill = (~zero).float()
+
+        def fn(*xs: Tensor) -> Tensor:
+            total = torch.zeros(shape, device=out.device)
+            for x in xs:
+                total = total + x.expand(shape)
+            return total * kill
+
+        return fn, inputs
+    inputs = _data_inputs(node, values)
+    if kind == "producer" and isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        return _conv_channels(module, shape), inputs[:1]
+    if kind == "producer" and module is not None:
+        binary = {k: (v.detach() != 0).float() for k, v in module.named_parameters(recurse=False)}
+        if "bias" in binary:
+            binary["bias"] = torch.zeros_like(binary["bias"])
+        return lambda x: torch.func.functional_call(module, binary, (x,)), inputs[:1]
+    if kind == "batchnorm" and module is not None:
+        gamma = _gamma(module if module.affine else None, shape)
+        return lambda x: x * gamma, inputs[:1]
+    if kind in ("instancenorm", "groupnorm", "layernorm", "softmax") and module is not None:
+        return _statistics(kind, module, node, shape), inputs[:1]
+    if kind in ("index", "spatial", "reduce"):
+
+        def fn(*xs: Tensor) -> Any:
+            args, kwargs = _substitute(node, values, dict(zip(inputs, xs)))
+            if kind == "reduce":
+                return _mean_dims(node, args, kwargs)
+            if "max" in op_name(node) or isinstance(
+                module, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+            ):
+                pooled = _avg_for_max(node, module, args, kwargs)
+                if pooled is not None:
+                    return pooled
+                return args[0].sum(list(range(2, args[0].dim())), keepdim=True).expand(shape)
+            return _call(node, modules, args, kwargs)
+
+        return fn, inputs
+    inputs = _tensor_inputs(node, values)
+
+    def everything(*xs: Tensor) -> Any:
+        total = sum((x.sum() for x in xs), torch.zeros((), device=xs[0].device if xs else None))
+        return optree.tree_map(lambda v: torch.ones(v.shape, device=v.device) * total if _is_tensor(v) else v, out)
+
+    return everything, inputs
+
+
+
+def _conv_channels(module: nn.Module, shape: torch.Size) -> Callable[[Tensor], Tensor]:
+    """A conv at channel level: output channel ``o`` depends on input channel ``c`` wherever the
+    kernel ``w[o, c]`` has a non-zero tap. Conservative (a constant border or a pixel a stride
+    skips counts as varying / used) and far cheaper than a structural conv."""
+    taps = (module.weight.detach() != 0).flatten(2).any(-1).float()  # [O, C / groups]
+    links = torch.block_diag(*taps.chunk(module.groups))  # [O, C]
+    view = (shape[0], shape[1], *([1] * (len(shape) - 2)))
+
+    def fn(x: Tensor) -> Tensor:
+        channels = x.mean(list(range(2, x.dim()))) if x.dim() > 2 else x
+        return (channels @ links.T).reshape(view).expand(shape)
+    return fn
+
+
+
+def _statistics(kind: str, module: nn.Module, node: fx.Node, shape: torch.Size) -> Callable[[Tensor], Tensor]:
+    """Maps for ops that normalise over groups of elements: each depends on its whole group."""
+    ndim = len(shape)
+    if kind == "instancenorm":
+        gamma = _gamma(module if module.affine else None, shape)
+        return lambda x: _any_over(x, list(range(2, ndim)), shape) * gamma
+    if kind == "groupnorm":
+        gamma = _gamma(module if module.affine else None, shape)
+        groups = module.num_groups
+        return lambda x: (
+            x.reshape(shape[0], groups, -1)
+            .sum(-1, keepdim=True)
+            .expand(shape[0], groups, x[0].numel() // groups)
+            .reshape(shape)
+            * gamma
+        )
+    if kind == "layernorm":
+        k = len(module.normalized_shape)
+        weight = getattr(module, "weight", None)
+        gamma = (weight.detach() != 0).float() if weight is not None else 1.0
+        return lambda x: _any_over(x, list(range(ndim - k, ndim)), shape) * gamma
+    dim = module.dim if module.dim is not None else 1
+    return lambda x: _any_over(x, [dim % ndim], shape)
+
+
+
+@attrs.frozen
+class Track:
+    """Attributes: cd, the channel dim; ids, ``[C]`` class ids (-1: no class)."""
+
+    cd: int
+    ids: Tensor
+
+
+
+class Classes:
+    """Union-find over channel classes with a blocked flag per root."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.blocked: list[bool] = []
+
+    def new(self, n: int) -> Tensor:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        self.blocked.extend([False] * n)
+        return torch.arange(start, start + n)
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def block(self, ids: Tensor) -> None:
+        for i in ids.tolist():
+            if i >= 0:
+                self.blocked[self.find(i)] = True
+
+    def union(self, a: Tensor, b: Tensor) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            if x < 0 or y < 0:
+                self.block(torch.tensor([x, y]))
+                continue
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[ry] = rx
+                self.blocked[rx] = self.blocked[rx] or self.blocked[ry]
+
+    def removed(self, ids: Tensor) -> Tensor:
+        """``[C]`` bool: the channels whose class is removed (not blocked)."""
+        return torch.tensor([i >= 0 and not self.blocked[self.find(i)] for i in ids.tolist()], dtype=torch.bool)
+
+
+
+@attrs.define
+class Call:
+    """A call of a module from the replacement table (the first call, for reused modules)."""
+
+    node: fx.Node
+    kind: str
+    tin: Track | None
+    tout: Track | None
+    c_in: int
+    c_out: int
+    cd_in: int
+    cd_out: int
+    depthwise: bool = False
+
+
+
+def _binary(tree: Any) -> Any:
+    return optree.tree_map(lambda v: (v != 0).float() if _is_tensor(v) else v, tree)
+
+
+
+class Liveness:
+    """``varies`` and ``used`` indicators (float 0/1, the shape of each node's value).
+
+    Attributes:
+        values: node -> value in the reference run (tensors, tuples of tensors, python values).
+        varies: node -> where the value depends on the model's input.
+        used: node -> where the value can change the model's output.
+        kinds: node -> op kind (see :func:`kind_of`).
+    """
+
+    def __init__(self, values: dict, varies: dict, used: dict, kinds: dict) -> None:
+        self.values, self.varies, self.used, self.kinds = values, varies, used, kinds
+
+    def dead(self, node: fx.Node, dim: int) -> Tensor:
+        """``[C]`` bool: channels of ``node`` along ``dim`` that are constant or unused everywhere."""
+        live = (self.varies[node] * self.used[node]) != 0
+        dims = [d for d in range(live.dim()) if d != dim % live.dim()]
+        return ~live.any(dim=dims) if dims else ~live
+
+
+
+def liveness(
+    gm: fx.GraphModule, values: dict[fx.Node, Any], extra: Mapping[type[nn.Module], Replacement] | None = None
+) -> Liveness:
+    """Run the forward (varies) and backward (used) passes over a graph and its reference values.
+
+    Args:
+        gm: a graph from :func:`~purecompress.graph`; its modules hold the weights
+            (masked) whose zeros are structural.
+        values: every node's value on the example inputs.
+        extra: extra replacement-table entries (they give the kinds of custom modules).
+    """
+    modules = dict(gm.named_modules())
+    varies: dict[fx.Node, Any] = {}
+    kinds: dict[fx.Node, str] = {}
+    pullbacks: dict[fx.Node, tuple[list[fx.Node], Callable[..., Any]]] = {}
+    outputs: list[fx.Node] = []
+    for node in gm.graph.nodes:
+        value = values.get(node)
+        kinds[node] = kind = kind_of(node, modules, extra)
+        if node.op == "output":
+            fx.node.map_arg(node.args, outputs.append)
+            continue
+        if not optree.tree_leaves(value) or not any(_is_tensor(v) for v in optree.tree_leaves(value)):
+            continue
+        if node.op in ("placeholder", "get_attr"):
+            fill = 1.0 if node.op == "placeholder" else 0.0
+            varies[node] = optree.tree_map(
+                lambda v, f=fill: torch.full(v.shape, f, device=v.device) if _is_tensor(v) else v, value)
+            continue
+        fn, inputs = _structural(node, kind, modules, values, varies)
+        inputs = [n for n in inputs if n in varies]
+        with torch.no_grad():
+            if inputs:
+                out, pullback = torch.func.vjp(fn, *(varies[n] for n in inputs))
+                pullbacks[node] = (inputs, pullback)
+            else:
+                out = optree.tree_map(lambda v: torch.zeros(v.shape, device=v.device) if _is_tensor(v) else v, value)
+        varies[node] = _binary(out)
+    used = {n: optree.tree_map(lambda v: torch.zeros_like(v) if _is_tensor(v) else v, v) for n, v in varies.items()}
+    for n in outputs:
+        if n in used:
+            used[n] = optree.tree_map(lambda v: torch.ones_like(v) if _is_tensor(v) else v, used[n])
+    for node in reversed(gm.graph.nodes):
+        if node not in pullbacks:
+            continue
+        inputs, pullback = pullbacks[node]
+        if not any(bool(v.any()) for v in optree.tree_leaves(used[node]) if _is_tensor(v)):
+            continue
+        with torch.no_grad():
+            grads = pullback(used[node])
+        for n, g in zip(inputs, grads):
+            used[n] = optree.tree_map(lambda u, d: ((u != 0) | (d != 0)).float() if _is_tensor(u) else u, used[n], g)
+    return Liveness(values, varies, used, kinds)
+
+
+
+def _tracks_in(arg: Any, tracks: Mapping[fx.Node, Any]) -> list[Track]:
+    found: list[Track] = []
+
+    def visit(n: fx.Node) -> None:
+        t = tracks.get(n)
+        stack = [t]
+        while stack:
+            x = stack.pop()
+            if isinstance(x, Track):
+                found.append(x)
+            elif isinstance(x, (tuple, list)):
+                stack.extend(x)
+
+    fx.node.map_arg(arg, visit)
+    return found
+
+
+
+_LITERAL_SHAPE_OPS = {"view", "reshape", "unflatten", "expand", "repeat", "Unflatten"}
+
+
+
+def _literals(args: Any) -> set[int]:
+    out: set[int] = set()
+    stack = [args]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, (tuple, list)):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, int) and not isinstance(x, bool):
+            out.add(x)
+    return out
+
+
+
+def _follow(result: Tensor, track: Track, node: fx.Node) -> Track | None:
+    """Where the channel indices went in ``result`` (None: not traceable in order)."""
+    varying = [
+        d for d in range(result.dim()) if result.shape[d] > 1 and not bool((result == result.narrow(d, 0, 1)).all())
+    ]
+    if len(varying) != 1:
+        return None
+    d = varying[0]
+    index = [0] * result.dim()
+    index[d] = slice(None)
+    vals = result[tuple(index)]
+    if not bool((vals == vals.round()).all()):
+        return None
+    vals = vals.long()
+    counts = torch.bincount(vals, minlength=track.ids.numel()) if vals.min() >= 0 else None
+    if counts is None or counts.numel() != track.ids.numel() or not bool((counts == counts[0]).all()):
+        return None
+    if not bool((vals[1:] >= vals[:-1]).all()):
+        return None
+    if op_name(node) in _LITERAL_SHAPE_OPS and result.shape[d] in _literals(node.args[1:]) | _literals(node.kwargs):
+        return None
+    return Track(d, track.ids[vals])
+
+
+
+def _merge(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, classes: Classes) -> Track | None:
+    r = value.dim()
+    tensors = [n for n in node.all_input_nodes if isinstance(values[n], Tensor)]
+    if op_name(node) in FIRST_ONLY:
+        tensors = tensors[:1]
+    tracked = [(n, tracks[n]) for n in tensors if isinstance(tracks.get(n), Track)]
+    if not tracked:
+        return None
+    cds = {t.cd + r - values[n].dim() for n, t in tracked}
+    sizes = {values[n].shape[t.cd] for n, t in tracked}
+    if len(cds) != 1 or sizes != {value.shape[next(iter(cds))]}:
+        for _, t in tracked:
+            classes.block(t.ids)
+        return None
+    cd = cds.pop()
+    out = Track(cd, tracked[0][1].ids.clone())
+    for _, t in tracked[1:]:
+        classes.union(out.ids, t.ids)
+    for n in tensors:
+        if isinstance(tracks.get(n), Track):
+            continue
+        pos = cd - (r - values[n].dim())
+        if pos >= 0 and values[n].shape[pos] != 1:  # a full-channel operand that has no class
+            classes.block(out.ids)
+    return out
+
+
+
+def _cat(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, classes: Classes) -> Track | None:
+    parts = node.args[0] if node.args else node.kwargs["tensors"]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    dim %= value.dim()
+    ts = [tracks.get(n) if isinstance(tracks.get(n), Track) else None for n in parts]
+    if all(t is not None and t.cd == dim for t in ts if t is not None) and any(t is not None for t in ts):
+        ids = [t.ids if t is not None else torch.full((values[n].shape[dim],), -1) for t, n in zip(ts, parts)]
+        return Track(dim, torch.cat(ids))
+    return _merge(node, value, values, tracks, classes) if None not in ts else _block_all(node, tracks, classes)
+
+
+
+def _block_all(node: fx.Node, tracks: Mapping, classes: Classes) -> None:
+    for t in _tracks_in((node.args, node.kwargs), tracks):
+        classes.block(t.ids)
+    return None
+
+
+
+def _index(node: fx.Node, modules: Mapping, live: Liveness, tracks: Mapping, classes: Classes) -> Any:
+    values = live.values
+    first = node.args[0] if node.args else None
+    if isinstance(first, fx.Node) and isinstance(values[first], (tuple, list)):  # getitem of a split
+        t = tracks.get(first)
+        return t[node.args[1]] if isinstance(t, (tuple, list)) and isinstance(node.args[1], int) else None
+    if op_name(node) in ("cat", "concat", "concatenate"):
+        return _cat(node, values[node], values, tracks, classes)
+    track = tracks.get(first) if isinstance(first, fx.Node) else None
+    if not isinstance(track, Track):
+        return _block_all(node, tracks, classes)
+    x = values[first]
+    view = [1] * x.dim()
+    view[track.cd] = -1
+    probe = torch.arange(x.shape[track.cd], dtype=torch.float32, device=x.device).reshape(view)
+    probe = probe.expand(x.shape).contiguous()
+    args, kwargs = _substitute(node, values, {first: probe})
+    with torch.no_grad():
+        result = _mean_dims(node, args, kwargs) if live.kinds[node] == "reduce" else _call(node, modules, args, kwargs)
+    result = optree.tree_map(lambda r: r.cpu() if isinstance(r, Tensor) else r, result)
+    outs = [
+        _follow(r, track, node) if isinstance(r, Tensor) else None
+        for r in (result if isinstance(result, (tuple, list)) else [result])
+    ]
+    if any(o is None for o in outs):
+        classes.block(track.ids)
+        return None
+    return tuple(outs) if isinstance(result, (tuple, list)) else outs[0]
+
+
+
+def _keep_dim(node: fx.Node, module: nn.Module | None, value: Tensor, track: Track) -> bool:
+    """Whether a spatial / norm / softmax op leaves the channel dim ``track.cd`` alone."""
+    kind_dims: list[int] = []
+    name = op_name(node)
+    ndim = value.dim()
+    if isinstance(module, nn.LayerNorm):
+        kind_dims = list(range(ndim - len(module.normalized_shape), ndim))
+    elif isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+        kind_dims = [(module.dim if module.dim is not None else 1) % ndim]
+    elif module is not None and hasattr(module, "padding") and "Pad" in type(module).__name__:
+        kind_dims = list(range(ndim - len(module.padding) // 2, ndim))
+    elif name == "pad":
+        pad = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
+        kind_dims = list(range(ndim - len(pad) // 2, ndim))
+    elif name in ("softmax", "log_softmax", "softmin", "normalize"):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 1)
+        kind_dims = [dim % ndim]
+    elif module is None and name in ("layer_norm", "group_norm", "batch_norm", "instance_norm"):
+        return False
+    return track.cd not in kind_dims
+
+
+
+def trace_channels(
+    gm: fx.GraphModule, live: Liveness, extra: Mapping[type[nn.Module], Replacement] | None = None
+) -> tuple[Classes, dict[str, Call], list[tuple[fx.Node, int, Track | None]]]:
+    """Tracks for every node; returns the classes, the table modules' calls and the consumers.
+
+    Consumers are ``(input node, channel dim, track)`` for every producer layer input.
+    """
+    modules = dict(gm.named_modules())
+    classes = Classes()
+    tracks: dict[fx.Node, Any] = {}
+    calls: dict[str, Call] = {}
+    consumers: list[tuple[fx.Node, int, Track | None]] = []
+    values = live.values
+    for node in gm.graph.nodes:
+        kind = live.kinds[node]
+        value = values.get(node)
+        if node.op == "output":
+            _block_all(node, tracks, classes)
+            continue
+        if node.op in ("placeholder", "get_attr") or node not in live.varies:
+            continue
+        module = modules[str(node.target)] if node.op == "call_module" else None
+        entry = replacement_for(module, extra) if module is not None else None
+        first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        tin = tracks.get(first) if first is not None and isinstance(tracks.get(first), Track) else None
+        if entry is not None and isinstance(value, Tensor) and first is not None:
+            x = values[first]
+            cd_in, cd_out = entry.channel_dim % x.dim(), entry.channel_dim % value.dim()
+            if tin is not None and tin.cd != cd_in:
+                classes.block(tin.ids)
+                tin = None
+            depthwise = (
+                isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+                and module.groups > 1
+                and module.groups == module.in_channels == module.out_channels
+            )
+            if entry.kind == "producer":
+                consumers.append((first, cd_in, tin))
+                tout = tin if depthwise else Track(cd_out, classes.new(value.shape[cd_out]))
+            else:
+                tout = tin
+            call = Call(node, entry.kind, tin, tout, x.shape[cd_in], value.shape[cd_out], cd_in, cd_out, depthwise)
+            name = str(node.target)
+            if name in calls:  # a reused module: one decision for all its calls
+                for a, b in ((calls[name].tin, tin), (calls[name].tout, tout)):
+                    if a is not None and b is not None:
+                        classes.union(a.ids, b.ids)
+                    elif (a is None) != (b is None):
+                        classes.block((a or b).ids)
+            else:
+                calls[name] = call
+            tracks[node] = tout
+        elif kind == "elementwise":
+            tracks[node] = _merge(node, value, values, tracks, classes) if isinstance(value, Tensor) else None
+        elif (
+            kind in ("spatial", "layernorm", "softmax", "batchnorm", "instancenorm")
+            and tin is not None
+            and isinstance(value, Tensor)
+            and value.dim() == values[first].dim()
+            and value.shape[tin.cd] == values[first].shape[tin.cd]
+            and _keep_dim(node, module, value, tin)
+        ):
+            tracks[node] = tin
+        elif kind in ("index", "reduce"):
+            tracks[node] = _index(node, modules, live, tracks, classes)
+        else:
+            _block_all(node, tracks, classes)
+    return classes, calls, consumers
+
+
+
+#: A fold deviating by more than this (absolute, on the example inputs) is inexact.
+EXACT_TOL = 1e-5
+
+
+
+def _fold(
+    module: nn.Module, x: Tensor, removed: Tensor, cd: int, cd_out: int, used: Tensor, keep_out: Tensor
+) -> tuple[Tensor, float]:
+    """Contribution of the removed input channels (as a bias) and its max deviation."""
+    view = [1] * x.dim()
+    view[cd] = -1
+    xr = x * removed.reshape(view).to(device=x.device, dtype=x.dtype)
+    if not bool(xr.any()):  # the removed channels are zero (pruned row, BN masked): nothing to fold
+        return None, 0.0
+    with torch.no_grad():
+        contrib = module(xr) - module(torch.zeros_like(xr))
+    first = contrib[0].movedim(cd_out - 1, 0)
+    centre = first[(slice(None), *(s // 2 for s in first.shape[1:]))]
+    shape = [1] * contrib.dim()
+    shape[cd_out] = -1
+    deviation = (contrib - centre.reshape(shape)).abs() * used * keep_out.reshape(shape).to(used.device)
+    return centre.cpu(), float(deviation.max()) if deviation.numel() else 0.0
+
+
+
+def _keep_inexact(classes: Classes, calls: Mapping[str, Call], fold_error: Mapping[str, float],
+                  values: Mapping[fx.Node, Any]) -> bool:
+    """Block the removed non-zero inputs of every layer whose fold is inexact; whether any were."""
+    blocked = False
+    for name, error in fold_error.items():
+        call = calls[name]
+        if error <= EXACT_TOL or call.tin is None:
+            continue
+        x = values[call.node.args[0]]
+        nonzero = (x != 0).any(dim=[d for d in range(x.dim()) if d != call.cd_in]).cpu()
+        removed = classes.removed(call.tin.ids)
+        classes.block(call.tin.ids[removed & nonzero])
+        blocked = blocked or bool((removed & nonzero).any())
+    return blocked
+
+
+
+
+
+def _grid(module: nn.Module, keep_in: Tensor, keep_out: Tensor) -> Tensor:
+    """``[out, in/groups]`` keep grid of a producer's weight (rows: outputs, cols: inputs)."""
+    if isinstance(module, nn.Linear):
+        return keep_out[:, None] & keep_in[None, :]
+    g = module.groups
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        c_out = keep_out.numel() // g
+        cols = keep_out.reshape(g, c_out).repeat_interleave(keep_in.numel() // g, 0)
+        return keep_in[:, None] & cols
+    rows = keep_in.reshape(g, -1).repeat_interleave(keep_out.numel() // g, 0)
+    return keep_out[:, None] & rows
+
+
+
+def _and(a: Mask | None, b: Mask) -> Mask:
+    if a is None:
+        return b
+    b = Mask(b.keep.to(a.keep.device), b.shape)
+    try:
+        return a & b
+    except ValueError:  # grids that do not nest: combine at element granularity
+        return Mask.from_dense(a.to_dense() * b.to_dense())
+
+
+
+def _propagated(
+    model: nn.Module, masks: Mapping[str, Mask], slices: Mapping[str, ChannelSlice], calls: Mapping[str, Any]
+) -> Masks:
+    out: Masks = dict(masks)
+    for name, sl in slices.items():
+        module = model.get_submodule(name)
+        prefix = f"{name}." if name else ""
+        keep_in = sl.keep_in
+        if calls[name].kind == "producer":
+            keep_out = sl.keep_out
+            w = module.weight
+            grid = _grid(module, keep_in, keep_out)
+            new = {"weight": Mask(grid.reshape(*grid.shape, *([1] * (w.dim() - 2))), tuple(w.shape))}
+            if getattr(module, "bias", None) is not None:
+                new["bias"] = Mask(keep_out, tuple(module.bias.shape))
+        else:
+            new = {
+                k: Mask(keep_in, tuple(p.shape))
+                for k, p in module.named_parameters(recurse=False)
+                if p.dim() == 1 and p.numel() == keep_in.numel()
+            }
+        for k, mask in new.items():
+            if not bool(mask.keep.all()):
+                out[prefix + k] = _and(out.get(prefix + k), mask)
+    return out
+
+
+
+
+
+def _bind(model: nn.Module, example_inputs: Any) -> inspect.BoundArguments:
+    if isinstance(example_inputs, Tensor):
+        bound = inspect.signature(model.forward).bind(example_inputs)
+    elif isinstance(example_inputs, Mapping):
+        bound = inspect.signature(model.forward).bind(**example_inputs)
+    else:
+        bound = inspect.signature(model.forward).bind(*example_inputs)
+    bound.apply_defaults()
+    return bound
+
+
+
+def _masked_copy(model: nn.Module, masks: Mapping[str, Mask], values: Mapping[str, Tensor] | None) -> nn.Module:
+    work = copy.deepcopy(model).eval()
+    params = params_of(work)
+    unknown = sorted((set(masks) | set(values or {})) - set(params))
+    if unknown:
+        raise KeyError(f"masks or params for names that are not parameters or buffers of the model: {unknown}")
+    with torch.no_grad():
+        for name, value in (values or {}).items():
+            params[name].copy_(value)
+        for name, mask in masks.items():
+            params[name].mul_(mask.broadcastable().to(params[name].device))
+    return work
+
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if any(_in_place(u, self.module) for u in n.users):  # keep the value as it was produced
+            out = optree.tree_map(lambda v: v.clone() if isinstance(v, Tensor) else v, out, none_is_leaf=True)
+        self.values[n] = out
+        return out
+
+
+
+def _in_place(node: fx.Node, root: nn.Module) -> bool:
+    """Whether ``node`` may write into its inputs (``x.relu_()``, ``x += y``, ``ReLU(inplace=True)``)."""
+    if node.op == "call_module":
+        return bool(getattr(root.get_submodule(str(node.target)), "inplace", False))
+    name = op_name(node)
+    return name.endswith("_") or name.startswith("__i") or name in _IN_PLACE or bool(node.kwargs.get("inplace"))
+
+
+
+_IN_PLACE = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior", "ixor"}
+
+
+
+def _sizes(gm: fx.GraphModule, values: Mapping[fx.Node, Any]) -> dict[str, tuple[int, int]]:
+    sizes: dict[str, tuple[int, int]] = {}
+    for node in gm.graph.nodes:
+        out = values.get(node)
+        if node.op != "call_module" or not isinstance(out, Tensor) or not node.args:
+            continue
+        x = values.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        module = gm.get_submodule(str(node.target))
+        linear = isinstance(module, nn.Linear)
+        positions = math.prod(out.shape[1:-1] if linear else out.shape[2:])
+        before = sizes.get(str(node.target), (0, 0))
+        numel = x[0].numel() if isinstance(x, Tensor) and x.dim() > 0 else 0
+        sizes[str(node.target)] = (before[0] + positions, before[1] + numel)
+    return sizes
+
+
+
+class ShrinkError(ValueError):
+    """The masks cannot be turned into a compact model."""
+
+
+
+class EmptyLayerError(ShrinkError):
+    """Every output channel of a layer would be removed."""
+
+
+
+class UnbalancedGroupsError(ShrinkError):
+    """A grouped conv would keep different channel counts in its groups."""
+
+
+
+@attrs.frozen
+class ChannelPlan:
+    """What shrinking removes.
+
+    Attributes:
+        slices: module name -> :class:`ChannelSlice` for every module that changes.
+        fold_error: producer name -> max abs deviation of the folded constants over the output
+            elements that are used (0.0: the fold is exact).
+        masks: the propagated masks (see the module docstring).
+    """
+
+    slices: dict[str, ChannelSlice]
+    fold_error: dict[str, float]
+    masks: Masks
+
+
+
+@attrs.frozen
+class Analysis:
+    """A plan with what shrinking needs next: ``masked`` (a private copy of the model with the
+    given masks applied, eval mode), its ``output`` on the example inputs, those inputs bound
+    to ``forward`` as ``(args, kwargs)``, and ``sizes``: per called module, the per-sample
+    positions its weights are applied at (output spatial size, summed over calls) and the
+    per-sample input size (for norm layers)."""
+
+    plan: ChannelPlan
+    masked: nn.Module
+    output: Any
+    inputs: tuple[tuple[Any, ...], dict[str, Any]]
+    sizes: dict[str, tuple[int, int]]
+
+
+
+def _keep(classes: Classes, track: Track | None, size: int) -> Tensor:
+    return torch.ones(size, dtype=torch.bool) if track is None else ~classes.removed(track.ids)
+
+
+
+def _balanced(keep_in: Tensor, keep_out: Tensor, groups: int) -> bool:
+    counts = {(int(i.sum()), int(o.sum())) for i, o in zip(keep_in.chunk(groups), keep_out.chunk(groups))}
+    counts.discard((0, 0))
+    return len(counts) == 1 and all(i > 0 and o > 0 for i, o in counts)
+
+
+
+def _whole_groups(keep: Tensor, groups: int) -> bool:
+    chunks = keep.reshape(groups, -1)
+    return bool((chunks.all(1) | ~chunks.any(1)).all())
+
+
+
+def channel_plan(
+    model: nn.Module,
+    masks: Mapping[str, Mask],
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    strict: bool = False,
+    exact: bool = False,
+    params: Mapping[str, Tensor] | None = None,
+) -> ChannelPlan:
+    """Decide which channels go (the rule in the module docstring). The model is not modified.
+
+    Args:
+        model: the dense model.
+        masks: core masks keyed by parameter name (any granularity; channel masks shrink).
+        example_inputs: a tensor, tuple or dict of inputs, e.g. ``[2, 3, 32, 32]``.
+        leaf_modules: passed to :func:`~purecompress.graph`.
+        replacements: extra replacement-table entries (custom channel-wise or producer modules).
+        strict: raise :class:`UnbalancedGroupsError` instead of keeping the channels of an
+            unbalanced grouped conv.
+        exact: keep the channels whose constant cannot be folded exactly (behind zero-padded
+            convs), so that the compact model equals the masked one everywhere.
+        params: parameter (and buffer) values to use instead of the model's own, e.g. the
+            fine-tuned :data:`~purecompress.Params` of a functional training loop.
+
+    Raises:
+        EmptyLayerError: a layer would lose all its output channels.
+    """
+    return analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
+                   strict=strict, exact=exact, params=params).plan
+
+
+
+def analyse(
+    model: nn.Module,
+    masks: Mapping[str, Mask],
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    strict: bool = False,
+    exact: bool = False,
+    params: Mapping[str, Tensor] | None = None,
+) -> Analysis:
+    """:func:`channel_plan` with the masked copy, its output and the bound inputs."""
+    masked = _masked_copy(model, masks, params)
+    gm = capture(masked, example_inputs, leaf_modules=leaf_modules)
+    bound = _bind(masked, example_inputs)
+    recorder = _Recorder(gm)
+    with torch.no_grad():
+        output = recorder.run(*bound.args, *bound.kwargs.values())
+    live = liveness(gm, recorder.values, replacements)
+    classes, calls, consumers = trace_channels(gm, live, replacements)
+    for x, cd, track in consumers:  # the conflict rule: dead at every consumer
+        if track is not None:
+            classes.block(track.ids[~live.dead(x, cd)])
+    modules = dict(gm.named_modules())
+    while True:
+        _resolve_groups(classes, calls, modules, strict)
+        slices, fold_error = _slices(classes, calls, modules, recorder.values, live)
+        if not exact or not _keep_inexact(classes, calls, fold_error, recorder.values):
+            break
+    bound_inputs = (tuple(bound.args), dict(bound.kwargs))
+    plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls))
+    return Analysis(plan, masked, output, bound_inputs, _sizes(gm, recorder.values))
+
+
+
+def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, nn.Module],
+                    strict: bool) -> None:
+    """Block channels until every grouped conv is balanced and every GroupNorm loses whole groups."""
+    changed = True
+    while changed:
+        changed = False
+        for name, call in calls.items():
+            module = modules[name]
+            if isinstance(module, nn.GroupNorm) and call.tin is not None:
+                if not _whole_groups(_keep(classes, call.tin, call.c_in), module.num_groups):
+                    classes.block(call.tin.ids)  # a group's statistics need all of its channels
+                    changed = True
+                continue
+            groups = getattr(module, "groups", 1)
+            if call.depthwise or groups == 1:
+                continue
+            keep_in = _keep(classes, call.tin, call.c_in)
+            keep_out = _keep(classes, call.tout, call.c_out)
+            if not _balanced(keep_in, keep_out, groups) and not (keep_in.all() and keep_out.all()):
+                if strict:
+                    raise UnbalancedGroupsError(f"layer {name!r}: the channels kept in its {groups} groups differ")
+                for t in (call.tin, call.tout):
+                    if t is not None:
+                        classes.block(t.ids)
+                changed = True
+
+
+
+def _slices(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, nn.Module],
+            values: Mapping[fx.Node, Any], live: Any) -> tuple[dict[str, ChannelSlice], dict[str, float]]:
+    """The slice of every module that changes, and the deviation of every fold."""
+    slices: dict[str, ChannelSlice] = {}
+    fold_error: dict[str, float] = {}
+    for name, call in calls.items():
+        keep_in = _keep(classes, call.tin, call.c_in)
+        keep_out = _keep(classes, call.tout, call.c_out) if call.kind == "producer" else keep_in
+        if call.kind == "producer" and not keep_out.any():
+            raise EmptyLayerError(f"all {call.c_out} output channels of layer {name!r} would be removed")
+        delta = None
+        if call.kind == "producer" and not call.depthwise and not keep_in.all():
+            x = call.node.args[0]
+            delta, fold_error[name] = _fold(modules[name], values[x], ~keep_in, call.cd_in, call.cd_out,
+                                            live.used[call.node], keep_out)
+        if not (keep_in.all() and keep_out.all()) or delta is not None:
+            slices[name] = ChannelSlice(keep_in, keep_out if call.kind == "producer" else None, delta)
+    return slices, fold_error
+
+
+
+
+def propagate(
+    model: nn.Module,
+    masks: Mapping[str, Mask],
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    params: Mapping[str, Tensor] | None = None,
+) -> Masks:
+    """The full masks implied by ``masks``: every channel that shrinking removes, masked everywhere.
+
+    Applied with :func:`~purecompress.apply_masks`, they give a masked model whose outputs equal
+    the compact model's from :func:`~purecompress.graph` (use them to fine-tune).
+
+    Args:
+        model: the dense model (not modified).
+        masks: core masks keyed by parameter name.
+        example_inputs: a tensor, tuple or dict of inputs.
+        leaf_modules: passed to :func:`~purecompress.graph`.
+        replacements: extra replacement-table entries.
+        params: values to use instead of the model's parameters and buffers.
+
+    Returns:
+        The given masks (combined where a key repeats) plus the masks of producers' output rows
+        and biases, norm weights and biases, and consumers' input columns of removed channels.
+
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    >>> keep = torch.tensor([True, False, True, True]).reshape(4, 1, 1, 1)
+    >>> m = propagate(net, {'0.weight': Mask(keep, (4, 3, 1, 1))}, torch.randn(1, 3, 4, 4))
+    >>> sorted(m), m['3.weight'].keep.flatten().tolist()
+    (['0.bias', '0.weight', '1.bias', '1.weight', '3.weight'], [True, False, True, True, True, False, True, True])
+    """
+    return channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
+                        params=params).masks

@@ -1,0 +1,208 @@
+"""Shrinking: a compact model with the removed channels really gone, and a report.
+
+:func:`shrink` plans with :func:`~purecompress.graph.analyse`, rebuilds every layer
+that loses channels from the replacement table (:mod:`~purecompress.graph`) inside a
+private copy of the model, and checks the compact model against the masked one on the example
+inputs. Removed channels that still carried a constant (a bias, BatchNorm beta through ReLU) are
+folded into the consumer's bias; that is exact for Linear layers, 1x1 or unpadded convs and after
+global pooling. Behind a zero-padded conv the constant differs at the borders: the report lists
+those layers with the measured deviation (``ShrinkReport.inexact``), and the propagated masks
+(``ShrinkReport.masks``) give a masked model the compact one matches exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import optree
+import torch
+from torch import Tensor, nn
+
+from purecompress.graph._propagate import EXACT_TOL, ShrinkError, analyse
+from purecompress.graph._replace import Replacement, replacement_for
+from purecompress.pruning import Mask, Masks
+
+__all__ = ["LayerShrink", "ShrinkReport", "shrink"]
+
+
+
+@attrs.frozen
+class LayerShrink:
+    """One counted layer (Conv, Linear, BatchNorm) before and after shrinking.
+
+    Attributes:
+        name, type_name: module name and class.
+        params_before, params_after: parameter entries.
+        flops_before, flops_after: multiply-accumulates per sample (NNI's counting).
+        fold_error: max abs deviation of the constants folded into this layer's bias
+            (None: nothing folded; 0.0: exact).
+    """
+
+    name: str
+    type_name: str
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    fold_error: float | None = None
+
+
+@attrs.frozen
+class ShrinkReport:
+    """What shrinking did.
+
+    Attributes:
+        layers: per counted layer, in model order.
+        params_before, params_after: all parameters of the model.
+        flops_before, flops_after: total counted FLOPs per sample.
+        output_error: relative error ``|compact - masked| / |masked|`` on the example inputs.
+        inexact: layers whose folded constants deviate (zero-padded convs), with the deviation.
+        replaced: names of the modules that were rebuilt.
+        masks: the propagated masks (fine-tune with them; the compact model matches them exactly).
+    """
+
+    layers: tuple[LayerShrink, ...]
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    output_error: float
+    inexact: dict[str, float]
+    replaced: tuple[str, ...]
+    masks: Masks
+
+    def table(self) -> str:
+        """A markdown table of the layers and the totals."""
+        rows = [
+            "| layer | type | params before | params after | FLOPs before | FLOPs after | fold error |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in self.layers:
+            fold = "" if r.fold_error is None else f"{r.fold_error:.2e}"
+            rows.append(
+                f"| {r.name} | {r.type_name} | {r.params_before} | {r.params_after} | "
+                f"{r.flops_before} | {r.flops_after} | {fold} |"
+            )
+        rows.append(
+            f"| **total** | | {self.params_before} | {self.params_after} | {self.flops_before} | "
+            f"{self.flops_after} | output rel. error {self.output_error:.1e} |"
+        )
+        return "\n".join(rows)
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def _rel_error(a: Any, b: Any) -> float:
+    errors = [
+        float((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-12))
+        for x, y in zip(optree.tree_leaves(a), optree.tree_leaves(b))
+        if isinstance(x, Tensor) and isinstance(y, Tensor) and x.is_floating_point()
+    ]
+    return max(errors, default=0.0)
+
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_NORM = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def _count(module: nn.Module, positions: int, numel: int) -> tuple[int, int]:
+    """(params, FLOPs per sample) by NNI's rule: weight multiply-accumulates, 2 per norm element."""
+    params = sum(p.numel() for p in module.parameters(recurse=False))
+    if isinstance(module, (*_CONV, nn.Linear)):
+        return params, module.weight.numel() * positions
+    return params, 2 * numel
+
+
+def _layers(model: nn.Module, compact: nn.Module, sizes: Mapping[str, tuple[int, int]], folds: Mapping[str, float],
+            ratio: Mapping[str, float]) -> list[LayerShrink]:
+    rows = []
+    for name, (positions, numel) in sizes.items():
+        module = model.get_submodule(name)
+        if not isinstance(module, (*_CONV, nn.Linear, *_NORM)):
+            continue
+        params, flops = _count(module, positions, numel)
+        new_params, new_flops = _count(compact.get_submodule(name), positions, int(numel * ratio.get(name, 1.0)))
+        rows.append(LayerShrink(name, type(module).__name__, params, new_params, flops, new_flops, folds.get(name)))
+    return rows
+
+
+def shrink(
+    model: nn.Module,
+    masks: Mapping[str, Mask],
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    strict: bool = False,
+    exact: bool = False,
+    params: Mapping[str, Tensor] | None = None,
+) -> tuple[nn.Module, ShrinkReport]:
+    """The compact model computing what ``model`` computes with ``masks`` applied.
+
+    Args:
+        model: the dense model; never modified.
+        masks: core masks keyed by parameter name (channel masks from a pruner).
+        example_inputs: a tensor, tuple or dict of inputs (e.g. ``[2, 3, 32, 32]``).
+        leaf_modules: passed to :func:`~purecompress.graph`.
+        replacements: extra replacement-table entries for custom modules.
+        strict: raise on unbalanced grouped convs instead of keeping their channels.
+        exact: keep the channels whose constants cannot be folded exactly (behind zero-padded
+            convs): the compact model then equals the masked one everywhere, a little larger.
+        params: parameter (and buffer) values to use instead of the model's own (e.g. the
+            fine-tuned params of a functional loop); the compact model is built from them.
+
+    Returns:
+        ``(compact, report)``: a new model of the same class where every layer that lost
+        channels is a new, smaller module under the same name (weights of the masked model,
+        folded biases); the other modules are copies. Same training mode as ``model``.
+
+    Raises:
+        ShrinkError: a layer would be empty, groups are unbalanced (``strict``), or the compact
+            model cannot run (e.g. a ``view`` with a channel count written as a literal).
+
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    >>> keep = torch.tensor([True, False, True, True]).reshape(4, 1, 1, 1)
+    >>> small, report = shrink(net, {'0.weight': Mask(keep, (4, 3, 1, 1))}, torch.randn(2, 3, 4, 4))
+    >>> small[0].out_channels, small[3].in_channels, report.output_error < 1e-6
+    (3, 3, True)
+    """
+    analysis = analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
+                       strict=strict, exact=exact, params=params)
+    plan, compact = analysis.plan, analysis.masked
+    for name, sl in plan.slices.items():
+        module = compact.get_submodule(name)
+        entry = replacement_for(module, replacements)
+        if entry is None:
+            raise ShrinkError(f"no replacement for module {name!r} ({type(module).__name__})")
+        _set_submodule(compact, name, entry.fn(module, sl))
+    args, kwargs = analysis.inputs
+    compact.eval()
+    try:
+        with torch.no_grad():
+            output = compact(*args, **kwargs)
+    except Exception as err:
+        raise ShrinkError(
+            f"the compact model does not run on the example inputs: {type(err).__name__}: {err}. "
+            "A forward that writes channel counts as literals (x.view(-1, 512)) cannot shrink; "
+            "compute them from the input (x.flatten(1))."
+        ) from err
+    compact.train(model.training)
+    ratio = {name: float(sl.keep_in.float().mean()) for name, sl in plan.slices.items() if sl.keep_in is not None}
+    layers = _layers(model, compact, analysis.sizes, plan.fold_error, ratio)
+    inexact = {k: v for k, v in plan.fold_error.items() if v > EXACT_TOL}
+    return compact, ShrinkReport(
+        layers=tuple(layers),
+        params_before=sum(p.numel() for p in model.parameters()),
+        params_after=sum(p.numel() for p in compact.parameters()),
+        flops_before=sum(r.flops_before for r in layers),
+        flops_after=sum(r.flops_after for r in layers),
+        output_error=_rel_error(output, analysis.output),
+        inexact=inexact,
+        replaced=tuple(plan.slices),
+        masks=plan.masks,
+    )

@@ -1,0 +1,374 @@
+"""Allocators: ``Metrics -> Masks``. How much to prune where (the *distribution*).
+
+The kept-count rule is NNI's, defined once in :func:`kept_count`:
+``numel - int(sparsity * numel)``. Ties are broken by index (the lower index is kept), so counts
+are exact and results deterministic. NaN scores count as least important.
+
+Continuous masking (``prior=``): blocks a prior mask pruned score below everything else and stay
+pruned (the new mask is intersected with the prior), so re-pruning never un-prunes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from purecompress._pytree import is_traced
+from purecompress.pruning._records import Block, Mask, Masks, Metric, Metrics, blocks_of, unblock
+
+__all__ = [
+    "allocate_balanced",
+    "allocate_dependency_aware",
+    "allocate_global",
+    "allocate_per_layer",
+    "allocate_threshold",
+    "bias_masks",
+    "dependency_kept_count",
+    "group_keep",
+    "keep_top",
+    "kept_count",
+]
+
+
+Sparsity = float | Mapping[str, float]
+
+
+
+def kept_count(numel: int, sparsity: float) -> int:
+    """NNI's rule: ``numel - int(sparsity * numel)`` (0.33 of 10 keeps 7).
+
+    >>> kept_count(10, 0.33)
+    7
+    """
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    return numel - int(sparsity * numel)
+
+
+
+def keep_top(score: Tensor, k: int, dim: int = -1) -> Tensor:
+    """Bool mask of the ``k`` largest entries along ``dim``; ties keep the lower index.
+
+    Linear time (``kthvalue``), no ``.item()`` under transforms: usable under ``vmap`` and
+    ``torch.compile``. NaN counts as the smallest value.
+
+    >>> keep_top(torch.tensor([1., 3., 3., 0.]), 2)
+    tensor([False,  True,  True, False])
+    >>> keep_top(torch.tensor([2., 2., 2.]), 2)
+    tensor([ True,  True, False])
+    """
+    return _keep_top(torch.nan_to_num(_as_float(score), nan=-math.inf), k, dim)
+
+
+
+def _as_float(score: Tensor) -> Tensor:
+    """At least float32, never narrower than the input (float64 scores keep their precision)."""
+    return score.to(torch.promote_types(score.dtype, torch.float32))
+
+
+
+
+def _keep_top(score: Tensor, k: int, dim: int) -> Tensor:
+    """:func:`keep_top` for a float tensor without NaN."""
+    n = score.shape[dim]
+    if k >= n:
+        return torch.ones_like(score, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    if score.dim() == 1 and n > _SAMPLED_SELECT_MIN and not is_traced(score):
+        threshold = _kth_smallest_sampled(score, n - k).reshape(1)
+    else:
+        threshold = torch.kthvalue(score, n - k, dim=dim, keepdim=True).values
+    above = score > threshold
+    count = above.sum(dim=dim, keepdim=True)
+    if not is_traced(score) and bool((count == k).all()):  # no tie at the threshold: done
+        return above
+    tie = score == threshold
+    return above | (tie & (tie.cumsum(dim) <= k - count))
+
+
+
+_SAMPLED_SELECT_MIN = 1 << 16
+
+
+
+def _kth_smallest_sampled(score: Tensor, rank: int) -> Tensor:
+    """``torch.kthvalue(score, rank).values`` for a large 1-D tensor, about 3x faster.
+
+    A strided sample brackets the answer; only the values inside the bracket go through
+    ``kthvalue``. The result is exact: when the bracket misses (adversarial layouts), the full
+    ``kthvalue`` runs instead.
+    """
+    n = score.numel()
+    sample = torch.sort(score[:: max(1, n // 16384)]).values
+    m = sample.numel()
+    pos = rank / n * m
+    margin = 4.0 * math.sqrt(m) + 8
+    lo = sample[max(int(pos - margin), 0)]
+    hi = sample[min(int(pos + margin), m - 1)]
+    below = int((score < lo).sum())
+    inside = score[(score >= lo) & (score <= hi)]
+    if below < rank <= below + inside.numel():
+        return torch.kthvalue(inside, rank - below).values
+    return torch.kthvalue(score, rank).values
+
+
+
+def _sparsity_for(sparsity: Sparsity, name: str) -> float:
+    if isinstance(sparsity, Mapping):
+        if name not in sparsity:
+            raise KeyError(f"no sparsity given for {name!r}")
+        return float(sparsity[name])
+    return float(sparsity)
+
+
+
+def _prior_keep(prior: Masks | None, name: str, metric: Metric) -> Tensor | None:
+    """The prior mask of ``name`` on the metric's grid: a block counts kept if any element is."""
+    if not prior or name not in prior:
+        return None
+    mask = prior[name]
+    if mask.shape != metric.shape:
+        raise ValueError(f"prior mask of {name!r} has shape {mask.shape}, the metric {metric.shape}")
+    grid = tuple(metric.score.shape)
+    if tuple(mask.keep.shape) == grid:
+        return mask.keep
+    return blocks_of(mask.broadcastable().expand(mask.shape), grid).any(-1)
+
+
+
+def _scores(metrics: Metrics, prior: Masks | None) -> dict[str, Tensor]:
+    """Scores with NaN -> -inf and, under continuous masking, prior-pruned blocks at -inf."""
+    out = {}
+    for name, metric in metrics.items():
+        score = torch.nan_to_num(_as_float(metric.score), nan=-math.inf)
+        keep = _prior_keep(prior, name, metric)
+        out[name] = score if keep is None else score.masked_fill(~keep, -math.inf)
+    return out
+
+
+
+def _finish(masks: Masks, prior: Masks | None) -> Masks:
+    if not prior:
+        return masks
+    return {name: mask & prior[name] if name in prior else mask for name, mask in masks.items()}
+
+
+
+def allocate_per_layer(metrics: Metrics, sparsity: Sparsity, *, prior: Masks | None = None) -> Masks:
+    """Prune ``sparsity`` of the blocks of each layer, lowest scores first.
+
+    Args:
+        metrics: name -> :class:`Metric`.
+        sparsity: one fraction for all, or name -> fraction.
+        prior: masks already applied (continuous masking).
+
+    >>> m = {'w': Metric(torch.tensor([[4.], [1.], [3.], [2.]]), (4, 2))}
+    >>> allocate_per_layer(m, 0.5)['w'].keep.flatten()
+    tensor([ True, False,  True, False])
+    """
+    scores = _scores(metrics, prior)
+    masks = {}
+    for name, metric in metrics.items():
+        flat = scores[name].reshape(-1)
+        keep = _keep_top(flat, kept_count(flat.numel(), _sparsity_for(sparsity, name)), -1)
+        masks[name] = Mask(keep.reshape(metric.score.shape), metric.shape)
+    return _finish(masks, prior)
+
+
+
+def allocate_global(metrics: Metrics, sparsity: float, *, max_sparsity: Sparsity = 0.99,
+                    prior: Masks | None = None) -> Masks:
+    """Pool all layers and prune ``sparsity`` of all their elements, lowest scores first.
+
+    Each block weighs its element count. Each layer's top ``kept_count(blocks, cap)`` blocks are
+    protected (``max_sparsity``, default 0.99 as NNI). Blocks are pruned in ascending score order
+    until at least ``int(sparsity * N)`` elements are pruned: exactly that many at element
+    granularity, at most one block more otherwise (NNI's threshold rule, without its over-pruning
+    on ties).
+    """
+    if not metrics:
+        return {}
+    scores = _scores(metrics, prior)
+    names = list(metrics)
+    flat, sizes = [], []
+    for name in names:
+        s = scores[name].reshape(-1)
+        cap = max_sparsity.get(name, 0.99) if isinstance(max_sparsity, Mapping) else max_sparsity
+        protected = _keep_top(s, kept_count(s.numel(), cap), -1)
+        flat.append(s.masked_fill(protected, math.inf))
+        sizes.append(metrics[name].block_numel)
+    score = torch.cat(flat)
+    size = torch.cat([torch.full((f.numel(),), b, dtype=torch.long) for f, b in zip(flat, sizes)])
+    unprotected = int(size[score != math.inf].sum())
+    n = min(int(sparsity * int(size.sum())), unprotected)
+    if len(set(sizes)) == 1:
+        keep = _keep_top(score, score.numel() - math.ceil(n / sizes[0]), -1)
+    else:
+        order = torch.sort(score, descending=True, stable=True).indices
+        after = size[order].flip(0).cumsum(0).flip(0) - size[order]  # elements ranked below each
+        keep = torch.empty_like(score, dtype=torch.bool)
+        keep[order] = after >= n
+    masks, start = {}, 0
+    for name, f in zip(names, flat):
+        masks[name] = Mask(keep[start:start + f.numel()].reshape(metrics[name].score.shape),
+                           metrics[name].shape)
+        start += f.numel()
+    return _finish(masks, prior)
+
+
+
+def allocate_balanced(metrics: Metrics, sparsity: Sparsity, *, gran: Sequence[int],
+                      prior: Masks | None = None) -> Masks:
+    """Prune the same fraction inside every bank of shape ``gran`` (NNI's bank/balance mode).
+
+    ``gran`` is front-padded with 1 to the metric's rank; each bank keeps
+    ``kept_count(bank_numel, sparsity)`` of its entries (0.7 of banks of 5 prunes exactly 0.6).
+    """
+    if any(not isinstance(g, int) or g <= 0 for g in gran):
+        raise ValueError(f"balance_gran must be positive ints, got {list(gran)}")
+    scores = _scores(metrics, prior)
+    masks = {}
+    for name, metric in metrics.items():
+        grid = tuple(metric.score.shape)
+        if len(gran) > len(grid):
+            raise ValueError(f"balance_gran {list(gran)} has more dims than the metric of {name!r} {grid}")
+        bank = Block(tuple(gran))
+        try:
+            banks_grid = bank.grid(grid)
+        except ValueError as err:
+            raise ValueError(f"{name!r}: metric of shape {grid} is not aligned with balance_gran "
+                             f"{list(gran)}") from err
+        banks = blocks_of(scores[name], banks_grid)
+        keep = _keep_top(banks, kept_count(banks.shape[-1], _sparsity_for(sparsity, name)), -1)
+        masks[name] = Mask(unblock(keep, grid), metric.shape)
+    return _finish(masks, prior)
+
+
+
+def allocate_threshold(metrics: Metrics, threshold: Sparsity, *, prior: Masks | None = None) -> Masks:
+    """Keep the blocks whose score is strictly above ``threshold``."""
+    scores = _scores(metrics, prior)
+    masks = {name: Mask(scores[name] > _sparsity_for(threshold, name), m.shape) for name, m in metrics.items()}
+    return _finish(masks, prior)
+
+
+
+def bias_masks(masks: Masks, shapes: Mapping[str, tuple[int, ...]]) -> Masks:
+    """Masks for biases from weight masks (NNI's rule), added to a copy of ``masks``.
+
+    For each ``'<module>.weight'`` mask whose ``'<module>.bias'`` is in ``shapes`` with
+    ``bias.shape[0] == weight.shape[0]``: bias ``i`` is kept iff any weight entry of row ``i`` is.
+    Fine-grained masks thus leave the bias dense; channel masks prune the pruned channels' biases.
+    """
+    out = dict(masks)
+    for name, mask in masks.items():
+        if name != "weight" and not name.endswith(".weight"):
+            continue
+        bias = name[: -len("weight")] + "bias"
+        if bias not in shapes or len(shapes[bias]) != 1 or not mask.shape or shapes[bias][0] != mask.shape[0]:
+            continue
+        rows = mask.keep.reshape(mask.keep.shape[0], -1).any(-1).repeat_interleave(mask.block[0])
+        out[bias] = Mask(rows, shapes[bias])
+    return out
+
+
+
+def group_keep(score: Tensor, sparsity: float, groups: int = 1) -> Tensor:
+    """Keep the same number of the best channels in each of ``groups`` contiguous blocks.
+
+    Args:
+        score: ``[C]`` channel scores.
+        sparsity: fraction pruned in each block.
+        groups: number of blocks; channels past ``groups * (C // groups)`` are kept (NNI).
+
+    >>> group_keep(torch.tensor([1., 4., 3., 2.]), 0.5, 2).tolist()
+    [False, True, True, False]
+    """
+    c = score.shape[0]
+    step = c // groups
+    keep = torch.ones(c, dtype=torch.bool)
+    per_group = step - int(step * sparsity)
+    if step == 0:
+        return keep
+    blocks = score[: step * groups].reshape(groups, step)
+    keep[: step * groups] = keep_top(blocks, per_group, dim=-1).reshape(-1) if per_group > 0 else False
+    return keep
+
+
+
+def _key(metrics: Metrics, member: str) -> str | None:
+    for name in (member, f"{member}.weight"):
+        if name in metrics:
+            return name
+    return None
+
+
+
+def allocate_dependency_aware(
+    metrics: Metrics,
+    sparsity: Sparsity,
+    *,
+    channel_sets: Iterable[Sequence[str]],
+    groups: Mapping[str, int] | None = None,
+    prior: Masks | None = None,
+) -> Masks:
+    """Channel masks that agree inside each dependency set (NNI's dependency-aware mode).
+
+    Args:
+        metrics: channel metrics (grid ``[C, 1, ...]``) keyed by parameter name.
+        sparsity: one fraction, or parameter name -> fraction.
+        channel_sets: sets of module names (or parameter names) that must share channels;
+            names not in ``metrics`` are ignored.
+        groups: module name -> the count its channels must stay divisible by (default 1).
+        prior: masks already applied (continuous masking).
+
+    Returns:
+        Masks at channel granularity for every metric.
+
+    >>> from purecompress import Metric
+    >>> m = {'a.weight': Metric(torch.tensor([[3.], [0.], [1.], [2.]]), (4, 2)),
+    ...      'b.weight': Metric(torch.tensor([[0.], [1.], [0.], [3.]]), (4, 2))}
+    >>> masks = allocate_dependency_aware(m, 0.5, channel_sets=[('a', 'b')])
+    >>> masks['a.weight'].keep.flatten().tolist(), masks['b.weight'].keep.flatten().tolist()
+    ([True, False, False, True], [True, False, False, True])
+    """
+    groups = dict(groups or {})
+    scores = _scores(metrics, prior)
+    masks: Masks = {}
+    for members in channel_sets:
+        keyed = [(m, _key(metrics, m)) for m in members]
+        keyed = [(m, k) for m, k in keyed if k is not None and k not in masks]
+        if not keyed:
+            continue
+        for _, k in keyed:
+            grid = tuple(metrics[k].score.shape)
+            if any(g != 1 for g in grid[1:]):
+                raise ValueError(f"dependency-aware allocation needs channel metrics; {k!r} has grid {grid}")
+        channels = {metrics[k].score.shape[0] for _, k in keyed}
+        if len(channels) != 1:
+            raise ValueError(f"dependency set {[k for _, k in keyed]} has different channel counts {sorted(channels)}")
+        fused = torch.stack([scores[k].reshape(-1) for _, k in keyed]).sum(0)
+        s = min(_sparsity_for(sparsity, k) for _, k in keyed)
+        lcm = math.lcm(*(int(groups.get(m, groups.get(k, 1))) for m, k in keyed))
+        keep = group_keep(fused, s, lcm)
+        for _, k in keyed:
+            masks[k] = Mask(keep.reshape(metrics[k].score.shape), metrics[k].shape)
+    rest = {k: metrics[k] for k in metrics if k not in masks}
+    if rest:
+        rest_sparsity = sparsity if not isinstance(sparsity, Mapping) else {k: sparsity[k] for k in rest}
+        masks.update(allocate_per_layer(rest, rest_sparsity, prior=prior))
+    masks = {k: masks[k] for k in metrics}
+    return _finish(masks, prior) if prior else masks
+
+
+
+def dependency_kept_count(channels: int, sparsity: float, groups: int = 1) -> int:
+    """Channels a set keeps: ``groups * kept_count(C // groups, s)`` (plus an unsplit tail)."""
+    step = channels // groups
+    if step == 0:
+        return channels
+    return groups * kept_count(step, sparsity) + channels - step * groups
