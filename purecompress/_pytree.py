@@ -36,9 +36,11 @@ def static(**kwargs: Any) -> Any:
 
 
 def cache() -> Any:
-    """A private attrs field for a value derived from the record's own fields (never a child,
-    never compared, not an ``__init__`` argument, dropped when the tree is rebuilt)."""
-    return attrs.field(init=False, default=None, eq=False, repr=False, metadata={_CACHE: True})
+    """A private memo (a dict) for values derived from the record's own fields: never a child,
+    never compared, not an ``__init__`` argument, a new empty dict whenever the record is built or
+    rebuilt. The record's fields never change; a memo entry must be keyed by everything it is
+    derived from (dtype, device, the tensor's version counter), so it can never be stale."""
+    return attrs.field(init=False, factory=dict, eq=False, repr=False, metadata={_CACHE: True})
 
 
 def trees_equal(a: Any, b: Any) -> bool:
@@ -83,7 +85,7 @@ def record(cls: type[T]) -> type[T]:
         for name, value in kwargs.items():
             object.__setattr__(obj, name, value)
         for name in caches:
-            object.__setattr__(obj, name, None)
+            object.__setattr__(obj, name, {})
         return obj
 
     def optree_flatten(obj: Any) -> tuple[list[Any], tuple[Any, ...], tuple[str, ...]]:

@@ -206,3 +206,52 @@ def test_records_are_frozen() -> None:
     mask = pc.Mask.dense((2,))
     with pytest.raises(AttributeError):
         mask.shape = (3,)  # type: ignore[misc]
+
+
+def test_mask_sees_an_in_place_edit_of_keep_after_being_applied() -> None:
+    """Issue 10: an edit of ``keep`` after one apply must not leave a stale multiplier (12.0 vs 9.0)."""
+    mask = pc.Mask(torch.ones(4, 1, dtype=torch.bool), (4, 3))
+    w = torch.ones(4, 3)
+    assert pc.apply_masks({"w": w}, {"w": mask})["w"].sum().item() == 12.0
+    mask.keep[0] = False
+    assert pc.apply_masks({"w": w}, {"w": mask})["w"].sum().item() == 9.0
+    mask.keep.view(-1)[1] = False  # through a view: the version counter is shared
+    assert pc.apply_masks({"w": w}, {"w": mask})["w"].sum().item() == 6.0
+
+
+def test_mask_applied_from_two_threads_with_different_dtypes_gives_each_its_dtype() -> None:
+    import threading
+
+    mask = pc.Mask(torch.rand(64, 64) > 0.5, (64, 64))
+    errors: list[str] = []
+
+    def worker(dtype: torch.dtype) -> None:
+        w = torch.ones(64, 64, dtype=dtype)
+        expected = mask.keep.to(dtype)
+        for _ in range(300):
+            out = mask.apply(w)
+            if out.dtype != dtype or not torch.equal(out, expected):
+                errors.append(f"{dtype}: got {out.dtype}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(d,)) for d in (torch.float32, torch.float64) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_mask_fields_never_change_and_rebuilt_records_start_with_an_empty_memo() -> None:
+    mask = pc.Mask(torch.tensor([[True], [False]]), (2, 3))
+    keep = mask.keep
+    mask.apply(torch.ones(2, 3))
+    assert mask.keep is keep and mask.shape == (2, 3)
+    rebuilt = torch_pytree.tree_map(lambda t: t, mask)
+    assert rebuilt == mask and rebuilt._multipliers == {}
+
+
+def test_mask_apply_under_inference_mode() -> None:
+    with torch.inference_mode():
+        mask = pc.Mask(torch.tensor([[True], [False]]), (2, 3))
+        assert mask.apply(torch.ones(2, 3)).sum().item() == 3.0

@@ -157,7 +157,7 @@ class Mask:
 
     keep: Tensor
     shape: tuple[int, ...] = static(converter=tuple)
-    _multiplier: tuple[tuple[torch.dtype, torch.device], Tensor] | None = cache()
+    _multipliers: dict[tuple[torch.dtype, torch.device], tuple[int, Tensor]] = cache()
 
     @classmethod
     def dense(cls, shape: tuple[int, ...]) -> Mask:
@@ -192,15 +192,23 @@ class Mask:
 
     def _multiplier_for(self, t: Tensor) -> Tensor:
         """``keep`` as 0/1 of ``t``'s dtype and device, broadcastable to it: a same-dtype multiply
-        is the fast kernel forward and backward. Cached on the record (derived from ``keep``
-        only) except under transforms, where ``keep`` may be batched or traced."""
+        is the fast kernel forward and backward.
+
+        Memoised per (dtype, device) together with ``keep``'s version counter, so an in-place edit
+        of ``keep`` (or of a tensor it is a view of) is seen at the next call, and calls from
+        several threads with different dtypes each get their own entry. Derived afresh under
+        transforms (``keep`` may be batched or traced) and for inference tensors (no version
+        counter)."""
         keep = self.broadcastable()
-        if is_traced(keep) or is_traced(t):
+        if is_traced(keep) or is_traced(t) or self.keep.is_inference():
             return keep.to(t.dtype)
         key = (t.dtype, t.device)
-        if self._multiplier is None or self._multiplier[0] != key:
-            object.__setattr__(self, "_multiplier", (key, keep.to(dtype=t.dtype, device=t.device)))
-        return self._multiplier[1]
+        version = self.keep._version
+        hit = self._multipliers.get(key)
+        if hit is None or hit[0] != version:
+            hit = (version, keep.to(dtype=t.dtype, device=t.device))
+            self._multipliers[key] = hit
+        return hit[1]
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The 0/1 tensor of the parameter's full shape (NNI's mask format)."""
