@@ -12,14 +12,16 @@ to map over trees (``optree.tree_map(f, tree, namespace=NAMESPACE)``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+from typing_extensions import dataclass_transform
 
 import attrs
 import optree
 import torch
 import torch.utils._pytree as torch_pytree
 
-__all__ = ["NAMESPACE", "record", "static", "trees_equal"]
+__all__ = ["NAMESPACE", "record", "static", "static_record", "trees_equal"]
 
 NAMESPACE = "purecompress"
 _STATIC = "purecompress_static"
@@ -35,11 +37,12 @@ def static(**kwargs: Any) -> Any:
     return attrs.field(metadata=metadata, **kwargs)
 
 
-def cache() -> Any:
+def cache(*, init: Literal[False] = False) -> Any:
     """A private memo (a dict) for values derived from the record's own fields: never a child,
     never compared, not an ``__init__`` argument, a new empty dict whenever the record is built or
     rebuilt. The record's fields never change; a memo entry must be keyed by everything it is
     derived from (dtype, device, the tensor's version counter), so it can never be stale."""
+    del init  # declared for type checkers (dataclass_transform): a memo is never an argument
     return attrs.field(init=False, factory=dict, eq=False, repr=False, metadata={_CACHE: True})
 
 
@@ -60,6 +63,7 @@ def trees_equal(a: Any, b: Any) -> bool:
     return True
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(attrs.field, static, cache))
 def record(cls: type[T]) -> type[T]:
     """Make ``cls`` a frozen attrs record registered as a pytree node (optree and torch).
 
@@ -124,14 +128,26 @@ def record(cls: type[T]) -> type[T]:
     return cls
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(attrs.field,))
+def static_record(cls: type[T]) -> type[T]:
+    """Make ``cls`` a frozen attrs record that is *not* a pytree node (granularities, configs):
+    hashable, compared by value, and constructible inside ``torch.compile(fullgraph=True)``."""
+    cls = attrs.frozen(cls)
+    cls.__init__ = _compile_friendly_init(cls.__init__, attrs.fields(cls))  # type: ignore[method-assign]
+    return cls
+
+
 def _compile_friendly_init(attrs_init: Callable[..., None], fields: Any) -> Callable[..., None]:
     """attrs' frozen ``__init__``, except while ``torch.compile`` traces: there (dynamo cannot
     trace attrs' cached ``object.__setattr__``) fields are set directly, with defaults and
     converters applied and validators skipped, as in pytree unflattening."""
     # Plain tuples (not attrs objects) so dynamo can read them without a graph break.
     names = tuple(f.name for f in fields)
-    defaults = tuple(f.default for f in fields)
     factories = tuple(isinstance(f.default, attrs.Factory) for f in fields)  # type: ignore[arg-type]
+    # the factory callables themselves: dynamo cannot wrap attrs.Factory objects
+    makers = tuple(f.default.factory if factory else None for f, factory in zip(fields, factories))
+    self_makers = tuple(bool(factory and f.default.takes_self) for f, factory in zip(fields, factories))
+    defaults = tuple(None if factory else f.default for f, factory in zip(fields, factories))
     converters = tuple(f.converter for f in fields)
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -144,8 +160,7 @@ def _compile_friendly_init(attrs_init: Callable[..., None], fields: Any) -> Call
             elif name in kwargs:
                 value = kwargs[name]
             elif factories[i]:
-                factory = defaults[i]
-                value = factory.factory(self) if factory.takes_self else factory.factory()
+                value = makers[i](self) if self_makers[i] else makers[i]()
             else:
                 value = defaults[i]
             if converters[i] is not None:

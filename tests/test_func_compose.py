@@ -127,3 +127,56 @@ def test_keep_top_compiles(k: int) -> None:
     s = torch.tensor([3.0, 1.0, 3.0, 0.0])
     assert torch.equal(f(s), pc.keep_top(s, k))
     torch._dynamo.reset()
+
+
+def _mlp_plan(config: dict[str, object]) -> tuple[nn.Module, pc.Params, pc.Plan]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    return model, pc.params_of(model), pc.select(model, pc.from_config_list([config]))
+
+
+@pytest.mark.parametrize("config", [{"sparsity": 0.5, "op_types": ["Linear"]},
+                                    {"total_sparsity": 0.5, "op_types": ["Linear"]}])
+def test_prune_compiles_with_fullgraph_and_no_graph_break(config: dict[str, object]) -> None:
+    torch._dynamo.reset()
+    _, params, plan = _mlp_plan(config)
+    distribution = "global" if "total_sparsity" in config else "per_layer"
+    run = lambda p: pc.prune(p, plan, pc.l1_norm, distribution=distribution)  # noqa: E731
+    compiled = torch.compile(run, fullgraph=True)(params)
+    eager = run(params)
+    assert set(compiled) == set(eager)
+    for name in eager:
+        assert torch.equal(compiled[name].keep, eager[name].keep)
+    explained = torch._dynamo.explain(run)(params)
+    assert explained.graph_break_count == 0
+
+
+def test_compiled_masked_training_step_has_no_graph_break() -> None:
+    torch._dynamo.reset()
+    model, params, plan = _mlp_plan({"sparsity": 0.5, "op_types": ["Linear"]})
+    masks = pc.prune(params, plan, pc.l1_norm)
+    weights = {k: v.clone().requires_grad_() for k, v in params.items()}
+    x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))
+
+    def loss(w: dict[str, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(model, pc.apply_masks(w, masks), (x,)), y)
+
+    step = grad(loss)  # forward, loss and backward in one function
+    assert torch._dynamo.explain(step)(weights).graph_break_count == 0
+    eager = step(weights)
+    compiled = torch.compile(step, fullgraph=True)(weights)
+    for name in eager:
+        assert torch.allclose(compiled[name], eager[name], atol=1e-6)
+    assert torch.all(compiled["0.weight"][~masks["0.weight"].keep.expand(32, 16)] == 0)
+
+
+def test_prune_under_vmap_over_a_tensor_of_sparsities() -> None:
+    _, params, plan = _mlp_plan({"sparsity": 0.5, "op_types": ["Linear"]})
+    metrics = pc.l1_norm(params, plan)
+    s = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    batched = vmap(lambda v: pc.allocate_per_layer(metrics, v))(s)
+    for i, value in enumerate(s.tolist()):
+        for name, mask in pc.allocate_per_layer(metrics, value).items():
+            assert torch.equal(batched[name].keep[i], mask.keep)
+    kept = batched["0.weight"].keep.reshape(3, -1).sum(-1).tolist()
+    assert kept == [32 - int(v * 32) for v in s.tolist()]

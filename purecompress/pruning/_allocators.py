@@ -4,12 +4,19 @@ The kept-count rule is NNI's, defined once in :func:`kept_count`:
 ``numel - int(sparsity * numel)``. Ties are broken by index (the lower index is kept), so counts
 are exact and results deterministic. NaN scores count as least important.
 
+Sparsity as a tensor: every allocator also takes its sparsity (or threshold) as a 0-dim tensor, so
+``torch.func.vmap`` can evaluate many sparsities at once (``vmap(lambda s: allocate_per_layer(m,
+s))(torch.tensor([.25, .5, .75]))``); the kept count is then ``numel - floor(s * numel)``
+computed in float64, the same number the float path gives for the same value, and top-k selection
+ranks entries (a stable sort) instead of branching on data.
+
 Continuous masking (``prior=``): blocks a prior mask pruned score below everything else and stay
 pruned (the new mask is intersected with the prior), so re-pruning never un-prunes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -33,23 +40,32 @@ __all__ = [
 ]
 
 
-Sparsity = float | Mapping[str, float]
+Sparsity = float | Tensor | Mapping[str, float | Tensor]
 
 
 
-def kept_count(numel: int, sparsity: float) -> int:
+def kept_count(numel: int, sparsity: float | Tensor) -> int | Tensor:
     """NNI's rule: ``numel - int(sparsity * numel)`` (0.33 of 10 keeps 7).
+
+    A tensor ``sparsity`` gives an int64 tensor, computed in float64 so that it equals the float
+    path for the same value (and works under ``vmap``).
 
     >>> kept_count(10, 0.33)
     7
+    >>> kept_count(10, torch.tensor([0.33, 0.5], dtype=torch.float64)).tolist()
+    [7, 5]
     """
+    if isinstance(sparsity, Tensor):
+        if not is_traced(sparsity) and not bool(((sparsity >= 0) & (sparsity <= 1)).all()):
+            raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+        return numel - torch.floor(sparsity.to(torch.float64) * numel).to(torch.int64)
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     return numel - int(sparsity * numel)
 
 
 
-def keep_top(score: Tensor, k: int, dim: int = -1) -> Tensor:
+def keep_top(score: Tensor, k: int | Tensor, dim: int = -1) -> Tensor:
     """Bool mask of the ``k`` largest entries along ``dim``; ties keep the lower index.
 
     Linear time (``kthvalue``), no ``.item()`` under transforms: usable under ``vmap`` and
@@ -71,8 +87,10 @@ def _as_float(score: Tensor) -> Tensor:
 
 
 
-def _keep_top(score: Tensor, k: int, dim: int) -> Tensor:
+def _keep_top(score: Tensor, k: int | Tensor, dim: int) -> Tensor:
     """:func:`keep_top` for a float tensor without NaN."""
+    if isinstance(k, Tensor):
+        return _keep_top_ranked(score, k, dim)
     n = score.shape[dim]
     if k >= n:
         return torch.ones_like(score, dtype=torch.bool)
@@ -89,6 +107,15 @@ def _keep_top(score: Tensor, k: int, dim: int) -> Tensor:
     tie = score == threshold
     return above | (tie & (tie.cumsum(dim) <= k - count))
 
+
+
+def _keep_top_ranked(score: Tensor, k: Tensor, dim: int) -> Tensor:
+    """:func:`_keep_top` for a tensor ``k`` (0-dim, or broadcastable against ``score`` reduced
+    over ``dim``): the rank of each entry in a stable descending sort (ties: lower index first)
+    compared with ``k``. No data-dependent branch, so ``vmap`` over ``k`` works."""
+    order = torch.argsort(score, dim=dim, descending=True, stable=True)
+    ranks = torch.argsort(order, dim=dim, stable=True)
+    return ranks < (k.unsqueeze(dim) if k.dim() else k)
 
 
 _SAMPLED_SELECT_MIN = 1 << 16
@@ -117,12 +144,18 @@ def _kth_smallest_sampled(score: Tensor, rank: int) -> Tensor:
 
 
 
-def _sparsity_for(sparsity: Sparsity, name: str) -> float:
+def _sparsity_for(sparsity: Sparsity, name: str) -> float | Tensor:
+    value = sparsity
     if isinstance(sparsity, Mapping):
         if name not in sparsity:
             raise KeyError(f"no sparsity given for {name!r}")
-        return float(sparsity[name])
-    return float(sparsity)
+        value = sparsity[name]
+    if isinstance(value, Tensor):
+        if value.dim() != 0:
+            raise ValueError(f"a tensor sparsity must be 0-dim (vmap over a 1-D tensor for several), got "
+                             f"shape {tuple(value.shape)} for {name!r}")
+        return value
+    return float(value)  # type: ignore[arg-type]
 
 
 
@@ -180,7 +213,7 @@ def allocate_per_layer(metrics: Metrics, sparsity: Sparsity, *, prior: Masks | N
 
 
 
-def allocate_global(metrics: Metrics, sparsity: float, *, max_sparsity: Sparsity = 0.99,
+def allocate_global(metrics: Metrics, sparsity: float | Tensor, *, max_sparsity: Sparsity = 0.99,
                     prior: Masks | None = None) -> Masks:
     """Pool all layers and prune ``sparsity`` of all their elements, lowest scores first.
 
@@ -203,11 +236,13 @@ def allocate_global(metrics: Metrics, sparsity: float, *, max_sparsity: Sparsity
         sizes.append(metrics[name].block_numel)
     score = torch.cat(flat)
     size = torch.cat([torch.full((f.numel(),), b, dtype=torch.long) for f, b in zip(flat, sizes)])
-    unprotected = int(size[score != math.inf].sum())
-    n = min(int(sparsity * int(size.sum())), unprotected)
-    if len(set(sizes)) == 1:
+    if isinstance(sparsity, Tensor) or is_traced(score):  # no data-dependent int under transforms
+        keep = _global_keep_ranked(score, size, torch.as_tensor(sparsity, dtype=torch.float64))
+    elif len(set(sizes)) == 1:
+        n = min(int(sparsity * int(size.sum())), int(size[score != math.inf].sum()))
         keep = _keep_top(score, score.numel() - math.ceil(n / sizes[0]), -1)
     else:
+        n = min(int(sparsity * int(size.sum())), int(size[score != math.inf].sum()))
         order = torch.sort(score, descending=True, stable=True).indices
         after = size[order].flip(0).cumsum(0).flip(0) - size[order]  # elements ranked below each
         keep = torch.empty_like(score, dtype=torch.bool)
@@ -219,6 +254,21 @@ def allocate_global(metrics: Metrics, sparsity: float, *, max_sparsity: Sparsity
         start += f.numel()
     return _finish(masks, prior)
 
+
+
+def _global_keep_ranked(score: Tensor, size: Tensor, sparsity: Tensor) -> Tensor:
+    """The pooled selection of :func:`allocate_global` for a tensor sparsity (vmap-able): blocks in
+    descending score order are kept while the elements ranked below them still reach the pruning
+    target ``min(floor(s * N), unprotected elements)``."""
+    if not is_traced(sparsity) and not bool((sparsity >= 0) & (sparsity <= 1)):
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    total = size.sum()
+    target = torch.floor(sparsity.to(torch.float64) * total).to(torch.int64)
+    n = torch.minimum(target, size.masked_fill(score == math.inf, 0).sum())
+    order = torch.argsort(score, descending=True, stable=True)
+    ranked = size.gather(0, order)
+    after = ranked.flip(0).cumsum(0).flip(0) - ranked  # elements ranked below each block
+    return (after >= n).gather(0, torch.argsort(order, stable=True))
 
 
 def allocate_balanced(metrics: Metrics, sparsity: Sparsity, *, gran: Sequence[int],
@@ -250,7 +300,7 @@ def allocate_balanced(metrics: Metrics, sparsity: Sparsity, *, gran: Sequence[in
 
 
 def allocate_threshold(metrics: Metrics, threshold: Sparsity, *, prior: Masks | None = None) -> Masks:
-    """Keep the blocks whose score is strictly above ``threshold``."""
+    """Keep the blocks whose score is strictly above ``threshold`` (a float, a 0-dim tensor, or per name)."""
     scores = _scores(metrics, prior)
     masks = {name: Mask(scores[name] > _sparsity_for(threshold, name), m.shape) for name, m in metrics.items()}
     return _finish(masks, prior)
@@ -277,7 +327,7 @@ def bias_masks(masks: Masks, shapes: Mapping[str, tuple[int, ...]]) -> Masks:
 
 
 
-def group_keep(score: Tensor, sparsity: float, groups: int = 1) -> Tensor:
+def group_keep(score: Tensor, sparsity: float | Tensor, groups: int = 1) -> Tensor:
     """Keep the same number of the best channels in each of ``groups`` contiguous blocks.
 
     Args:
@@ -290,13 +340,12 @@ def group_keep(score: Tensor, sparsity: float, groups: int = 1) -> Tensor:
     """
     c = score.shape[0]
     step = c // groups
-    keep = torch.ones(c, dtype=torch.bool)
-    per_group = step - int(step * sparsity)
     if step == 0:
-        return keep
+        return torch.ones(c, dtype=torch.bool, device=score.device)
     blocks = score[: step * groups].reshape(groups, step)
-    keep[: step * groups] = keep_top(blocks, per_group, dim=-1).reshape(-1) if per_group > 0 else False
-    return keep
+    kept = keep_top(blocks, kept_count(step, sparsity), dim=-1).reshape(-1)
+    tail = torch.ones(c - step * groups, dtype=torch.bool, device=score.device)
+    return torch.cat([kept, tail])
 
 
 
@@ -352,7 +401,7 @@ def allocate_dependency_aware(
         if len(channels) != 1:
             raise ValueError(f"dependency set {[k for _, k in keyed]} has different channel counts {sorted(channels)}")
         fused = torch.stack([scores[k].reshape(-1) for _, k in keyed]).sum(0)
-        s = min(_sparsity_for(sparsity, k) for _, k in keyed)
+        s = functools.reduce(_smaller, (_sparsity_for(sparsity, k) for _, k in keyed))
         lcm = math.lcm(*(int(groups.get(m, groups.get(k, 1))) for m, k in keyed))
         keep = group_keep(fused, s, lcm)
         for _, k in keyed:
@@ -364,6 +413,12 @@ def allocate_dependency_aware(
     masks = {k: masks[k] for k in metrics}
     return _finish(masks, prior) if prior else masks
 
+
+
+def _smaller(a: float | Tensor, b: float | Tensor) -> float | Tensor:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return min(a, b)
 
 
 def dependency_kept_count(channels: int, sparsity: float, groups: int = 1) -> int:

@@ -16,7 +16,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from purecompress._pytree import cache, is_traced, record, static
+from purecompress._pytree import cache, is_traced, record, static, static_record
 
 __all__ = [
     "Block",
@@ -33,7 +33,7 @@ __all__ = [
 
 
 
-@attrs.frozen
+@static_record
 class Block:
     """A granularity: how a parameter is cut into blocks (NNI's ``Scaling``).
 
