@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from typing_extensions import dataclass_transform
-
 import attrs
 import optree
 import torch
 import torch.utils._pytree as torch_pytree
+from typing_extensions import dataclass_transform
 
 __all__ = ["NAMESPACE", "record", "static", "static_record", "trees_equal"]
 
