@@ -35,6 +35,7 @@ from purecompress.pruning import (
     MovementState,
     PruneConfig,
     Schedule,
+    Sensitivity,
     SparsityReport,
     TaylorStats,
     admm,
@@ -92,6 +93,7 @@ from purecompress.pruning import (
     relative_sparsity,
     rewind,
     save_masks,
+    sensitivity,
     slim_penalty,
     sparsity_report,
     straight_through,
@@ -113,6 +115,8 @@ from purecompress.transform import Params, Stateful, Transform
 __version__ = "0.1.0"
 
 __all__ = [
+    "Sensitivity",
+    "sensitivity",
     "ActivationStats",
     "AdmmState",
     "Block",

@@ -121,6 +121,7 @@ from purecompress.pruning._schedule import (
     progress,
     relative_sparsity,
 )
+from purecompress.pruning._sensitivity import Sensitivity, sensitivity
 from purecompress.pruning._stats import (
     ActivationStats,
     TaylorStats,
@@ -133,6 +134,8 @@ from purecompress.pruning._stats import (
 from purecompress.transform import Params, Stateful, Transform
 
 __all__ = [
+    "Sensitivity",
+    "sensitivity",
     "ActivationStats",
     "AdmmState",
     "Block",
