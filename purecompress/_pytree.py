@@ -70,7 +70,7 @@ def record(cls: type[T]) -> type[T]:
     tensors are.
     """
     cls = attrs.frozen(eq=False, slots=True)(cls)
-    fields = attrs.fields(cls)
+    fields = attrs.fields(cls)  # type: ignore[arg-type]  # cls is an attrs class from here on
     cls.__init__ = _compile_friendly_init(cls.__init__, fields)  # type: ignore[method-assign]
     data = [f for f in fields if not f.metadata.get(_CACHE, False)]
     caches = tuple(f.name for f in fields if f.metadata.get(_CACHE, False))
@@ -108,7 +108,7 @@ def record(cls: type[T]) -> type[T]:
         return unflatten(context, [next(it) if p else None for p in present])
 
     optree.register_pytree_node(
-        cls, optree_flatten, lambda ctx, values: unflatten(ctx, values), namespace=NAMESPACE
+        cls, optree_flatten, lambda ctx, values: unflatten(ctx, values), namespace=NAMESPACE  # type: ignore[arg-type]
     )
     torch_pytree.register_pytree_node(
         cls,
@@ -132,7 +132,8 @@ def static_record(cls: type[T]) -> type[T]:
     """Make ``cls`` a frozen attrs record that is *not* a pytree node (granularities, configs):
     hashable, compared by value, and constructible inside ``torch.compile(fullgraph=True)``."""
     cls = attrs.frozen(cls)
-    cls.__init__ = _compile_friendly_init(cls.__init__, attrs.fields(cls))  # type: ignore[method-assign]
+    fields = attrs.fields(cls)  # type: ignore[arg-type]  # cls is an attrs class from here on
+    cls.__init__ = _compile_friendly_init(cls.__init__, fields)  # type: ignore[method-assign]
     return cls
 
 
@@ -159,7 +160,8 @@ def _compile_friendly_init(attrs_init: Callable[..., None], fields: Any) -> Call
             elif name in kwargs:
                 value = kwargs[name]
             elif factories[i]:
-                value = makers[i](self) if self_makers[i] else makers[i]()
+                make: Callable[..., Any] = makers[i]  # type: ignore[assignment]  # set where factories[i]
+                value = make(self) if self_makers[i] else make()
             else:
                 value = defaults[i]
             if converters[i] is not None:

@@ -389,8 +389,8 @@ def allocate_dependency_aware(
     scores = _scores(metrics, prior)
     masks: Masks = {}
     for members in channel_sets:
-        keyed = [(m, _key(metrics, m)) for m in members]
-        keyed = [(m, k) for m, k in keyed if k is not None and k not in masks]
+        found = [(m, _key(metrics, m)) for m in members]
+        keyed = [(m, k) for m, k in found if k is not None and k not in masks]
         if not keyed:
             continue
         for _, k in keyed:
@@ -426,4 +426,4 @@ def dependency_kept_count(channels: int, sparsity: float, groups: int = 1) -> in
     step = channels // groups
     if step == 0:
         return channels
-    return groups * kept_count(step, sparsity) + channels - step * groups
+    return groups * int(kept_count(step, sparsity)) + channels - step * groups

@@ -54,7 +54,7 @@ class Block:
         default="front", validator=attrs.validators.in_(("front", "back"))
     )
 
-    @kernel.validator
+    @kernel.validator  # type: ignore[attr-defined]  # attrs' decorator on the field
     def _check_kernel(self, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
         del attribute
         if any(isinstance(k, bool) or not isinstance(k, int) or (k < 1 and k != -1) for k in value):

@@ -165,7 +165,7 @@ def anneal_sparsities(evaluate: Callable[[dict[str, float]], float], sizes: Mapp
     >>> sorted(r.sparsities), len(r.history) > 1
     (['a', 'b'], True)
     """
-    annealer = Annealer([sizes], [total], **options)
+    annealer = Annealer([sizes], (total,), **options)  # type: ignore[arg-type]  # mypy reads converter=tuple as tuple[_T_co]
     rng = random.Random(seed)
     state = annealer.init(rng)
     history: list[tuple[Mapping[str, float], float]] = []
