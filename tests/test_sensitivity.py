@@ -32,8 +32,9 @@ def test_vmapped_sensitivity_equals_the_loop_on_a_cnn_with_16_candidates() -> No
     assert dict(fast.looped) == {} and set(slow.looped) == set(layers)
     assert fast.layers == tuple(layers) and fast.sparsities == tuple(sparsities)
     assert torch.allclose(fast.scores, slow.scores, rtol=1e-5, atol=1e-6)
-    for i, layer in enumerate(layers):  # each entry is evaluate() with only that layer pruned
-        masks = pc.allocate_per_layer(pc.l1_norm(params, [layer]), 0.5)
+    shapes = {k: tuple(v.shape) for k, v in params.items()}
+    for i, layer in enumerate(layers):  # each entry is evaluate() with only that layer (and its bias) pruned
+        masks = pc.bias_masks(pc.allocate_per_layer(pc.l1_norm(params, [layer]), 0.5), shapes)
         assert torch.allclose(fast.scores[i, 8], loss(pc.apply_masks(params, masks)).double(), atol=1e-6)
     assert all(torch.equal(before[k], params[k]) for k in params)
 

@@ -105,6 +105,7 @@ from purecompress.compat.quantization import (
     QuantizerModuleWrapper,
     QuantType,
 )
+from purecompress.compat.sensitivity_analysis import SensitivityAnalysis
 from purecompress.compat.speedup import (
     EmptyLayerError,
     InputsNumberError,
@@ -133,6 +134,7 @@ from purecompress.selectors import ConfigError
 SchemaError = ConfigError
 
 __all__ = [
+    "SensitivityAnalysis",
     "ADMMPruner",
     "AGPPruner",
     "AGPTaskGenerator",

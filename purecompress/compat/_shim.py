@@ -64,6 +64,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni.algorithms.compression.v2.pytorch.pruning.tools.task_generator": (_P + "task_generator",),
     "nni.algorithms.compression.v2.pytorch.base.scheduler": _SCHEDULER_BASE,
     "nni.compression.pytorch.utils.counter": (_C + "counter",),
+    "nni.compression.pytorch.utils.sensitivity_analysis": (_C + "sensitivity_analysis",),
     "nni.compression.pytorch.speedup.compressor": (_C + "speedup:ModelSpeedup",),
     "nni.compression.pytorch.speedup.error_code": (_C + (
         "speedup:SpeedupError,EmptyLayerError,ShapeMisMatchError,InputsNumberError,OutputTypeError,UnBalancedGroupError"),),

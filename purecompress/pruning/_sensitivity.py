@@ -1,7 +1,8 @@
 """Sensitivity analysis: how a score (loss, accuracy) changes as each layer alone is pruned.
 
 For every target layer and every candidate sparsity the layer is pruned (by a metric and the
-per-layer allocator) while the rest of the model stays dense, and ``evaluate`` scores the result.
+per-layer allocator; a channel mask prunes the pruned channels' biases too, NNI's rule) while the
+rest of the model stays dense, and ``evaluate`` scores the result.
 The K candidates of a layer run as **one** ``torch.func.vmap``-ped evaluation over a tensor of
 sparsities (the allocators accept one, see :func:`~purecompress.allocate_per_layer`) instead of K
 evaluations; where the evaluation cannot be vmapped (a BatchNorm in train mode writes its running
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from purecompress.pruning._allocators import allocate_per_layer
+from purecompress.pruning._allocators import allocate_per_layer, bias_masks
 from purecompress.pruning._metrics import l1_norm
 from purecompress.pruning._params import apply_masks
 from purecompress.pruning._records import Metrics
@@ -99,9 +100,10 @@ def sensitivity(
     metrics = metric(params, targets)
     candidates = torch.tensor(values, dtype=torch.float64)
     rows, looped = [], {}
+    shapes = {k: tuple(v.shape) for k, v in params.items()}
     for name in metrics:
         def at(s: Tensor | float, one: Metrics = {name: metrics[name]}) -> Tensor:  # noqa: B006 - read only
-            return evaluate(apply_masks(params, allocate_per_layer(one, s)))
+            return evaluate(apply_masks(params, bias_masks(allocate_per_layer(one, s), shapes)))
 
         row = None
         if vmapped:
