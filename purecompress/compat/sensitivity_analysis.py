@@ -95,7 +95,8 @@ class SensitivityAnalysis:
                  specified_layers: Sequence[str] | None = None) -> dict[str, dict[float, float]]:
         """``{layer: {sparsity: val_func()}}`` with only that layer pruned (up to the early stop)."""
         args, kwargs = tuple(val_args or ()), dict(val_kwargs or {})
-        self.ori_metric = float(self.val_func(*args, **kwargs))
+        metric = self.val_func(*args, **kwargs)
+        self.ori_metric = float(metric.detach() if isinstance(metric, Tensor) else metric)
         names = [n for n in self.target_layer if specified_layers is None or n in specified_layers]
         evaluation = _Evaluation(self.model, self.val_func)
         params: Params = params_of(self.model)
