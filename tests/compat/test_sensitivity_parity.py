@@ -32,8 +32,9 @@ def test_analysis_equals_nni(prune_type: str, early_stop: tuple[str | None, floa
     theirs = NniSA(theirs_model, lambda: float(theirs_model(x).pow(2).mean().detach()), sparsities=[0.75, 0.25, 0.5],
                    prune_type=prune_type, early_stop_mode=mode, early_stop_value=value).analysis()
     before = copy.deepcopy(ours_model.state_dict())
-    sa = SensitivityAnalysis(ours_model, lambda: float(ours_model(x).pow(2).mean().detach()), sparsities=[0.75, 0.25, 0.5],
-                             prune_type=prune_type, early_stop_mode=mode, early_stop_value=value)
+    sa = SensitivityAnalysis(ours_model, lambda: float(ours_model(x).pow(2).mean().detach()),
+                             sparsities=[0.75, 0.25, 0.5], prune_type=prune_type, early_stop_mode=mode,
+                             early_stop_value=value)
     ours = sa.analysis()
     assert {k: {float(s): v for s, v in d.items()} for k, d in theirs.items()} == ours
     assert set(sa.looped) == {"0", "2"}  # val_func returns a Python float: NNI's loop, and we say so
