@@ -2,10 +2,10 @@
 peak memory of the sequential pass versus holding every layer's activations.
 
 Trains a tiny Llama-style decoder on the standard library's sources (one thread, about two
-minutes), then writes ``benchmarks/RESULTS_llm.md``::
+minutes), then prints the tables recorded in ``benchmarks/RESULTS.md``::
 
     python benchmarks/bench_llm.py            # full run
-    python benchmarks/bench_llm.py --steps 50 --no-write   # smoke run
+    python benchmarks/bench_llm.py --steps 50   # smoke run
 """
 
 from __future__ import annotations
@@ -122,7 +122,6 @@ def memory_rows() -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--memory-child", choices=["sequential", "all"])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -140,8 +139,6 @@ def main() -> None:
             "## Peak memory (max RSS of a fresh process; 8-block dim-256 decoder, 128 windows of 128 tokens)", "",
             table(["calibration", "max RSS with the model built", "max RSS after calibration"], mem), ""]
     print("\n".join(more))
-    if not args.no_write:
-        Path(__file__).with_name("RESULTS_llm.md").write_text("\n".join(text + more))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from purecompress.pruning import (
     allocate_balanced,
     allocate_dependency_aware,
     allocate_global,
+    allocate_n_m,
     allocate_per_layer,
     allocate_threshold,
     apoz,
@@ -67,6 +68,7 @@ from purecompress.pruning import (
     fpgm,
     from_config_list,
     gradual,
+    gradual_n_m,
     group_keep,
     iteration_sparsities,
     keep_top,
@@ -88,7 +90,10 @@ from purecompress.pruning import (
     movement_masks,
     movement_regularizer,
     movement_scores,
+    n_m_keep,
+    n_m_sparsity,
     params_of,
+    parse_n_m,
     prune,
     relative_sparsity,
     rewind,
@@ -115,6 +120,11 @@ from purecompress.transform import Params, Stateful, Transform
 __version__ = "0.1.0"
 
 __all__ = [
+    "allocate_n_m",
+    "gradual_n_m",
+    "n_m_keep",
+    "n_m_sparsity",
+    "parse_n_m",
     "Sensitivity",
     "sensitivity",
     "ActivationStats",

@@ -26,12 +26,27 @@ def test_parse_n_m_names_the_key_on_bad_input(spec: object) -> None:
     assert info.value.key == "sparse_pattern" and info.value.index == 3
 
 
-def test_nni_only_config_paths_reject_the_n_m_key_naming_it() -> None:
-    entry = {"sparsity": 0.5, "op_types": ["Linear"], "sparse_pattern": "2:4"}
+def test_the_n_m_config_key_runs_through_select_and_prune_and_nni_paths_reject_it() -> None:
+    entry = {"op_types": ["Linear"], "sparse_pattern": "2:4"}
+    (config,) = pc.from_config_list([entry])
+    assert config.n_m == (2, 4) and config.sparsity_per_layer == 0.5
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
+    plan = pc.select(model, pc.from_config_list([entry, {"sparsity": 0.5, "op_names": ["2"]}]))
+    masks = pc.prune(pc.params_of(model), plan, pc.level)
+    groups = masks["0.weight"].keep.reshape(6, 2, 4)
+    assert (groups.sum(-1) == 2).all()  # exactly 2 of every 4 along the input dim
+    assert masks["2.weight"].sparsity() == 0.5  # the other config: plain per-layer
+    with pytest.raises(ValueError, match="element-granularity"):
+        pc.prune(pc.params_of(model), plan, pc.l1_norm)
+    with pytest.raises(ValueError, match="per layer"):
+        pc.prune(pc.params_of(model), plan, pc.level, distribution="global")
+    with pytest.raises(pc.ConfigError, match="'sparse_pattern'.*prunes 0.5"):
+        pc.from_config_list([{"sparsity": 0.7, "op_types": ["Linear"], "sparse_pattern": "2:4"}])
+    with pytest.raises(pc.ConfigError, match="'sparse_pattern'.*total_sparsity"):
+        pc.from_config_list([{"total_sparsity": 0.5, "op_types": ["Linear"], "sparse_pattern": "2:4"}])
     with pytest.raises(pc.ConfigError, match="'sparse_pattern'"):
-        pc.from_config_list([entry])
-    with pytest.raises(pc.ConfigError, match="'sparse_pattern'"):
-        LevelPruner(torch.nn.Sequential(torch.nn.Linear(8, 8)), [entry])
+        LevelPruner(torch.nn.Sequential(torch.nn.Linear(8, 8)), [{"sparsity": 0.5, **entry}])
 
 
 def test_allocate_n_m_groups_run_along_the_input_dim_of_convs_too() -> None:

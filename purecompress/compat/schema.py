@@ -97,6 +97,9 @@ def validate(
     for index, entry in enumerate(config_list):
         if not isinstance(entry, Mapping):
             raise ConfigError(index, None, f"each entry must be a dict, got {type(entry).__name__}")
+        if "sparse_pattern" in entry:
+            raise ConfigError(index, "sparse_pattern", "N:M sparsity is a purecompress extension that NNI's pruners "
+                              "do not take; use pc.prune(params, pc.select(model, pc.from_config_list(...)), ...)")
         if forms is not None:
             _check_form(index, entry, forms)
         if entry.get("exclude") is False and not any(k in entry for k in ("sparsity", "sparsity_per_layer",

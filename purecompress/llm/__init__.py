@@ -32,7 +32,7 @@ from purecompress.llm._sequential import BlockResult, LinearStats, SequentialRes
 from purecompress.llm._sparsegpt import sparsegpt, sparsegpt_prune
 from purecompress.llm._train import train_decoder
 from purecompress.llm._wanda import allocate_per_row, wanda, wanda_metric
-from purecompress.pruning._n_m import allocate_n_m, gradual_n_m, n_m_keep, n_m_sparsity, parse_n_m
+from purecompress.pruning import allocate_n_m, gradual_n_m, n_m_keep, n_m_sparsity, parse_n_m
 
 __all__ = [
     "BlockResult",

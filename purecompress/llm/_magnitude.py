@@ -8,7 +8,7 @@ from torch import nn
 
 import purecompress as pc
 from purecompress.llm._decoder import decoder_blocks
-from purecompress.pruning._n_m import allocate_n_m, parse_n_m
+from purecompress.pruning import allocate_n_m, parse_n_m
 
 __all__ = ["linear_weights", "magnitude_masks"]
 

@@ -87,6 +87,7 @@ from purecompress.pruning._movement import (
     movement_scores,
     straight_through,
 )
+from purecompress.pruning._n_m import allocate_n_m, gradual_n_m, n_m_keep, n_m_sparsity, parse_n_m
 from purecompress.pruning._params import (
     apply_masks,
     params_of,
@@ -134,6 +135,11 @@ from purecompress.pruning._stats import (
 from purecompress.transform import Params, Stateful, Transform
 
 __all__ = [
+    "allocate_n_m",
+    "gradual_n_m",
+    "n_m_keep",
+    "n_m_sparsity",
+    "parse_n_m",
     "Sensitivity",
     "sensitivity",
     "ActivationStats",

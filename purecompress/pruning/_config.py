@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from purecompress.pruning._n_m import n_m_sparsity, parse_n_m
 from purecompress.selectors import SELECTOR_KEYS, ConfigError, Selector, check_op_types, parse_selector
 
 __all__ = [
@@ -18,7 +19,7 @@ __all__ = [
 ]
 
 
-_PRUNE_KEYS = ("sparsity", "sparsity_per_layer", "total_sparsity", "max_sparsity_per_layer")
+_PRUNE_KEYS = ("sparsity", "sparsity_per_layer", "total_sparsity", "max_sparsity_per_layer", "sparse_pattern")
 
 
 
@@ -42,6 +43,9 @@ class PruneConfig:
             per-layer mode applies it to each layer, as NNI does).
         max_sparsity_per_layer: cap per layer in global allocation: one float, or per module name.
         options: algorithm-specific keys the caller allowed (e.g. ADMM's ``rho``).
+        n_m: ``(N, M)`` from the ``'sparse_pattern'`` key (a purecompress extension, e.g. ``'2:4'``):
+            keep the N largest of every M consecutive weights along the input dim; the per-layer
+            sparsity is then ``1 - N/M``. NNI's pruners (purecompress.compat) reject the key.
     """
 
     selector: Selector
@@ -49,6 +53,7 @@ class PruneConfig:
     total_sparsity: float | None = None
     max_sparsity_per_layer: float | Mapping[str, float] | None = None
     options: Mapping[str, object] = attrs.field(factory=dict, converter=lambda d: dict(d))
+    n_m: tuple[int, int] | None = None
 
     @property
     def sparsity(self) -> float | None:
@@ -98,6 +103,16 @@ def _prune_entry(index: int, entry: Mapping[str, object], extra_keys: Sequence[s
                 raise ConfigError(index, "max_sparsity_per_layer", "must be in (0, 1]: a cap of 0.0 prunes nothing "
                                   "(leave the layer out, or use 'exclude')")
         kwargs["max_sparsity_per_layer"] = {str(k): v for k, v in cap.items()} if isinstance(cap, Mapping) else cap
+    if "sparse_pattern" in entry:
+        n_m = parse_n_m(entry["sparse_pattern"], index=index)
+        implied = n_m_sparsity(*n_m)
+        if "total_sparsity" in entry:
+            raise ConfigError(index, "sparse_pattern", "N:M is per layer: use it without 'total_sparsity'")
+        if per_layer is not None and kwargs["sparsity_per_layer"] != implied:
+            raise ConfigError(index, "sparse_pattern", f"{entry['sparse_pattern']!r} prunes {implied} of each "
+                              f"layer, not {key!r} {per_layer!r}: drop {key!r} or make it {implied}")
+        kwargs["n_m"] = n_m
+        kwargs.setdefault("sparsity_per_layer", implied)
     if not selector.exclude and "sparsity_per_layer" not in kwargs and "total_sparsity" not in kwargs:
         raise ConfigError(index, None, "needs 'sparsity' (or 'sparsity_per_layer') or 'total_sparsity'")
     kwargs["options"] = {k: entry[k] for k in extra_keys if k in entry}

@@ -20,7 +20,13 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
-import purecompress as pc
+from purecompress.pruning._allocators import keep_top, kept_count
+from purecompress.pruning._gradual import GradualState
+from purecompress.pruning._metrics import level
+from purecompress.pruning._params import apply_masks
+from purecompress.pruning._records import Mask, Masks, Metrics
+from purecompress.selectors import ConfigError
+from purecompress.transform import Params, Transform
 
 __all__ = [
     "allocate_n_m",
@@ -49,20 +55,20 @@ def parse_n_m(spec: object, *, key: str = "sparse_pattern", index: int | None = 
     >>> parse_n_m('4:2', index=0)
     Traceback (most recent call last):
     ...
-    purecompress.config.ConfigError: config_list[0]['sparse_pattern']: N:M needs 0 < N < M, got '4:2'
+    purecompress.selectors.ConfigError: config_list[0]['sparse_pattern']: N:M needs 0 < N < M, got '4:2'
     """
     if isinstance(spec, str):
         match = _SPEC.match(spec)
         if match is None:
-            raise pc.ConfigError(index, key, f"must be 'N:M' (e.g. '2:4'), got {spec!r}")
+            raise ConfigError(index, key, f"must be 'N:M' (e.g. '2:4'), got {spec!r}")
         n, m = int(match.group(1)), int(match.group(2))
     elif (isinstance(spec, (tuple, list)) and len(spec) == 2
           and all(isinstance(v, int) and not isinstance(v, bool) for v in spec)):
         n, m = spec
     else:
-        raise pc.ConfigError(index, key, f"must be 'N:M' (e.g. '2:4') or a pair of ints, got {spec!r}")
+        raise ConfigError(index, key, f"must be 'N:M' (e.g. '2:4') or a pair of ints, got {spec!r}")
     if not 0 < n < m:
-        raise pc.ConfigError(index, key, f"N:M needs 0 < N < M, got {spec!r}")
+        raise ConfigError(index, key, f"N:M needs 0 < N < M, got {spec!r}")
     return n, m
 
 
@@ -105,11 +111,11 @@ def n_m_keep(score: Tensor, n: int, m: int) -> Tensor:
         raise ValueError(f"N:M with M={m} needs the input dim ({width} for shape {tuple(score.shape)}) "
                          f"to be a multiple of {m}")
     groups = score.reshape(score.shape[0], width // m, m)
-    return pc.keep_top(groups, n, -1).reshape(score.shape)
+    return keep_top(groups, n, -1).reshape(score.shape)
 
 
-def allocate_n_m(metrics: pc.Metrics, n: int | Mapping[str, int], m: int, *,
-                 prior: pc.Masks | None = None) -> pc.Masks:
+def allocate_n_m(metrics: Metrics, n: int | Mapping[str, int], m: int, *,
+                 prior: Masks | None = None) -> Masks:
     """Keep the ``n`` highest-scoring of every ``m`` consecutive weights along the input dim.
 
     Args:
@@ -123,6 +129,7 @@ def allocate_n_m(metrics: pc.Metrics, n: int | Mapping[str, int], m: int, *,
     Returns:
         name -> :class:`~purecompress.Mask` whose ``keep`` has the parameter's full shape.
 
+    >>> import purecompress as pc
     >>> w = {'w': pc.Metric(torch.tensor([[1., 4., 2., 3.], [4., 3., 2., 1.]]), (2, 4))}
     >>> allocate_n_m(w, 2, 4)['w'].keep
     tensor([[False,  True, False,  True],
@@ -139,17 +146,17 @@ def allocate_n_m(metrics: pc.Metrics, n: int | Mapping[str, int], m: int, *,
         if previous is not None:
             score = score.masked_fill(~previous.broadcastable().expand(metric.shape), -math.inf)
         keep = n_m_keep(score, n[name] if isinstance(n, Mapping) else n, m)
-        mask = pc.Mask(keep, metric.shape)
+        mask = Mask(keep, metric.shape)
         masks[name] = mask if previous is None else mask & previous
     return masks
 
 
 Schedule = Callable[[int], float]
-MetricFn = Callable[[Mapping[str, Tensor], Iterable[str]], pc.Metrics]
+MetricFn = Callable[[Mapping[str, Tensor], Iterable[str]], Metrics]
 
 
 def gradual_n_m(schedule: Schedule, targets: Iterable[str], *, n: int, m: int,
-                metric: MetricFn = pc.level) -> pc.Transform:
+                metric: MetricFn = level) -> Transform:
     """Reach N:M gradually: at ``step`` each group keeps ``max(n, kept_count(m, schedule(step)))``.
 
     The schedule gives a sparsity (e.g. :func:`purecompress.agp_schedule` with ``final=1 - n/m``);
@@ -180,19 +187,19 @@ def gradual_n_m(schedule: Schedule, targets: Iterable[str], *, n: int, m: int,
     _check(n, m)
     names = list(targets)
 
-    def init(params: pc.Params, *, step: int = 0) -> pc.GradualState:
+    def init(params: Params, *, step: int = 0) -> GradualState:
         del params
-        return pc.GradualState(masks={}, step=step, sparsity=0.0)
+        return GradualState(masks={}, step=step, sparsity=0.0)
 
-    def update(params: pc.Params, state: pc.GradualState, *, step: int | None = None,
-               metrics: pc.Metrics | None = None) -> tuple[pc.Params, pc.GradualState]:
+    def update(params: Params, state: GradualState, *, step: int | None = None,
+               metrics: Metrics | None = None) -> tuple[Params, GradualState]:
         step = state.step if step is None else step
-        kept = max(n, pc.kept_count(m, min(max(schedule(step), 0.0), 1.0)))
+        kept = max(n, kept_count(m, min(max(schedule(step), 0.0), 1.0)))
         masks, sparsity = state.masks, state.sparsity
         if kept < m and 1.0 - kept / m > sparsity:
             scores = metric(params, names) if metrics is None else metrics
             masks = allocate_n_m({name: scores[name] for name in names}, kept, m, prior=masks)
             sparsity = 1.0 - kept / m
-        return pc.apply_masks(params, masks), pc.GradualState(masks=masks, step=step + 1, sparsity=sparsity)
+        return apply_masks(params, masks), GradualState(masks=masks, step=step + 1, sparsity=sparsity)
 
-    return pc.Transform(init, update)
+    return Transform(init, update)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from purecompress.pruning._allocators import allocate_balanced, allocate_global, allocate_per_layer, bias_masks
 from purecompress.pruning._config import PruneConfig
+from purecompress.pruning._n_m import allocate_n_m
 from purecompress.pruning._records import Masks, Metrics
 from purecompress.selectors import Plan
 
@@ -62,7 +63,19 @@ def allocate(
         bias: also mask biases of pruned output channels (NNI's rule, see ``bias_masks``).
     """
     sparsity = _sparsities(metrics, plan)
-    if distribution == "per_layer":
+    targets = plan.targets()
+    n_m = {name: targets[name].config.n_m for name in metrics if targets[name].config.n_m is not None}
+    if n_m and distribution != "per_layer":
+        raise ValueError(f"N:M configs ('sparse_pattern') are per layer; distribution={distribution!r} cannot "
+                         f"apply them (layers {sorted(n_m)})")
+    if n_m:
+        masks = {}
+        for name, (n, m) in n_m.items():
+            masks.update(allocate_n_m({name: metrics[name]}, n, m, prior=prior))
+        rest = {name: metric for name, metric in metrics.items() if name not in n_m}
+        masks.update(allocate_per_layer(rest, {k: sparsity[k] for k in rest}, prior=prior) if rest else {})
+        masks = {name: masks[name] for name in metrics}
+    elif distribution == "per_layer":
         masks = allocate_per_layer(metrics, sparsity, prior=prior)
     elif distribution == "balanced":
         if balance_gran is None:
@@ -70,7 +83,6 @@ def allocate(
         masks = allocate_balanced(metrics, sparsity, gran=balance_gran, prior=prior)
     elif distribution == "global":
         masks = {}
-        targets = plan.targets()
         groups: dict[int, Metrics] = {}  # config index -> its targets' metrics, pooled together
         for name, metric in metrics.items():
             groups.setdefault(targets[name].index, {})[name] = metric
