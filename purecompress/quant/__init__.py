@@ -21,7 +21,7 @@ API summary (stable names; everything is re-exported here except the ONNX export
   ``QuantConfig(selector, specs, start_step)``, ``from_quant_config_list(config_list, *,
   allowed_op_types=None, allowed_bits=None, allowed_quant_types=QUANT_TYPES)``, ``QUANT_TYPES``.
 - Transform (``transform``): ``QuantTransform`` (``.init(params) -> QuantState``,
-  ``.update(state)`` = step + 1 after each optimizer step, ``.keys``, ``.plan``, calling it =
+  ``.update(params, state) -> (params, state)``: step + 1 after each optimizer step, ``.keys``, ``.plan``, calling it =
   ``quantized_call``), ``quantized_call(q, model, params, state, args, kwargs=None, *,
   training=True) -> (output, new_state)``, ``QuantState(step, tensors)`` with
   ``tensors['<module>.<weight|input|output>'] = TensorState(range, qparams)``; ``Kernel``,

@@ -130,9 +130,14 @@ class QuantTransform:
                     tensors[key] = state
         return QuantState(torch.tensor(1, dtype=torch.int64), tensors)
 
-    def update(self, state: QuantState) -> QuantState:
-        """Advance the step (call after each optimizer step, like NNI's patched ``step``)."""
-        return QuantState(state.step + 1, state.tensors)
+    def update(self, params: Params, state: QuantState, **aux: Any) -> tuple[Params, QuantState]:
+        """Advance the step (call after each optimizer step, like NNI's patched ``step``).
+
+        The :class:`~purecompress.transform.Stateful` shape: ``params`` come back unchanged (the
+        same dict), ``aux`` is accepted and ignored; only the step advances.
+        """
+        del aux
+        return params, QuantState(state.step + 1, state.tensors)
 
     def __call__(self, model: nn.Module, params: Params, state: QuantState, args: Any = (),
                  kwargs: Mapping[str, Any] | None = None, *, training: bool = True) -> tuple[Any, QuantState]:
