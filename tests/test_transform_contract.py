@@ -52,7 +52,7 @@ def test_every_stateful_factory_satisfies_the_transform_contract(name: str) -> N
     out = t.update(params, state, **aux)
     assert isinstance(out, tuple) and len(out) == 2
     new_params, _ = out
-    assert isinstance(new_params, dict) and set(params) <= set(new_params)
+    assert isinstance(new_params, dict) and set(new_params) <= set(params)
     assert all(isinstance(v, torch.Tensor) for v in new_params.values())
 
 
