@@ -27,6 +27,7 @@ from purecompress.quant import (
     fake_quantize,
     fake_quantize_clipped,
     fake_quantize_ste,
+    fold_conv_bn,
     int_range,
     lsq_fake_quantize,
     lsq_init_scale,
@@ -146,11 +147,14 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
         current = _qparams(spec, observed, axis)
         if wrapper.training:
             self._store(module, "weight", current, weight)
-            return fake_quantize_clipped(weight, current, (observed.min, observed.max))
-        stored, valid = self._stored(module, "weight", spec, axis)
-        qp = QuantParams(torch.where(valid, stored.scale, current.scale),
-                         torch.where(valid, stored.zero_point, current.zero_point), stored.qmin, stored.qmax, axis)
-        return fake_quantize_ste(weight, qp, clip=True)
+            quantized = fake_quantize_clipped(weight, current, (observed.min, observed.max))
+        else:
+            stored, valid = self._stored(module, "weight", spec, axis)
+            qp = QuantParams(torch.where(valid, stored.scale, current.scale),
+                             torch.where(valid, stored.zero_point, current.zero_point), stored.qmin, stored.qmax, axis)
+            quantized = fake_quantize_ste(weight, qp, clip=True)
+        module.weight = quantized  # NNI: a direct call leaves the quantized weight on the module
+        return quantized
 
     def _activation(self, x: Tensor, wrapper: QuantizerModuleWrapper, kind: str) -> Tensor:
         module, spec = wrapper.module, wrapper.quant_config.specs[kind]
@@ -260,11 +264,10 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
 
 def fold_for_export(wrapper: QuantizerModuleWrapper) -> tuple[Tensor, Tensor]:
     """The folded float weight and bias of a BN-folded wrapper (detached)."""
-    from purecompress.compat.quantization.base import fold_bn_params
-
-    module = wrapper.module
+    module, bn = wrapper.module, wrapper.bn_module
     with torch.no_grad():
-        return fold_bn_params(module.old_weight, getattr(module, "old_bias", None), wrapper.bn_module)
+        return fold_conv_bn(module.old_weight, getattr(module, "old_bias", None), bn.weight, bn.bias,
+                            bn.running_mean, bn.running_var, bn.eps)
 
 
 logger = logging.getLogger(__name__)
