@@ -8,7 +8,8 @@ API summary (stable names; everything is re-exported here except the ONNX export
   ``.per_channel``), ``quant_params(min, max, *, bits=8, dtype='uint', scheme='per_tensor_affine',
   axis=None, qrange=None)``, ``quantize(x, qp)``, ``dequantize(q, qp)``, ``fake_quantize(x, qp)``,
   ``SCHEMES``, ``DTYPES``, ``SCALE_EPS``, ``is_per_channel``, ``is_symmetric``.
-- Straight-through fake quantization (``ste``): ``fake_quantize_ste(x, qp, *, clip=False)``
+- Straight-through fake quantization (``ste``): ``codes(x, scale, zero_point)`` (unclamped),
+  ``fake_quantize_ste(x, qp, *, clip=False)``
   (clip=True is NNI QAT's clipped STE), ``fake_quantize_clipped(x, qp, bounds)`` (the same with
   ``x``'s known min/max, for observers that have them).
 - Other straight-through estimators (``estimators``): ``straight_through(x, y)``,
@@ -29,7 +30,9 @@ API summary (stable names; everything is re-exported here except the ONNX export
 - Algorithms (``algorithms``), each ``f(model, config_list) -> QuantTransform``: ``qat``, ``naive``,
   ``dorefa`` (+ ``dorefa_weight``), ``bnn``, ``lsq`` (+ ``lsq_scales(q, model, params, args)``:
   learnable steps ``'<module>.<kind>_scale'`` to merge into the trainable params), ``observer``
-  (calibrate with ``training=True``, evaluate with ``training=False``); ``QAT_OP_TYPES``.
+  (calibrate with ``training=True``, evaluate with ``training=False``); ``QAT_OP_TYPES``; each
+  algorithm's per-tensor kernel is public (``qat_kernel``, ``naive_kernel`` (+ ``naive_step``, ``naive_quantize``),
+  ``dorefa_kernel``, ``bnn_kernel``, ``lsq_kernel``, ``observer_kernel``): compat runs them.
 - Conv-BN folding (``fold``): ``find_conv_bn(model) -> {conv: bn}`` (torch.fx),
   ``fold_conv_bn(w, b, gamma, beta, mean, var, eps) -> (w', b')``, ``fold_params(model, params,
   pairs) -> (params', extra_bias)``, ``folded_call(model, params, pairs, args)``.
@@ -43,13 +46,21 @@ from __future__ import annotations
 from purecompress.quant.algorithms import (
     QAT_OP_TYPES,
     bnn,
+    bnn_kernel,
     dorefa,
+    dorefa_kernel,
     dorefa_weight,
     lsq,
+    lsq_kernel,
     lsq_scales,
     naive,
+    naive_kernel,
+    naive_quantize,
+    naive_step,
     observer,
+    observer_kernel,
     qat,
+    qat_kernel,
 )
 from purecompress.quant.config import QUANT_TYPES, QuantConfig, TensorSpec, from_quant_config_list
 from purecompress.quant.estimators import binarize, lsq_fake_quantize, lsq_init_scale, straight_through
@@ -76,10 +87,19 @@ from purecompress.quant.qparams import (
     quant_params,
     quantize,
 )
-from purecompress.quant.ste import fake_quantize_clipped, fake_quantize_ste
+from purecompress.quant.ste import codes, fake_quantize_clipped, fake_quantize_ste
 from purecompress.quant.transform import Kernel, KernelContext, QuantState, QuantTransform, TensorState, quantized_call
 
 __all__ = [
+    "codes",
+    "qat_kernel",
+    "observer_kernel",
+    "naive_step",
+    "naive_quantize",
+    "naive_kernel",
+    "lsq_kernel",
+    "dorefa_kernel",
+    "bnn_kernel",
     "DTYPES",
     "CalibrationConfig",
     "load_calibration",

@@ -22,6 +22,7 @@ from purecompress.quant import QUANT_TYPES, QuantConfig, QuantParams, from_quant
 from purecompress.quant.export import save_calibration
 from purecompress.quant.fold import fold_conv_bn
 from purecompress.quant.onnx_export import export_qdq_onnx
+from purecompress.quant.ste import codes
 from purecompress.selectors import ConfigError, select
 
 __all__ = [
@@ -189,7 +190,7 @@ class QuantGrad(torch.autograd.Function):
     @classmethod
     def _quantize(cls, x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
         """Unclamped integer codes ``round(x / scale + zero_point)``."""
-        return torch.round(x / scale + zero_point)
+        return codes(x, scale, zero_point)
 
     @classmethod
     def get_bits_length(cls, config: Mapping[str, Any], quant_type: str) -> int | None:
