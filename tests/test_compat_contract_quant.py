@@ -141,3 +141,47 @@ def test_compat_quantization_has_no_tensor_math() -> None:
            for n, line in enumerate(path.read_text().splitlines(), 1)
            if _TENSOR_MATH.search(line.split("#", 1)[0]) and "noqa: compat-math" not in line]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("kinds", [["weight"], ["weight", "input", "output"]])
+def test_observer_compat_equals_core_histogram_estimator(kinds: list[str]) -> None:
+    cfg = [{"quant_types": kinds, "quant_bits": 8, "op_types": ["Conv2d", "Linear"]}]
+    xs = _data()
+    model = _net().eval()
+    quantizer = P.ObserverQuantizer(model, copy.deepcopy(cfg))
+    core_model = _net().eval()
+    q = pq.observer(core_model, copy.deepcopy(cfg), estimator="histogram")
+    params = dict(core_model.named_parameters())
+    state = q.init(params)
+    with torch.no_grad():
+        for x in xs:
+            model(x)
+            _, state = q(core_model, params, state, x)  # calibration: observe only
+        quantizer.compress()
+        y, state = q(core_model, params, state, xs[0], training=False)
+        assert torch.equal(model(xs[0]), y)
+    for key, tensor in state.tensors.items():
+        module, _, kind = key.rpartition(".")
+        owner = model.get_submodule(module).module
+        assert torch.equal(getattr(owner, f"{kind}_scale").reshape(()), tensor.qparams.scale), key
+        assert torch.equal(getattr(owner, f"{kind}_zero_point").reshape(()), tensor.qparams.zero_point), key
+
+
+def test_observer_estimators_differ_only_for_activations_and_unknown_ones_are_rejected() -> None:
+    cfg = [{"quant_types": ["weight", "output"], "quant_bits": 8, "op_types": ["Linear"]}]
+    states = []
+    for estimator in ("minmax", "histogram"):
+        model = _net().eval()
+        q = pq.observer(model, cfg, estimator=estimator)
+        params = dict(model.named_parameters())
+        state = q.init(params)
+        with torch.no_grad():
+            for x in _data():
+                _, state = q(model, params, state, x)
+            _, state = q(model, params, state, x, training=False)
+        states.append(state)
+    minmax, histogram = states
+    assert torch.equal(minmax.tensors["fc1.weight"].qparams.scale, histogram.tensors["fc1.weight"].qparams.scale)
+    assert not torch.equal(minmax.tensors["fc1.output"].qparams.scale, histogram.tensors["fc1.output"].qparams.scale)
+    with pytest.raises(ValueError, match="estimator"):
+        pq.observer(_net(), cfg, estimator="kl")

@@ -17,7 +17,8 @@ API summary (stable names; everything is re-exported here except the ONNX export
   ``lsq_init_scale(x, qmax)``.
 - Observers (``observers``): ``Range(min, max)`` record, ``current_range(x, *, axis=None)``,
   ``minmax_range(prev, x, *, axis=None)``, ``ema_range(prev, x, *, decay=0.99, axis=None,
-  first=None, current=None)``, ``EMA_DECAY``.
+  first=None, current=None)``, ``EMA_DECAY``; ``Histogram(counts, min, max)``, ``histogram_range(prev, x)``,
+  ``histogram_estimate(h) -> Range`` (torch's HistogramObserver as data).
 - Configs (``config``): ``TensorSpec(bits, dtype, scheme)`` (``.qrange``, ``.per_channel``),
   ``QuantConfig(selector, specs, start_step)``, ``from_quant_config_list(config_list, *,
   allowed_op_types=None, allowed_bits=None, allowed_quant_types=QUANT_TYPES)``, ``QUANT_TYPES``.
@@ -30,7 +31,8 @@ API summary (stable names; everything is re-exported here except the ONNX export
 - Algorithms (``algorithms``), each ``f(model, config_list) -> QuantTransform``: ``qat``, ``naive``,
   ``dorefa`` (+ ``dorefa_weight``), ``bnn``, ``lsq`` (+ ``lsq_scales(q, model, params, args)``:
   learnable steps ``'<module>.<kind>_scale'`` to merge into the trainable params), ``observer``
-  (calibrate with ``training=True``, evaluate with ``training=False``); ``QAT_OP_TYPES``; each
+  (``estimator='minmax'|'histogram'``; calibrate with ``training=True``, evaluate with
+  ``training=False``); ``QAT_OP_TYPES``; each
   algorithm's per-tensor kernel is public (``qat_kernel``, ``naive_kernel`` (+ ``naive_step``, ``naive_quantize``),
   ``dorefa_kernel``, ``bnn_kernel``, ``lsq_kernel``, ``observer_kernel``): compat runs them.
 - Conv-BN folding (``fold``): ``find_conv_bn(model) -> {conv: bn}`` (torch.fx),
@@ -44,6 +46,7 @@ API summary (stable names; everything is re-exported here except the ONNX export
 from __future__ import annotations
 
 from purecompress.quant.algorithms import (
+    OBSERVER_ESTIMATORS,
     QAT_OP_TYPES,
     bnn,
     bnn_kernel,
@@ -58,7 +61,9 @@ from purecompress.quant.algorithms import (
     naive_quantize,
     naive_step,
     observer,
+    observer_histogram_kernel,
     observer_kernel,
+    observer_qparams,
     qat,
     qat_kernel,
 )
@@ -73,7 +78,16 @@ from purecompress.quant.export import (
     save_quant_params,
 )
 from purecompress.quant.fold import find_conv_bn, fold_conv_bn, fold_params, folded_call
-from purecompress.quant.observers import EMA_DECAY, Range, current_range, ema_range, minmax_range
+from purecompress.quant.observers import (
+    EMA_DECAY,
+    Histogram,
+    Range,
+    current_range,
+    ema_range,
+    histogram_estimate,
+    histogram_range,
+    minmax_range,
+)
 from purecompress.quant.qparams import (
     DTYPES,
     SCALE_EPS,
@@ -91,6 +105,12 @@ from purecompress.quant.ste import codes, fake_quantize_clipped, fake_quantize_s
 from purecompress.quant.transform import Kernel, KernelContext, QuantState, QuantTransform, TensorState, quantized_call
 
 __all__ = [
+    "observer_qparams",
+    "histogram_range",
+    "histogram_estimate",
+    "Histogram",
+    "OBSERVER_ESTIMATORS",
+    "observer_histogram_kernel",
     "codes",
     "qat_kernel",
     "observer_kernel",

@@ -26,15 +26,41 @@ from torch import Tensor, nn
 
 from purecompress.quant.config import QuantConfig, TensorSpec, from_quant_config_list
 from purecompress.quant.estimators import binarize, lsq_fake_quantize, lsq_init_scale, straight_through
-from purecompress.quant.observers import current_range, ema_range, minmax_range
+from purecompress.quant.observers import (
+    Range,
+    current_range,
+    ema_range,
+    histogram_estimate,
+    histogram_range,
+    minmax_range,
+)
 from purecompress.quant.qparams import SCALE_EPS, QuantParams, quant_params
 from purecompress.quant.ste import fake_quantize_clipped, fake_quantize_ste
 from purecompress.quant.transform import KernelContext, QuantTransform, TensorState, build, quantized_call
 from purecompress.transform import Params
 
-__all__ = ["QAT_OP_TYPES", "bnn", "bnn_kernel", "dorefa", "dorefa_kernel", "dorefa_weight", "lsq", "lsq_kernel",
-           "lsq_scales", "naive", "naive_kernel", "naive_quantize", "naive_step", "observer", "observer_kernel",
-           "qat", "qat_kernel"]
+__all__ = [
+    "OBSERVER_ESTIMATORS",
+    "QAT_OP_TYPES",
+    "bnn",
+    "bnn_kernel",
+    "dorefa",
+    "dorefa_kernel",
+    "dorefa_weight",
+    "lsq",
+    "lsq_kernel",
+    "lsq_scales",
+    "naive",
+    "naive_kernel",
+    "naive_quantize",
+    "naive_step",
+    "observer",
+    "observer_histogram_kernel",
+    "observer_kernel",
+    "observer_qparams",
+    "qat",
+    "qat_kernel",
+]
 
 #: Module types NNI's QAT quantizer accepts.
 QAT_OP_TYPES: tuple[str, ...] = ("Conv2d", "Linear", "ReLU", "ReLU6")
@@ -209,7 +235,9 @@ def lsq_scales(q: QuantTransform, model: nn.Module, params: Params, args: Any = 
 
 # --- Observer (post-training calibration) ------------------------------------------------------
 
-def _observer_qparams(kind: str, rng: Any) -> QuantParams:
+def observer_qparams(kind: str, rng: Range) -> QuantParams:
+    """:func:`observer`'s parameters from a range: weights symmetric ``max|w| / 127.5`` on
+    ``[-127, 127]`` (torch's MinMaxObserver, clamped as NNI does), activations affine on ``[0, 127]``."""
     if kind == "weight":  # torch MinMaxObserver(qint8, per_tensor_symmetric), NNI clamps to +-127
         scale = torch.clamp(torch.maximum(-rng.min, rng.max).clamp(min=0) / 127.5, min=SCALE_EPS)
         return QuantParams(scale, torch.zeros_like(scale), -127, 127)
@@ -217,15 +245,53 @@ def _observer_qparams(kind: str, rng: Any) -> QuantParams:
 
 
 def observer_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    """:func:`observer` per tensor with min/max ranges (``estimator='minmax'``)."""
     if ctx.training:  # calibration: observe only
         rng = minmax_range(prev.range if prev is not None else None, x)
-        return x, TensorState(rng, _observer_qparams(ctx.kind, rng))
+        return x, TensorState(rng, observer_qparams(ctx.kind, rng))
     if prev is None or prev.qparams is None:
         return x, prev
     return fake_quantize_ste(x, prev.qparams), prev
 
 
-def observer(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
-    """NNI's ``ObserverQuantizer`` (8 bits): calibrate with ``training=True``, evaluate with False."""
+def observer_histogram_kernel(x: Tensor, prev: TensorState | None,
+                              ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    """:func:`observer` per tensor with ``estimator='histogram'``: weights as with min/max,
+    activations a running :class:`~purecompress.quant.Histogram`; their parameters come from
+    :func:`~purecompress.quant.histogram_estimate` at the first evaluation call (the search is
+    costly: once, not per calibration batch)."""
+    if ctx.kind == "weight":
+        return observer_kernel(x, prev, ctx)
+    if ctx.training:
+        return x, TensorState(histogram=histogram_range(prev.histogram if prev is not None else None, x))
+    if prev is None or (prev.qparams is None and prev.histogram is None):
+        return x, prev
+    if prev.qparams is None:
+        rng = histogram_estimate(prev.histogram)
+        prev = TensorState(rng, observer_qparams(ctx.kind, rng), prev.histogram)
+    return fake_quantize_ste(x, prev.qparams), prev
+
+
+OBSERVER_ESTIMATORS = ("minmax", "histogram")
+
+
+def observer(model: nn.Module, config_list: ConfigList, *, estimator: str = "minmax",
+             warn: bool = True) -> QuantTransform:
+    """NNI's ``ObserverQuantizer`` (8 bits): calibrate with ``training=True``, evaluate with False.
+
+    Args:
+        model: the model.
+        config_list: NNI quantization configs (8 bits only).
+        estimator: how activation ranges are estimated: ``'minmax'`` (running min/max) or
+            ``'histogram'`` (torch's ``HistogramObserver`` and its L2 search: NNI's choice, scales
+            ~1e-3 apart from min/max). Weights always use min/max (NNI's ``MinMaxObserver``).
+        warn: warn about configs that select nothing.
+
+    Raises:
+        ValueError: an unknown ``estimator``.
+    """
+    if estimator not in OBSERVER_ESTIMATORS:
+        raise ValueError(f"observer: estimator must be one of {OBSERVER_ESTIMATORS}, got {estimator!r}")
     configs = _configs(config_list, allowed_bits=(8,))
-    return build(model, configs, observer_kernel, name="observer", warn=warn)
+    kernel = observer_kernel if estimator == "minmax" else observer_histogram_kernel
+    return build(model, configs, kernel, name="observer", warn=warn)

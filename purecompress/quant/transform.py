@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from purecompress._pytree import is_traced, record
 from purecompress.quant.config import QuantConfig, TensorSpec
-from purecompress.quant.observers import Range
+from purecompress.quant.observers import Histogram, Range
 from purecompress.quant.qparams import QuantParams
 from purecompress.selectors import Plan, select
 from purecompress.transform import Params
@@ -38,10 +38,12 @@ class TensorState:
     Attributes:
         range: the observed/tracked range (activations, calibration), or None.
         qparams: the scale/zero point last used (eval mode and export use these), or None.
+        histogram: the running histogram of a histogram-estimating observer, or None.
     """
 
     range: Range | None = None
     qparams: QuantParams | None = None
+    histogram: Histogram | None = None
 
 
 @record

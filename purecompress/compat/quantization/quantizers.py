@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ from purecompress.compat.quantization.base import OnnxPlan, QuantForward, Quanti
 from purecompress.quant import (
     EMA_DECAY,
     SCALE_EPS,
+    Histogram,
     KernelContext,
     QuantParams,
     Range,
@@ -26,12 +26,15 @@ from purecompress.quant import (
     dorefa_weight,
     fake_quantize,
     fold_conv_bn,
+    histogram_estimate,
+    histogram_range,
     int_range,
     lsq_fake_quantize,
     lsq_init_scale,
     minmax_range,
     naive_quantize,
     naive_step,
+    observer_qparams,
     qat_kernel,
     quant_params,
 )
@@ -501,33 +504,23 @@ class ObserverQuantizer(Quantizer):
         self.compressed = False
         self.device = next(model.parameters()).device
         self.weight_ranges: dict[str, Range] = {}
-        self.all_observers: dict[str, dict[str, Any]] = {w.name: {} for w in self.modules_wrapper}
+        self.histograms: dict[str, dict[str, Histogram]] = {w.name: {} for w in self.modules_wrapper}
         for w in self.modules_wrapper:
             for kind in w.quant_config.specs:
                 qmin, qmax = (-127, 127) if kind == "weight" else (0, 127)
                 setattr(w.module, f"{kind}_qmin", qmin)
                 setattr(w.module, f"{kind}_qmax", qmax)
-                if kind != "weight":
-                    with warnings.catch_warnings():  # torch's deprecation note on reduce_range (NNI's setting)
-                        warnings.simplefilter("ignore", UserWarning)
-                        observer = torch.ao.quantization.HistogramObserver(reduce_range=True)
-                    self.all_observers[w.name][kind] = observer
 
     def _qparams(self, name: str, kind: str) -> QuantParams:
-        if kind == "weight":
-            rng = self.weight_ranges[name]
-            qp = quant_params(rng.min, rng.max, dtype="int", scheme="per_tensor_symmetric", qrange=(-128, 127))
-            return QuantParams(qp.scale, qp.zero_point, -127, 127)
-        observer = self.all_observers[name][kind]
-        search = getattr(observer, "_non_linear_param_search", None)
-        lo, hi = search() if search is not None else (observer.min_val, observer.max_val)
-        return quant_params(lo, hi, dtype="uint", qrange=(0, 127))
+        rng = self.weight_ranges[name] if kind == "weight" else histogram_estimate(self.histograms[name][kind])
+        return observer_qparams(kind, rng)
 
     def _record(self, wrapper: QuantizerModuleWrapper, kind: str, x: Tensor) -> None:
         if kind == "weight":
             self.weight_ranges[wrapper.name] = minmax_range(self.weight_ranges.get(wrapper.name), x)
         else:
-            self.all_observers[wrapper.name][kind](x.detach().cpu())
+            seen = self.histograms[wrapper.name]
+            seen[kind] = histogram_range(seen.get(kind), x)
 
     def _observe(self, x: Tensor, wrapper: QuantizerModuleWrapper, kind: str) -> Tensor:
         """Before :meth:`compress`: record ``x`` and return it; after: ``x`` fake-quantized."""
