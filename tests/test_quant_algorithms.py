@@ -145,7 +145,7 @@ def test_naive_matches_nni() -> None:
 
 
 def test_observer_weights_match_nni() -> None:
-    """NNI observes activations with torch's HistogramObserver; we use min/max (documented)."""
+    """Weights match NNI with either estimator (activations: NNI's is ``estimator='histogram'``)."""
     torch.manual_seed(3)
     theirs = Net().eval()
     ours = copy.deepcopy(theirs)
