@@ -126,9 +126,11 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
         """Optimizer steps taken plus one (NNI's ``bound_model.steps``)."""
         return int(self.bound_model.steps)
 
-    def _state(self, module: nn.Module, kind: str, spec: TensorSpec, like: Tensor | None = None) -> TensorState:
+    def _state(self, module: nn.Module, kind: str, spec: TensorSpec, like: Tensor | None = None, *,
+               qparams: bool = True) -> TensorState:
         """The core's :class:`~purecompress.quant.TensorState` read from NNI's buffers (a range only
-        for activations whose buffers have ``like``'s channels; parameters once computed)."""
+        for activations whose buffers have ``like``'s channels; parameters once computed, and only
+        when asked: a training step without ``quant_start_step`` does not read them)."""
         axis = _axis(kind, spec)
         rng = None
         if kind != "weight":
@@ -137,7 +139,7 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
                 rng = Range(_flat(lo, axis), _flat(hi, axis))
         scale = getattr(module, f"{kind}_scale")
         qp = None
-        if bool((scale > 0).all()):  # 0: never computed (the core never returns 0)
+        if qparams and bool((scale > 0).all()):  # 0: never computed (the core never returns 0)
             qp = QuantParams(_flat(scale, axis), _flat(getattr(module, f"{kind}_zero_point"), axis), *spec.qrange, axis)
         return TensorState(rng, qp)
 
@@ -166,7 +168,8 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
             return x  # NNI: nothing before quant_start_step (activation ranges are still tracked)
         ctx = KernelContext(f"{wrapper.name}.{kind}", kind, spec, self.bound_model.steps, self.steps == 1,
                             config.start_step, wrapper.training, {})
-        out, new = qat_kernel(x, self._state(module, kind, spec, x), ctx)
+        prev = self._state(module, kind, spec, x, qparams=not wrapper.training or config.start_step > 1)
+        out, new = qat_kernel(x, prev, ctx)
         if wrapper.training and new is not None:
             self._mirror(module, kind, spec, new, x, qparams=active)
         return out
