@@ -88,7 +88,7 @@ def functional_step(model: nn.Module, x: Tensor, y: Tensor, *, compiled: bool, q
         value, state = fn(params, box[0])
         value.backward()
         opt.step()
-        box[0] = q.update(state)
+        _, box[0] = q.update(params, state)
     return step
 
 

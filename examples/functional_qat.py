@@ -2,7 +2,7 @@
 
 The loop is the user's own: ``torch.func.grad`` on a loss that runs the model through
 ``q(model, params, state, x)``, which fake-quantizes the weights (and the configured activations)
-and returns the new observer state as data. After each SGD step ``state = q.update(state)``
+and returns the new observer state as data. After each SGD step ``params, state = q.update(params, state)``
 advances the step counter (NNI's ``steps``). The module object is never modified.
 
 Run: ``python examples/functional_qat.py [--bits 4] [--steps 200] [--seed 0]``  (< 20 s on CPU)
@@ -39,7 +39,7 @@ def train(loss_fn, params: dict[str, Tensor], state: object, x: Tensor, y: Tenso
         g, state = step_grad(params, state, x[batch], y[batch])
         params = {k: v - 0.3 * g[k] for k, v in params.items()}
         if update is not None:
-            state = update(state)
+            params, state = update(params, state)
     return params, state
 
 

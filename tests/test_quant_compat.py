@@ -182,21 +182,23 @@ def test_observer_quantizes_weights_after_compress():  # NNI: evaluates with flo
         ObserverQuantizer(_net(), [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Linear"]}])
 
 
-def test_bn_folding_tracks_float_conv_statistics_and_export_restores(tmp_path):
+def test_bn_folding_tracks_statistics_of_the_previous_forward_conv_and_export_restores(tmp_path):
     model, ref = _net(bn=True), _net(bn=True)
     quantizer, opt = _qat(model, [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Conv2d"]}],
                           dummy_input=X)
     assert quantizer.conv_bn_patterns == {"conv1": "bn1"}
     assert isinstance(model.bn1, QuantizerIdentityWrapper)
     for _ in range(2):
-        weight = model.conv1.module.old_weight.detach().clone()
-        bias = model.conv1.module.old_bias.detach().clone()
+        # NNI's order: the statistics pass runs the conv as it stands, with the (quantized, folded)
+        # weight and the folded bias of the previous forward (the float ones at the first step).
+        weight = model.conv1.module.weight.detach().clone()
+        bias = model.conv1.module.bias.detach().clone()
         _step(model, opt)
         ref.conv1.weight.data.copy_(weight)
         ref.conv1.bias.data.copy_(bias)
-        ref.bn1(ref.conv1(X))  # NNI instead feeds the previous step's folded weights
-    assert torch.allclose(model.bn1.module.running_mean, ref.bn1.running_mean, atol=1e-6)
-    assert torch.allclose(model.bn1.module.running_var, ref.bn1.running_var, atol=1e-6)
+        ref.bn1(ref.conv1(X))
+    assert torch.equal(model.bn1.module.running_mean, ref.bn1.running_mean)
+    assert torch.equal(model.bn1.module.running_var, ref.bn1.running_var)
     quantizer.export_model(tmp_path / "m.pth")
     assert isinstance(model.bn1, nn.BatchNorm2d) and isinstance(model.conv1.weight, nn.Parameter)
     assert torch.equal(model.conv1.bias, model.conv1.bias) and not hasattr(model.conv1, "old_bias")

@@ -42,7 +42,7 @@ def test_pure_call() -> None:
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in sd.items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     assert set(new_state.tensors) == {"0.weight", "0.input", "0.output", "1.output", "2.weight"}
-    assert q.update(new_state).step.item() == 2 and new_state.step.item() == 1
+    assert q.update({}, new_state)[1].step.item() == 2 and new_state.step.item() == 1
 
 
 def test_mixed_precision_per_layer() -> None:
@@ -122,7 +122,7 @@ def test_compiled_training_step_matches_eager() -> None:
         lc, sc = compiled(pc, sc)
         le.backward()
         lc.backward()
-        se, sc = q.update(se), q.update(sc)
+        (_, se), (_, sc) = q.update(pe, se), q.update(pc, sc)
     torch.testing.assert_close(lc, le)
     torch.testing.assert_close(pc["0.weight"].grad, pe["0.weight"].grad)
     torch.testing.assert_close(sc.tensors["0.input"].range.max, se.tensors["0.input"].range.max)

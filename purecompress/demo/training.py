@@ -87,7 +87,7 @@ def train_quantized(model: nn.Module, q: pq.QuantTransform, params: Mapping[str,
 
     def forward(p: pc.Params, x: Tensor) -> Tensor:
         out, new = q(model, p, state[0], x)
-        state[0] = q.update(new)  # the step count the next batch sees (NNI: after optimizer.step)
+        _, state[0] = q.update(p, new)  # the step count the next batch sees (NNI: after optimizer.step)
         return out
 
     trained = _fit(model, params, data, forward, epochs=epochs, lr=lr, seed=seed)

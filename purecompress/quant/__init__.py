@@ -8,7 +8,8 @@ API summary (stable names; everything is re-exported here except the ONNX export
   ``.per_channel``), ``quant_params(min, max, *, bits=8, dtype='uint', scheme='per_tensor_affine',
   axis=None, qrange=None)``, ``quantize(x, qp)``, ``dequantize(q, qp)``, ``fake_quantize(x, qp)``,
   ``SCHEMES``, ``DTYPES``, ``SCALE_EPS``, ``is_per_channel``, ``is_symmetric``.
-- Straight-through fake quantization (``ste``): ``fake_quantize_ste(x, qp, *, clip=False)``
+- Straight-through fake quantization (``ste``): ``codes(x, scale, zero_point)`` (unclamped),
+  ``fake_quantize_ste(x, qp, *, clip=False)``
   (clip=True is NNI QAT's clipped STE), ``fake_quantize_clipped(x, qp, bounds)`` (the same with
   ``x``'s known min/max, for observers that have them).
 - Other straight-through estimators (``estimators``): ``straight_through(x, y)``,
@@ -16,12 +17,13 @@ API summary (stable names; everything is re-exported here except the ONNX export
   ``lsq_init_scale(x, qmax)``.
 - Observers (``observers``): ``Range(min, max)`` record, ``current_range(x, *, axis=None)``,
   ``minmax_range(prev, x, *, axis=None)``, ``ema_range(prev, x, *, decay=0.99, axis=None,
-  first=None, current=None)``, ``EMA_DECAY``.
+  first=None, current=None)``, ``EMA_DECAY``; ``Histogram(counts, min, max)``, ``histogram_range(prev, x)``,
+  ``histogram_estimate(h) -> Range`` (torch's HistogramObserver as data).
 - Configs (``config``): ``TensorSpec(bits, dtype, scheme)`` (``.qrange``, ``.per_channel``),
   ``QuantConfig(selector, specs, start_step)``, ``from_quant_config_list(config_list, *,
   allowed_op_types=None, allowed_bits=None, allowed_quant_types=QUANT_TYPES)``, ``QUANT_TYPES``.
 - Transform (``transform``): ``QuantTransform`` (``.init(params) -> QuantState``,
-  ``.update(state)`` = step + 1 after each optimizer step, ``.keys``, ``.plan``, calling it =
+  ``.update(params, state) -> (params, state)``: step + 1 after each optimizer step, ``.keys``, ``.plan``, calling it =
   ``quantized_call``), ``quantized_call(q, model, params, state, args, kwargs=None, *,
   training=True) -> (output, new_state)``, ``QuantState(step, tensors)`` with
   ``tensors['<module>.<weight|input|output>'] = TensorState(range, qparams)``; ``Kernel``,
@@ -29,7 +31,10 @@ API summary (stable names; everything is re-exported here except the ONNX export
 - Algorithms (``algorithms``), each ``f(model, config_list) -> QuantTransform``: ``qat``, ``naive``,
   ``dorefa`` (+ ``dorefa_weight``), ``bnn``, ``lsq`` (+ ``lsq_scales(q, model, params, args)``:
   learnable steps ``'<module>.<kind>_scale'`` to merge into the trainable params), ``observer``
-  (calibrate with ``training=True``, evaluate with ``training=False``); ``QAT_OP_TYPES``.
+  (``estimator='minmax'|'histogram'``; calibrate with ``training=True``, evaluate with
+  ``training=False``); ``QAT_OP_TYPES``; each
+  algorithm's per-tensor kernel is public (``qat_kernel``, ``naive_kernel`` (+ ``naive_step``, ``naive_quantize``),
+  ``dorefa_kernel``, ``bnn_kernel``, ``lsq_kernel``, ``observer_kernel``): compat runs them.
 - Conv-BN folding (``fold``): ``find_conv_bn(model) -> {conv: bn}`` (torch.fx),
   ``fold_conv_bn(w, b, gamma, beta, mean, var, eps) -> (w', b')``, ``fold_params(model, params,
   pairs) -> (params', extra_bias)``, ``folded_call(model, params, pairs, args)``.
@@ -41,15 +46,26 @@ API summary (stable names; everything is re-exported here except the ONNX export
 from __future__ import annotations
 
 from purecompress.quant.algorithms import (
+    OBSERVER_ESTIMATORS,
     QAT_OP_TYPES,
     bnn,
+    bnn_kernel,
     dorefa,
+    dorefa_kernel,
     dorefa_weight,
     lsq,
+    lsq_kernel,
     lsq_scales,
     naive,
+    naive_kernel,
+    naive_quantize,
+    naive_step,
     observer,
+    observer_histogram_kernel,
+    observer_kernel,
+    observer_qparams,
     qat,
+    qat_kernel,
 )
 from purecompress.quant.config import QUANT_TYPES, QuantConfig, TensorSpec, from_quant_config_list
 from purecompress.quant.estimators import binarize, lsq_fake_quantize, lsq_init_scale, straight_through
@@ -62,7 +78,16 @@ from purecompress.quant.export import (
     save_quant_params,
 )
 from purecompress.quant.fold import find_conv_bn, fold_conv_bn, fold_params, folded_call
-from purecompress.quant.observers import EMA_DECAY, Range, current_range, ema_range, minmax_range
+from purecompress.quant.observers import (
+    EMA_DECAY,
+    Histogram,
+    Range,
+    current_range,
+    ema_range,
+    histogram_estimate,
+    histogram_range,
+    minmax_range,
+)
 from purecompress.quant.qparams import (
     DTYPES,
     SCALE_EPS,
@@ -76,10 +101,25 @@ from purecompress.quant.qparams import (
     quant_params,
     quantize,
 )
-from purecompress.quant.ste import fake_quantize_clipped, fake_quantize_ste
+from purecompress.quant.ste import codes, fake_quantize_clipped, fake_quantize_ste
 from purecompress.quant.transform import Kernel, KernelContext, QuantState, QuantTransform, TensorState, quantized_call
 
 __all__ = [
+    "observer_qparams",
+    "histogram_range",
+    "histogram_estimate",
+    "Histogram",
+    "OBSERVER_ESTIMATORS",
+    "observer_histogram_kernel",
+    "codes",
+    "qat_kernel",
+    "observer_kernel",
+    "naive_step",
+    "naive_quantize",
+    "naive_kernel",
+    "lsq_kernel",
+    "dorefa_kernel",
+    "bnn_kernel",
     "DTYPES",
     "CalibrationConfig",
     "load_calibration",

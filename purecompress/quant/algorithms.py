@@ -26,13 +26,41 @@ from torch import Tensor, nn
 
 from purecompress.quant.config import QuantConfig, TensorSpec, from_quant_config_list
 from purecompress.quant.estimators import binarize, lsq_fake_quantize, lsq_init_scale, straight_through
-from purecompress.quant.observers import current_range, ema_range, minmax_range
+from purecompress.quant.observers import (
+    Range,
+    current_range,
+    ema_range,
+    histogram_estimate,
+    histogram_range,
+    minmax_range,
+)
 from purecompress.quant.qparams import SCALE_EPS, QuantParams, quant_params
 from purecompress.quant.ste import fake_quantize_clipped, fake_quantize_ste
 from purecompress.quant.transform import KernelContext, QuantTransform, TensorState, build, quantized_call
 from purecompress.transform import Params
 
-__all__ = ["QAT_OP_TYPES", "bnn", "dorefa", "dorefa_weight", "lsq", "lsq_scales", "naive", "observer", "qat"]
+__all__ = [
+    "OBSERVER_ESTIMATORS",
+    "QAT_OP_TYPES",
+    "bnn",
+    "bnn_kernel",
+    "dorefa",
+    "dorefa_kernel",
+    "dorefa_weight",
+    "lsq",
+    "lsq_kernel",
+    "lsq_scales",
+    "naive",
+    "naive_kernel",
+    "naive_quantize",
+    "naive_step",
+    "observer",
+    "observer_histogram_kernel",
+    "observer_kernel",
+    "observer_qparams",
+    "qat",
+    "qat_kernel",
+]
 
 #: Module types NNI's QAT quantizer accepts.
 QAT_OP_TYPES: tuple[str, ...] = ("Conv2d", "Linear", "ReLU", "ReLU6")
@@ -47,7 +75,10 @@ def _configs(config_list: ConfigList, **rules: Any) -> tuple[QuantConfig, ...]:
 
 # --- QAT -----------------------------------------------------------------------------------
 
-def _qat_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+def qat_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    """:func:`qat` per tensor (NNI's ``QAT_Quantizer.quantize_*``): in training, weights use their
+    current range and activations the EMA range (reset at the first step); the state holds the
+    tracked range (activations) and the parameters used; in eval, the stored parameters."""
     spec = ctx.spec
     if not ctx.training:
         if prev is None or prev.qparams is None:  # never observed: nothing to quantize with
@@ -88,23 +119,44 @@ def qat(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> Quan
     ['0.output', '0.weight']
     """
     configs = _configs(config_list, allowed_op_types=QAT_OP_TYPES)
-    return build(model, configs, _qat_kernel, name="qat", init_tensor=_qat_init, warn=warn)
+    return build(model, configs, qat_kernel, name="qat", init_tensor=_qat_init, warn=warn)
 
 
 # --- Naive, DoReFa, BNN ----------------------------------------------------------------------
 
-def _naive_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+def naive_quantize(x: Tensor, scale: Tensor) -> Tensor:
+    """``trunc(x / scale) * scale`` (no gradient): NNI casts to int8, which truncates toward zero.
+
+    >>> naive_quantize(torch.tensor([0.29, -0.29]), torch.tensor(0.1))
+    tensor([ 0.2000, -0.2000])
+    """
+    return torch.trunc(x.detach() / scale) * scale
+
+
+def naive_step(x: Tensor, prev_scale: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One Naive step: the running scale ``max(prev_scale, max|x| / 127)`` and ``trunc(x / s) * s``
+    (NNI casts to int8, which truncates toward zero), with the identity gradient to ``x``.
+
+    >>> out, scale = naive_step(torch.tensor([-0.5, 2.54]), torch.tensor(0.03))
+    >>> scale, out
+    (tensor(0.0300), tensor([-0.4800,  2.5200]))
+    """
     scale = torch.clamp(x.detach().abs().max() / 127, min=SCALE_EPS)
-    if prev is not None and prev.qparams is not None:
-        scale = torch.maximum(prev.qparams.scale, scale)
-    out = torch.trunc(x.detach() / scale) * scale  # NNI casts to int8: truncation toward zero
-    return straight_through(x, out), TensorState(None, QuantParams(scale, torch.zeros_like(scale), -127, 127))
+    if prev_scale is not None:
+        scale = torch.maximum(prev_scale, scale)
+    return straight_through(x, naive_quantize(x, scale)), scale
+
+
+def naive_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    """:func:`naive` per tensor: :func:`naive_step` with the running scale kept in the state."""
+    out, scale = naive_step(x, prev.qparams.scale if prev is not None and prev.qparams is not None else None)
+    return out, TensorState(None, QuantParams(scale, torch.zeros_like(scale), -127, 127))
 
 
 def naive(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """NNI's ``NaiveQuantizer``: 8-bit weights with a running scale ``max|w| / 127``."""
     configs = _configs(config_list, allowed_bits=(8,), allowed_quant_types=("weight",))
-    return build(model, configs, _naive_kernel, name="naive", warn=warn)
+    return build(model, configs, naive_kernel, name="naive", warn=warn)
 
 
 def dorefa_weight(w: Tensor, bits: int) -> Tensor:
@@ -119,24 +171,24 @@ def dorefa_weight(w: Tensor, bits: int) -> Tensor:
     return 2 * (torch.round(t * levels) / levels) - 1
 
 
-def _dorefa_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+def dorefa_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
     return straight_through(x, dorefa_weight(x.detach(), ctx.spec.bits)), None
 
 
 def dorefa(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """NNI's ``DoReFaQuantizer`` (weights only)."""
     configs = _configs(config_list, allowed_quant_types=("weight",))
-    return build(model, configs, _dorefa_kernel, name="dorefa", warn=warn)
+    return build(model, configs, dorefa_kernel, name="dorefa", warn=warn)
 
 
-def _bnn_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+def bnn_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
     return binarize(x, clip=ctx.kind == "output"), None
 
 
 def bnn(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """NNI's ``BNNQuantizer``: binary weights and outputs (sign, 0 -> +1)."""
     configs = _configs(config_list, allowed_quant_types=("weight", "output"))
-    return build(model, configs, _bnn_kernel, name="bnn", warn=warn)
+    return build(model, configs, bnn_kernel, name="bnn", warn=warn)
 
 
 # --- LSQ -------------------------------------------------------------------------------------
@@ -145,7 +197,7 @@ def _lsq_range(spec: TensorSpec) -> tuple[int, int]:
     return -(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1
 
 
-def _lsq_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+def lsq_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
     name = f"{ctx.key}_scale"
     if name not in ctx.params:
         raise KeyError(f"lsq: params has no learnable step {name!r}; add lsq_scales(...) to the params")
@@ -157,7 +209,7 @@ def _lsq_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tupl
 
 def lsq(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """Learned Step Size Quantization (Esser et al.), NNI's ``LsqQuantizer`` math."""
-    return build(model, _configs(config_list), _lsq_kernel, name="lsq", warn=warn)
+    return build(model, _configs(config_list), lsq_kernel, name="lsq", warn=warn)
 
 
 def lsq_scales(q: QuantTransform, model: nn.Module, params: Params, args: Any = (),
@@ -183,23 +235,63 @@ def lsq_scales(q: QuantTransform, model: nn.Module, params: Params, args: Any = 
 
 # --- Observer (post-training calibration) ------------------------------------------------------
 
-def _observer_qparams(kind: str, rng: Any) -> QuantParams:
+def observer_qparams(kind: str, rng: Range) -> QuantParams:
+    """:func:`observer`'s parameters from a range: weights symmetric ``max|w| / 127.5`` on
+    ``[-127, 127]`` (torch's MinMaxObserver, clamped as NNI does), activations affine on ``[0, 127]``."""
     if kind == "weight":  # torch MinMaxObserver(qint8, per_tensor_symmetric), NNI clamps to +-127
         scale = torch.clamp(torch.maximum(-rng.min, rng.max).clamp(min=0) / 127.5, min=SCALE_EPS)
         return QuantParams(scale, torch.zeros_like(scale), -127, 127)
     return quant_params(rng.min, rng.max, scheme="per_tensor_affine", qrange=(0, 127))
 
 
-def _observer_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+def observer_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    """:func:`observer` per tensor with min/max ranges (``estimator='minmax'``)."""
     if ctx.training:  # calibration: observe only
         rng = minmax_range(prev.range if prev is not None else None, x)
-        return x, TensorState(rng, _observer_qparams(ctx.kind, rng))
+        return x, TensorState(rng, observer_qparams(ctx.kind, rng))
     if prev is None or prev.qparams is None:
         return x, prev
     return fake_quantize_ste(x, prev.qparams), prev
 
 
-def observer(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
-    """NNI's ``ObserverQuantizer`` (8 bits): calibrate with ``training=True``, evaluate with False."""
+def observer_histogram_kernel(x: Tensor, prev: TensorState | None,
+                              ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    """:func:`observer` per tensor with ``estimator='histogram'``: weights as with min/max,
+    activations a running :class:`~purecompress.quant.Histogram`; their parameters come from
+    :func:`~purecompress.quant.histogram_estimate` at the first evaluation call (the search is
+    costly: once, not per calibration batch)."""
+    if ctx.kind == "weight":
+        return observer_kernel(x, prev, ctx)
+    if ctx.training:
+        return x, TensorState(histogram=histogram_range(prev.histogram if prev is not None else None, x))
+    if prev is None or (prev.qparams is None and prev.histogram is None):
+        return x, prev
+    if prev.qparams is None:
+        rng = histogram_estimate(prev.histogram)
+        prev = TensorState(rng, observer_qparams(ctx.kind, rng), prev.histogram)
+    return fake_quantize_ste(x, prev.qparams), prev
+
+
+OBSERVER_ESTIMATORS = ("minmax", "histogram")
+
+
+def observer(model: nn.Module, config_list: ConfigList, *, estimator: str = "minmax",
+             warn: bool = True) -> QuantTransform:
+    """NNI's ``ObserverQuantizer`` (8 bits): calibrate with ``training=True``, evaluate with False.
+
+    Args:
+        model: the model.
+        config_list: NNI quantization configs (8 bits only).
+        estimator: how activation ranges are estimated: ``'minmax'`` (running min/max) or
+            ``'histogram'`` (torch's ``HistogramObserver`` and its L2 search: NNI's choice, scales
+            ~1e-3 apart from min/max). Weights always use min/max (NNI's ``MinMaxObserver``).
+        warn: warn about configs that select nothing.
+
+    Raises:
+        ValueError: an unknown ``estimator``.
+    """
+    if estimator not in OBSERVER_ESTIMATORS:
+        raise ValueError(f"observer: estimator must be one of {OBSERVER_ESTIMATORS}, got {estimator!r}")
     configs = _configs(config_list, allowed_bits=(8,))
-    return build(model, configs, _observer_kernel, name="observer", warn=warn)
+    kernel = observer_kernel if estimator == "minmax" else observer_histogram_kernel
+    return build(model, configs, kernel, name="observer", warn=warn)

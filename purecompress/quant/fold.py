@@ -47,9 +47,12 @@ def find_conv_bn(model: nn.Module) -> dict[str, str]:
     return pairs
 
 
-def fold_conv_bn(weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
+def fold_conv_bn(weight: Tensor, bias: Tensor | None, bn_weight: Tensor | None, bn_bias: Tensor | None,
                  running_mean: Tensor, running_var: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Folded ``(weight [O, I, kh, kw], bias [O])`` of a conv followed by an eval-mode BatchNorm.
+
+    Differentiable in every tensor argument (QAT folds while training). ``bn_weight`` /
+    ``bn_bias`` None (a BatchNorm without affine parameters) mean ``gamma = 1`` / ``beta = 0``.
 
     >>> w, b = fold_conv_bn(torch.ones(1, 1, 1, 1), None, torch.tensor([2.]), torch.tensor([1.]),
     ...                     torch.tensor([3.]), torch.tensor([4.]), 0.0)
@@ -57,6 +60,10 @@ def fold_conv_bn(weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias
     (1.0, -2.0)
     """
     sigma = torch.sqrt(running_var + eps)
+    if bn_weight is None:
+        bn_weight = torch.ones_like(sigma)
+    if bn_bias is None:
+        bn_bias = torch.zeros_like(sigma)
     shape = [-1] + [1] * (weight.dim() - 1)
     new_weight = weight * bn_weight.reshape(shape) / sigma.reshape(shape)
     if bias is None:

@@ -6,13 +6,16 @@ activations keep dim 1, every other dim is reduced). Nothing is written in place
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
 from purecompress._pytree import record
 from purecompress.quant import hostmath
 
-__all__ = ["EMA_DECAY", "Range", "current_range", "ema_range", "minmax_range"]
+__all__ = ["EMA_DECAY", "Histogram", "Range", "current_range", "ema_range", "histogram_estimate", "histogram_range",
+           "minmax_range"]
 
 #: NNI QAT's activation EMA decay.
 EMA_DECAY = 0.99
@@ -100,3 +103,54 @@ def ema_range(
         lo, hi = hostmath.ema((v[0], v[1]), (v[2], v[3]), decay, rnd)
         return Range(hostmath.scalar(lo, cur.min), hostmath.scalar(hi, cur.min))
     return Range(prev.min * decay + (1 - decay) * cur.min, prev.max * decay + (1 - decay) * cur.max)
+
+
+@record
+class Histogram:
+    """A running histogram of observed values (torch's ``HistogramObserver`` state, as data).
+
+    Attributes:
+        counts: ``[bins]`` counts over ``[min, max]``.
+        min: ``[]`` smallest value seen.
+        max: ``[]`` largest value seen.
+    """
+
+    counts: Tensor
+    min: Tensor
+    max: Tensor
+
+
+def _histogram_observer(state: Histogram | None) -> torch.ao.quantization.HistogramObserver:
+    with warnings.catch_warnings():  # torch's deprecation note on reduce_range (NNI's setting)
+        warnings.simplefilter("ignore", UserWarning)
+        observer = torch.ao.quantization.HistogramObserver(reduce_range=True)
+    if state is not None:  # a fresh observer holding a copy of the state: nothing given is modified
+        observer.histogram = state.counts.clone()
+        observer.min_val = state.min.clone()
+        observer.max_val = state.max.clone()
+    return observer
+
+
+def histogram_range(prev: Histogram | None, x: Tensor) -> Histogram:
+    """The running histogram with ``x`` added (torch's ``HistogramObserver``, 2048 bins, its
+    re-binning when the range grows; NNI's ``ObserverQuantizer`` activations). On CPU.
+
+    >>> h = histogram_range(histogram_range(None, torch.tensor([0., 1.])), torch.tensor([2.]))
+    >>> h.min.item(), h.max.item(), h.counts.sum().item()
+    (0.0, 2.0, 3.0)
+    """
+    observer = _histogram_observer(prev)
+    observer(x.detach().cpu())
+    return Histogram(observer.histogram.clone(), observer.min_val.clone(), observer.max_val.clone())
+
+
+def histogram_estimate(h: Histogram) -> Range:
+    """The range torch's ``HistogramObserver`` picks from ``h``: the L2-optimal clipping of its
+    non-linear search (for 7-bit unsigned codes, NNI's ``reduce_range=True``), ``[]`` each.
+
+    >>> r = histogram_estimate(histogram_range(None, torch.arange(100.)))
+    >>> 0.0 <= r.min.item() <= r.max.item() <= 99.0
+    True
+    """
+    lo, hi = _histogram_observer(h)._non_linear_param_search()
+    return Range(lo.reshape(()), hi.reshape(()))

@@ -25,7 +25,7 @@ from purecompress.quant import hostmath
 from purecompress.quant.observers import current_range
 from purecompress.quant.qparams import QuantParams
 
-__all__ = ["fake_quantize_clipped", "fake_quantize_ste"]
+__all__ = ["codes", "fake_quantize_clipped", "fake_quantize_ste"]
 
 
 def _codes(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
@@ -33,6 +33,16 @@ def _codes(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
     path (eager and under transforms) computes codes with this one sequence, so a code computed for a tensor's min/max
     is bit-identical to the code of that element inside the tensor."""
     return (x / scale).add_(zero_point).round_()
+
+
+def codes(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    """The unclamped integer codes ``round(x / scale + zero_point)`` (a new tensor; the sequence
+    every fake quantization here uses, so the clipped STE's mask agrees with it).
+
+    >>> codes(torch.tensor([0.26, -9.0]), torch.tensor(0.5), torch.tensor(1.0))
+    tensor([  2., -17.])
+    """
+    return _codes(x, scale, zero_point)
 
 
 def _fake_quantized(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from purecompress._pytree import is_traced, record
 from purecompress.quant.config import QuantConfig, TensorSpec
-from purecompress.quant.observers import Range
+from purecompress.quant.observers import Histogram, Range
 from purecompress.quant.qparams import QuantParams
 from purecompress.selectors import Plan, select
 from purecompress.transform import Params
@@ -38,10 +38,12 @@ class TensorState:
     Attributes:
         range: the observed/tracked range (activations, calibration), or None.
         qparams: the scale/zero point last used (eval mode and export use these), or None.
+        histogram: the running histogram of a histogram-estimating observer, or None.
     """
 
     range: Range | None = None
     qparams: QuantParams | None = None
+    histogram: Histogram | None = None
 
 
 @record
@@ -130,9 +132,14 @@ class QuantTransform:
                     tensors[key] = state
         return QuantState(torch.tensor(1, dtype=torch.int64), tensors)
 
-    def update(self, state: QuantState) -> QuantState:
-        """Advance the step (call after each optimizer step, like NNI's patched ``step``)."""
-        return QuantState(state.step + 1, state.tensors)
+    def update(self, params: Params, state: QuantState, **aux: Any) -> tuple[Params, QuantState]:
+        """Advance the step (call after each optimizer step, like NNI's patched ``step``).
+
+        The :class:`~purecompress.transform.Stateful` shape: ``params`` come back unchanged (the
+        same dict), ``aux`` is accepted and ignored; only the step advances.
+        """
+        del aux
+        return params, QuantState(state.step + 1, state.tensors)
 
     def __call__(self, model: nn.Module, params: Params, state: QuantState, args: Any = (),
                  kwargs: Mapping[str, Any] | None = None, *, training: bool = True) -> tuple[Any, QuantState]:

@@ -293,3 +293,88 @@ def test_bad_configs_rejected_like_nni(name, entry):
     make(N, (SchemaError, AssertionError))
     err = make(P, ConfigError).value
     assert "config_list[0]" in str(err)
+
+
+# --- NNI's own conv+BN test model, several optimizer steps, BN folded -------------------------
+
+class NNITestNet(nn.Module):
+    """The model of NNI's quantizer tests: two conv+BN blocks (folded), two Linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 5, 5, 1)
+        self.bn1 = nn.BatchNorm2d(5)
+        self.conv2 = nn.Conv2d(5, 10, 5, 1)
+        self.bn2 = nn.BatchNorm2d(10)
+        self.fc1 = nn.Linear(4 * 4 * 10, 100)
+        self.fc2 = nn.Linear(100, 10)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = nn.functional
+        x = f.max_pool2d(f.relu(self.bn1(self.conv1(x))), 2, 2)
+        x = f.max_pool2d(f.relu(self.bn2(self.conv2(x))), 2, 2)
+        return f.log_softmax(self.fc2(self.relu(self.fc1(x.flatten(1)))), dim=1)
+
+
+def _train_folded(lib, name: str, cfg, steps: int = 4):
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(8, 1, 28, 28, generator=gen) for _ in range(steps)]
+    torch.manual_seed(0)
+    model = NNITestNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+    quantizer = getattr(lib, name)(model, copy.deepcopy(cfg), opt, dummy_input=xs[0])
+    quantizer.compress()
+    trace = []
+    for x in xs:
+        opt.zero_grad()
+        y = model(x)
+        (-y[:, 0]).mean().backward()
+        opt.step()
+        trace.append((y.detach().clone(), {k: v.detach().clone() for k, v in model.state_dict().items()}))
+    model.eval()
+    trace.append((model(xs[0]).detach().clone(), {k: v.detach().clone() for k, v in model.state_dict().items()}))
+    return trace
+
+
+FOLDED = [
+    ("QAT_Quantizer", [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": ["Conv2d", "Linear"]},
+                       {"quant_types": ["output"], "quant_bits": 8, "quant_start_step": 0, "op_types": ["ReLU"]}]),
+    ("QAT_Quantizer", [{"quant_types": ["weight", "output"], "quant_bits": {"weight": 4, "output": 8},
+                        "quant_scheme": {"weight": "per_channel_symmetric", "output": "per_tensor_affine"},
+                        "op_types": ["Conv2d", "Linear"]}]),
+    # Weights only on the folded convs: NNI never trains an unfolded LSQ weight (a bug not copied).
+    ("LsqQuantizer", [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": ["Conv2d"]},
+                      {"quant_types": ["input", "output"], "quant_bits": 8, "op_types": ["Linear"]}]),
+]
+
+
+@pytest.mark.parametrize(("name", "cfg"), FOLDED)
+def test_bn_folded_training_over_steps_then_eval_matches_nni_bit_for_bit(name, cfg):
+    # Caught: the statistics pass of the folded BN must run the conv with the weight and bias of
+    # the previous forward (NNI's call order), and the fold must use NNI's operation order.
+    # LSQ: equal up to float rounding only (NNI's step gradient comes from autograd through
+    # x / s * s, ours from the closed form: they differ in the last bits, then drift slightly).
+    same = torch.equal if name != "LsqQuantizer" else lambda a, b: torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    ours, theirs = _train_folded(P, name, cfg), _train_folded(N, name, cfg)
+    for (y_ours, sd_ours), (y_nni, sd_nni) in zip(ours, theirs):
+        assert same(y_ours, y_nni)
+        assert sd_ours.keys() == sd_nni.keys()
+        for key in sd_nni:  # weights, folded biases, BN statistics, scales, zero points, tracked ranges
+            assert same(sd_ours[key].float(), sd_nni[key].float()), key
+
+
+def test_qat_quantize_weight_leaves_the_quantized_weight_on_the_module():
+    # NNI's own QAT test vector.
+    weights = []
+    for lib in (P, N):
+        torch.manual_seed(0)
+        model = NNITestNet()
+        cfg = [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": ["Conv2d", "Linear"]}]
+        q = lib.QAT_Quantizer(model, cfg, torch.optim.SGD(model.parameters(), lr=0.01),
+                              dummy_input=torch.randn(1, 1, 28, 28))
+        model.conv2.module.weight = torch.tensor([[1.1287, 2.3456], [3.7814, 5.9723]])
+        q.quantize_weight(model.conv2, input_tensor=torch.tensor([[1, 4], [2, 1]]))
+        weights.append(model.conv2.module.weight)
+    assert torch.equal(weights[0], weights[1])
+    assert torch.allclose(weights[0], torch.tensor([[1.1242, 2.3421], [3.7707, 5.9723]]), rtol=1e-4)

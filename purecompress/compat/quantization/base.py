@@ -20,7 +20,9 @@ from torch import Tensor, nn
 from purecompress.graph import GraphCaptureError, capture
 from purecompress.quant import QUANT_TYPES, QuantConfig, QuantParams, from_quant_config_list
 from purecompress.quant.export import save_calibration
+from purecompress.quant.fold import fold_conv_bn
 from purecompress.quant.onnx_export import export_qdq_onnx
+from purecompress.quant.ste import codes
 from purecompress.selectors import ConfigError, select
 
 __all__ = [
@@ -33,7 +35,6 @@ __all__ = [
     "Quantizer",
     "QuantizerIdentityWrapper",
     "QuantizerModuleWrapper",
-    "fold_bn_params",
 ]
 
 
@@ -189,7 +190,7 @@ class QuantGrad(torch.autograd.Function):
     @classmethod
     def _quantize(cls, x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
         """Unclamped integer codes ``round(x / scale + zero_point)``."""
-        return torch.round(x / scale + zero_point)
+        return codes(x, scale, zero_point)
 
     @classmethod
     def get_bits_length(cls, config: Mapping[str, Any], quant_type: str) -> int | None:
@@ -384,23 +385,6 @@ _NNI_KEYS = ("quant_types", "quant_bits", "quant_dtype", "quant_scheme", "quant_
 
 
 
-def fold_bn_params(weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
-    """Conv weight and bias with ``bn`` folded in (running statistics), differentiable.
-
-    ``W' = W * gamma / sqrt(var + eps)`` per output channel, ``b' = beta + (b - mean) * gamma /
-    sqrt(var + eps)``; ``gamma = 1, beta = 0`` for a BN without affine parameters.
-    """
-    # core-request: purecompress.quant fold_bn (see .notes/quant_requests.md)
-    std = torch.sqrt(bn.running_var + bn.eps)
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
-    factor = gamma / std
-    new_weight = weight * factor.reshape([-1] + [1] * (weight.dim() - 1))
-    new_bias = beta + ((bias if bias is not None else torch.zeros_like(std)) - bn.running_mean) * factor
-    return new_weight, new_bias
-
-
-
 class Quantizer(_QuantizerExport):
     """Base of the NNI-style quantizers: wraps the selected modules of ``model`` in place.
 
@@ -569,7 +553,9 @@ class Quantizer(_QuantizerExport):
     def fold_bn(self, *inputs: Tensor, wrapper: QuantizerModuleWrapper) -> tuple[Tensor, Tensor]:
         """Folded ``(weight, bias)`` of ``wrapper``'s conv and BN; updates BN statistics while training."""
         module, bn = wrapper.module, wrapper.bn_module
-        old_bias = getattr(module, "old_bias", None)
         with torch.no_grad():
-            bn(module._conv_forward(inputs[0], module.old_weight, old_bias))
-        return fold_bn_params(module.old_weight, old_bias, bn)
+            # NNI's call order: the statistics pass runs the conv as it stands, i.e. with the
+            # (fake-quantized, folded) weight and the folded bias of the previous forward.
+            bn(module(*inputs))
+        return fold_conv_bn(module.old_weight, getattr(module, "old_bias", None), bn.weight, bn.bias,
+                            bn.running_mean, bn.running_var, bn.eps)

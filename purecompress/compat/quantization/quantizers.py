@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,20 +16,26 @@ from purecompress.compat.quantization.base import OnnxPlan, QuantForward, Quanti
 from purecompress.quant import (
     EMA_DECAY,
     SCALE_EPS,
+    Histogram,
+    KernelContext,
     QuantParams,
     Range,
     TensorSpec,
+    TensorState,
     binarize,
-    current_range,
     dorefa_weight,
-    ema_range,
     fake_quantize,
-    fake_quantize_clipped,
-    fake_quantize_ste,
+    fold_conv_bn,
+    histogram_estimate,
+    histogram_range,
     int_range,
     lsq_fake_quantize,
     lsq_init_scale,
     minmax_range,
+    naive_quantize,
+    naive_step,
+    observer_qparams,
+    qat_kernel,
     quant_params,
 )
 
@@ -121,60 +126,61 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
         """Optimizer steps taken plus one (NNI's ``bound_model.steps``)."""
         return int(self.bound_model.steps)
 
-    def _stored(self, module: nn.Module, kind: str, spec: TensorSpec, axis: int | None) -> tuple[QuantParams, Tensor]:
-        scale = _flat(getattr(module, f"{kind}_scale"), axis)
-        zero_point = _flat(getattr(module, f"{kind}_zero_point"), axis)
-        qmin, qmax = spec.qrange
-        # Scale 0 means "never computed" (the core never returns 0): NNI would divide by it.
-        return QuantParams(torch.clamp(scale, min=SCALE_EPS), zero_point, qmin, qmax, axis), scale > 0
+    def _state(self, module: nn.Module, kind: str, spec: TensorSpec, like: Tensor | None = None, *,
+               qparams: bool = True) -> TensorState:
+        """The core's :class:`~purecompress.quant.TensorState` read from NNI's buffers (a range only
+        for activations whose buffers have ``like``'s channels; parameters once computed, and only
+        when asked: a training step without ``quant_start_step`` does not read them)."""
+        axis = _axis(kind, spec)
+        rng = None
+        if kind != "weight":
+            lo, hi = getattr(module, f"tracked_min_{kind}"), getattr(module, f"tracked_max_{kind}")
+            if like is None or lo.numel() == (like.shape[axis] if axis is not None else 1):
+                rng = Range(_flat(lo, axis), _flat(hi, axis))
+        scale = getattr(module, f"{kind}_scale")
+        qp = None
+        if qparams and bool((scale > 0).all()):  # 0: never computed (the core never returns 0)
+            qp = QuantParams(_flat(scale, axis), _flat(getattr(module, f"{kind}_zero_point"), axis), *spec.qrange, axis)
+        return TensorState(rng, qp)
 
-    def _store(self, module: nn.Module, kind: str, qp: QuantParams, like: Tensor) -> None:
-        shape = _nni_shape(like, qp.axis)
-        for name, value in ((f"{kind}_scale", qp.scale), (f"{kind}_zero_point", qp.zero_point)):
+    def _mirror(self, module: nn.Module, kind: str, spec: TensorSpec, new: TensorState, like: Tensor, *,
+                qparams: bool) -> None:
+        """Write the core's new state into NNI's buffers (``tracked_*``, ``*_scale``, ``*_zero_point``)."""
+        shape = _nni_shape(like, _axis(kind, spec))
+        if new.range is not None:
+            setattr(module, f"tracked_min_{kind}", new.range.min.reshape(shape).clone())
+            setattr(module, f"tracked_max_{kind}", new.range.max.reshape(shape).clone())
+        if not qparams or new.qparams is None:
+            return
+        for name, value in ((f"{kind}_scale", new.qparams.scale), (f"{kind}_zero_point", new.qparams.zero_point)):
             buffer = getattr(module, name)
             if list(buffer.shape) != shape:
                 setattr(module, name, value.detach().reshape(shape).clone())
             else:
                 buffer.copy_(value.detach().reshape(shape))
 
+    def _run(self, x: Tensor, wrapper: QuantizerModuleWrapper, kind: str) -> Tensor:
+        """The core's :func:`~purecompress.quant.qat_kernel` on ``x`` with the state in NNI's
+        buffers, the new state mirrored back: the one place this class computes anything."""
+        module, config = wrapper.module, wrapper.quant_config
+        spec, active = config.specs[kind], self.steps >= config.start_step
+        if not active and (kind == "weight" or not wrapper.training):
+            return x  # NNI: nothing before quant_start_step (activation ranges are still tracked)
+        ctx = KernelContext(f"{wrapper.name}.{kind}", kind, spec, self.bound_model.steps, self.steps == 1,
+                            config.start_step, wrapper.training, {})
+        prev = self._state(module, kind, spec, x, qparams=not wrapper.training or config.start_step > 1)
+        out, new = qat_kernel(x, prev, ctx)
+        if wrapper.training and new is not None:
+            self._mirror(module, kind, spec, new, x, qparams=active)
+        return out
+
     def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
-        module, spec = wrapper.module, wrapper.quant_config.specs["weight"]
-        weight, axis = module.weight, _axis("weight", spec)
-        if self.steps < wrapper.quant_config.start_step:
-            return weight
-        observed = current_range(weight, axis=axis)
-        current = _qparams(spec, observed, axis)
-        if wrapper.training:
-            self._store(module, "weight", current, weight)
-            return fake_quantize_clipped(weight, current, (observed.min, observed.max))
-        stored, valid = self._stored(module, "weight", spec, axis)
-        qp = QuantParams(torch.where(valid, stored.scale, current.scale),
-                         torch.where(valid, stored.zero_point, current.zero_point), stored.qmin, stored.qmax, axis)
-        return fake_quantize_ste(weight, qp, clip=True)
+        quantized = self._run(wrapper.module.weight, wrapper, "weight")
+        wrapper.module.weight = quantized  # NNI: a direct call leaves the quantized weight on the module
+        return quantized
 
     def _activation(self, x: Tensor, wrapper: QuantizerModuleWrapper, kind: str) -> Tensor:
-        module, spec = wrapper.module, wrapper.quant_config.specs[kind]
-        axis = _axis(kind, spec)
-        if not wrapper.training:
-            if self.steps < wrapper.quant_config.start_step:
-                return x
-            stored, valid = self._stored(module, kind, spec, axis)
-            if axis is not None:
-                valid = valid.reshape(_nni_shape(x, axis))
-            return torch.where(valid, fake_quantize_ste(x, stored, clip=True), x)
-        lo, hi = getattr(module, f"tracked_min_{kind}"), getattr(module, f"tracked_max_{kind}")
-        channels = x.shape[axis] if axis is not None else 1
-        prev = Range(_flat(lo, axis), _flat(hi, axis)) if lo.numel() == channels else None
-        observed = current_range(x, axis=axis)
-        tracked = ema_range(prev, x, decay=module.ema_decay, axis=axis, first=self.steps == 1, current=observed)
-        shape = _nni_shape(x, axis)
-        setattr(module, f"tracked_min_{kind}", tracked.min.reshape(shape).clone())
-        setattr(module, f"tracked_max_{kind}", tracked.max.reshape(shape).clone())
-        if self.steps < wrapper.quant_config.start_step:
-            return x
-        qp = _qparams(spec, tracked, axis)
-        self._store(module, kind, qp, x)
-        return fake_quantize_clipped(x, qp, (observed.min, observed.max))
+        return self._run(x, wrapper, kind)
 
     def quantize_input(self, inputs: Tensor, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
         return self._activation(inputs, wrapper, "input")
@@ -240,9 +246,8 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
             module, name = wrapper.module, wrapper.name
             prefix = f"{name}." if name else ""
             for kind, spec in wrapper.quant_config.specs.items():
-                axis = _axis(kind, spec)
-                stored, valid = self._stored(module, kind, spec, axis)
-                if not bool(valid.all()):
+                stored = self._state(module, kind, spec).qparams
+                if stored is None:
                     continue  # never observed: exported in float
                 if kind == "weight" and wrapper.quantizes_weight:
                     weights[prefix + "weight"] = stored
@@ -260,11 +265,10 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
 
 def fold_for_export(wrapper: QuantizerModuleWrapper) -> tuple[Tensor, Tensor]:
     """The folded float weight and bias of a BN-folded wrapper (detached)."""
-    from purecompress.compat.quantization.base import fold_bn_params
-
-    module = wrapper.module
+    module, bn = wrapper.module, wrapper.bn_module
     with torch.no_grad():
-        return fold_bn_params(module.old_weight, getattr(module, "old_bias", None), wrapper.bn_module)
+        return fold_conv_bn(module.old_weight, getattr(module, "old_bias", None), bn.weight, bn.bias,
+                            bn.running_mean, bn.running_var, bn.eps)
 
 
 logger = logging.getLogger(__name__)
@@ -289,13 +293,6 @@ def _register_weight_bits(wrappers: Sequence[QuantizerModuleWrapper]) -> None:
 
 
 
-def naive_quantize(weight: Tensor, scale: Tensor) -> Tensor:
-    """``trunc(w / scale) * scale``: NNI casts to int8, which truncates toward zero."""
-    # core-request: purecompress.quant naive_quantize (see .notes/quant_requests.md)
-    return torch.trunc(weight / scale) * scale
-
-
-
 class NaiveQuantizer(Quantizer):
     """8-bit weights with a running max scale ``max|w| / 127`` (NNI's ``NaiveQuantizer``)."""
 
@@ -309,12 +306,9 @@ class NaiveQuantizer(Quantizer):
         self.layer_scale: dict[str, Tensor] = {}
 
     def quantize_weight(self, wrapper: QuantizerModuleWrapper, **kwargs: Any) -> Tensor:
-        weight = wrapper.module.weight
-        scale = torch.clamp(weight.detach().abs().max() / 127, min=SCALE_EPS)
-        if wrapper.name in self.layer_scale:
-            scale = torch.maximum(self.layer_scale[wrapper.name], scale)
-        self.layer_scale[wrapper.name] = scale
-        return naive_quantize(weight, scale)
+        previous = self.layer_scale.get(wrapper.name)
+        quantized, self.layer_scale[wrapper.name] = naive_step(wrapper.module.weight, previous)
+        return quantized
 
     def _calibration_config(self) -> dict[str, dict[str, Any]]:
         return {w.name: {"weight_bits": 8} for w in self.modules_wrapper}
@@ -513,33 +507,23 @@ class ObserverQuantizer(Quantizer):
         self.compressed = False
         self.device = next(model.parameters()).device
         self.weight_ranges: dict[str, Range] = {}
-        self.all_observers: dict[str, dict[str, Any]] = {w.name: {} for w in self.modules_wrapper}
+        self.histograms: dict[str, dict[str, Histogram]] = {w.name: {} for w in self.modules_wrapper}
         for w in self.modules_wrapper:
             for kind in w.quant_config.specs:
                 qmin, qmax = (-127, 127) if kind == "weight" else (0, 127)
                 setattr(w.module, f"{kind}_qmin", qmin)
                 setattr(w.module, f"{kind}_qmax", qmax)
-                if kind != "weight":
-                    with warnings.catch_warnings():  # torch's deprecation note on reduce_range (NNI's setting)
-                        warnings.simplefilter("ignore", UserWarning)
-                        observer = torch.ao.quantization.HistogramObserver(reduce_range=True)
-                    self.all_observers[w.name][kind] = observer
 
     def _qparams(self, name: str, kind: str) -> QuantParams:
-        if kind == "weight":
-            rng = self.weight_ranges[name]
-            qp = quant_params(rng.min, rng.max, dtype="int", scheme="per_tensor_symmetric", qrange=(-128, 127))
-            return QuantParams(qp.scale, qp.zero_point, -127, 127)
-        observer = self.all_observers[name][kind]
-        search = getattr(observer, "_non_linear_param_search", None)
-        lo, hi = search() if search is not None else (observer.min_val, observer.max_val)
-        return quant_params(lo, hi, dtype="uint", qrange=(0, 127))
+        rng = self.weight_ranges[name] if kind == "weight" else histogram_estimate(self.histograms[name][kind])
+        return observer_qparams(kind, rng)
 
     def _record(self, wrapper: QuantizerModuleWrapper, kind: str, x: Tensor) -> None:
         if kind == "weight":
             self.weight_ranges[wrapper.name] = minmax_range(self.weight_ranges.get(wrapper.name), x)
         else:
-            self.all_observers[wrapper.name][kind](x.detach().cpu())
+            seen = self.histograms[wrapper.name]
+            seen[kind] = histogram_range(seen.get(kind), x)
 
     def _observe(self, x: Tensor, wrapper: QuantizerModuleWrapper, kind: str) -> Tensor:
         """Before :meth:`compress`: record ``x`` and return it; after: ``x`` fake-quantized."""
