@@ -229,3 +229,23 @@ def test_movement_masks_equal_the_movement_transform_in_the_same_loop() -> None:
     pruner = compat.MovementPruner(m, config, **legacy(0.05, m), training_epochs=2, warm_up_step=0,
                                    cool_down_beginning_step=4)
     assert_same(pruner.compress()[1], core)
+
+
+# --- iterative pruners: compat scheduler vs the core schedule driving one-shot pruning
+
+
+@pytest.mark.parametrize(("cls", "kind"), [(compat.LinearPruner, "linear"), (compat.AGPPruner, "agp"),
+                                           (compat.LotteryTicketPruner, "lottery")])
+def test_iterative_pruner_masks_equal_the_schedule_driving_l1(cls: type, kind: str, tmp_path: Any) -> None:
+    m = model()
+    params, masks = pc.params_of(copy.deepcopy(m)), {}
+    for sparsity in pc.iteration_sparsities(kind, 0.5, 2):
+        # Without speedup each task prunes the masked model afresh at the task's absolute sparsity
+        # (the compact model has the origin's shapes, so the relative sparsity is the absolute one).
+        config = [{"sparsity": sparsity, "op_types": ["Conv2d", "Linear"]}]
+        current = pc.apply_masks(params, masks)
+        masks = pc.prune(current, plan_of(m, config), pc.l1_norm)
+    pruner = cls(m, copy.deepcopy(CONV_LINEAR), "l1", 2, log_dir=str(tmp_path))
+    pruner.compress()
+    _, _, best_masks, _, _ = pruner.get_best_result()
+    assert_same(best_masks, masks)
