@@ -106,7 +106,7 @@ def compare_masks(nni_masks: dict[str, dict[str, torch.Tensor]], ours: pc.Masks,
             metric = metrics.get(f"{module}.{target}")
             if metric is None or other.sum() != mask.sum():
                 return "DIFFERENT"
-            score = pc.records.expand_blocks(metric.score, metric.shape).expand(metric.shape)
+            score = pc.pruning.expand_blocks(metric.score, metric.shape).expand(metric.shape)
             gained, lost = score[(other > mask)], score[(other < mask)]
             if not (torch.equal(gained.unique(), lost.unique()) and gained.unique().numel() == 1):
                 return "DIFFERENT"

@@ -90,7 +90,9 @@ from purecompress.pruning._movement import (
 from purecompress.pruning._n_m import allocate_n_m, gradual_n_m, n_m_keep, n_m_sparsity, parse_n_m
 from purecompress.pruning._params import (
     apply_masks,
+    output_mask,
     params_of,
+    simplify_mask,
 )
 from purecompress.pruning._pipeline import (
     allocate,
@@ -215,6 +217,7 @@ __all__ = [
     "movement_masks",
     "movement_regularizer",
     "movement_scores",
+    "output_mask",
     "params_of",
     "progress",
     "prune",
@@ -223,6 +226,7 @@ __all__ = [
     "rewind",
     "save_masks",
     "slim_penalty",
+    "simplify_mask",
     "sparsity_report",
     "straight_through",
     "taylor_accumulate",

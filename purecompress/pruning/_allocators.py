@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -299,9 +300,26 @@ def allocate_balanced(metrics: Metrics, sparsity: Sparsity, *, gran: Sequence[in
 
 
 
-def allocate_threshold(metrics: Metrics, threshold: Sparsity, *, prior: Masks | None = None) -> Masks:
-    """Keep the blocks whose score is strictly above ``threshold`` (a float, a 0-dim tensor, or per name)."""
+def allocate_threshold(metrics: Metrics, threshold: Sparsity, *, squash: Literal["sigmoid"] | None = None,
+                       prior: Masks | None = None) -> Masks:
+    """Keep the blocks whose score (``sigmoid(score)`` with ``squash='sigmoid'``) is strictly above
+    ``threshold`` (a float, a 0-dim tensor, or per name).
+
+    ``squash='sigmoid'`` is NNI's threshold rule for movement scores (its soft movement mode and
+    experimental ``ThresholdSparsityAllocator`` compare ``sigmoid(score)`` with the configured
+    sparsity). NaN scores are never kept.
+
+    >>> m = {'w': Metric(torch.tensor([0.0, 1.0, -1.0]), (3,))}
+    >>> allocate_threshold(m, 0.5)['w'].keep.tolist()
+    [False, True, False]
+    >>> allocate_threshold(m, 0.6, squash='sigmoid')['w'].keep.tolist()  # sigmoid: 0.5, 0.73, 0.27
+    [False, True, False]
+    """
+    if squash not in (None, "sigmoid"):
+        raise ValueError(f"squash must be None or 'sigmoid', got {squash!r}")
     scores = _scores(metrics, prior)
+    if squash == "sigmoid":
+        scores = {name: torch.sigmoid(score) for name, score in scores.items()}
     masks = {name: Mask(scores[name] > _sparsity_for(threshold, name), m.shape) for name, m in metrics.items()}
     return _finish(masks, prior)
 

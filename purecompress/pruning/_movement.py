@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from purecompress._pytree import record, static
-from purecompress.pruning._allocators import allocate_per_layer
+from purecompress.pruning._allocators import allocate_per_layer, allocate_threshold
 from purecompress.pruning._params import apply_masks
 from purecompress.pruning._records import Mask, Masks, Metric, Metrics
 from purecompress.selectors import Plan
@@ -108,9 +108,7 @@ def movement_masks(scores: Mapping[str, Tensor], sparsity: float | Mapping[str, 
     if mode == "hard":
         return allocate_per_layer(metrics, sparsity)
     if mode == "soft":
-        def threshold(name: str) -> float:
-            return float(sparsity[name]) if isinstance(sparsity, Mapping) else float(sparsity)
-        return {name: Mask(torch.sigmoid(m.score) > threshold(name), m.shape) for name, m in metrics.items()}
+        return allocate_threshold(metrics, sparsity, squash="sigmoid")
     raise ValueError(f"movement mode must be 'hard' or 'soft', got {mode!r}")
 
 

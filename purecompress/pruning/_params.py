@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor, nn
 
 from purecompress.pruning._records import Mask
@@ -11,7 +12,9 @@ from purecompress.transform import Params
 
 __all__ = [
     "apply_masks",
+    "output_mask",
     "params_of",
+    "simplify_mask",
 ]
 
 
@@ -56,3 +59,52 @@ def apply_masks(params: Mapping[str, Tensor], masks: Mapping[str, Mask]) -> Para
     if unknown:
         raise KeyError(f"masks for parameters that are not in params: {unknown}")
     return {k: masks[k].apply(v) if k in masks else v for k, v in params.items()}
+
+
+
+def simplify_mask(mask: Mask) -> Mask | None:
+    """The coarsest record that masks like ``mask``: None when it keeps everything, one block per
+    output row (``[out, 1, ...]``) when each row is all kept or all pruned, else ``mask`` itself.
+
+    Lets a forward multiply by the cheapest factor (a wrapper's dense ``weight_mask`` edited by a
+    script becomes a channel mask again when it is one).
+
+    >>> import torch
+    >>> simplify_mask(Mask.from_dense(torch.ones(2, 3))) is None
+    True
+    >>> simplify_mask(Mask.from_dense(torch.tensor([[1., 1.], [0., 0.]]))).keep
+    tensor([[ True],
+            [False]])
+    """
+    keep = mask.keep
+    if bool(keep.all()):
+        return None
+    if keep.dim() >= 2 and keep.shape[0] == mask.shape[0] and keep[0].numel() > 1:
+        rows = keep.reshape(keep.shape[0], -1)
+        if bool((rows == rows[:, :1]).all()):
+            return Mask(rows[:, :1].reshape(keep.shape[0], *([1] * (keep.dim() - 1))), mask.shape)
+    return mask
+
+
+
+def output_mask(weight: Mask | None, bias: Mask | None) -> Tensor | None:
+    """The ``[out]`` 0/1 factor that masks a linear layer's *output* as ``weight`` and ``bias`` mask
+    its parameters, or None when no such factor exists.
+
+    ``y * m`` costs ``batch * out`` where ``W * m`` costs ``out * in`` in the forward and again in the
+    backward. It exists when ``weight`` prunes whole output rows (one block per row) and ``bias``
+    is absent or prunes exactly those rows (masking the output also zeroes the bias of pruned rows).
+
+    >>> import torch
+    >>> rows = Mask(torch.tensor([[True], [False]]), (2, 3))
+    >>> output_mask(rows, None)
+    tensor([1., 0.])
+    >>> output_mask(rows, Mask.dense((2,))) is None
+    True
+    """
+    if weight is None or len(weight.shape) != 2 or tuple(weight.keep.shape) != (weight.shape[0], 1):
+        return None
+    row = weight.keep.reshape(-1)
+    if bias is not None and not torch.equal(bias.broadcastable().expand(bias.shape), row):
+        return None
+    return row.to(torch.float32)

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 import purecompress as pc
 from purecompress.compat import L1NormPruner, LevelPruner, PrunerModuleWrapper
-from purecompress.compat.pruning.base import compact_mask
+from purecompress.compat.pruning import Target
 from tests.compat.models import MODELS, build
 
 
@@ -100,7 +100,8 @@ def test_linear_output_masking_equals_weight_masking() -> None:
     b.load_state_dict(a.state_dict())
     pa = L1NormPruner(a, [{"sparsity": 0.4, "op_types": ["Linear"]}])
     _, masks = pa.compress()
-    assert compact_mask(masks["0"]["weight"], torch.float32).shape == (5, 1)
+    assert a[0].mask_record("weight").keep.shape == (5, 1)  # the allocator's channel record, kept as it is
+    assert pc.simplify_mask(pc.Mask.from_dense(masks["0"]["weight"])).keep.shape == (5, 1)
     pb = LevelPruner(b, [{"sparsity": 0.1, "op_types": ["Linear"]}])
     pb.load_masks({"0": {"weight": masks["0"]["weight"].clone(), "bias": masks["0"]["bias"].clone()}})
     x = torch.randn(3, 6)
@@ -223,3 +224,33 @@ def test_dependency_aware_mode_shares_masks() -> None:
     _, masks = L1NormPruner(Residual(), [{"sparsity": 0.5, "op_types": ["Conv2d"]}], mode="dependency_aware",
                             dummy_input=torch.randn(1, 3, 8, 8)).compress()
     assert torch.equal(masks["a"]["weight"][:, 0, 0, 0], masks["b"]["weight"][:, 0, 0, 0])
+
+
+def test_core_masks_reach_the_wrapper_as_records_and_buffers_are_derived_from_them() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 1))
+    pruner = L1NormPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}])
+    params = {f"{n}.weight": w.weight.detach() for n, w in pruner.get_modules_wrapper().items()}
+    targets = pruner.targets()
+    masks = pruner.sparsity_allocator.allocate(
+        {n.rpartition(".")[0]: {"weight": m.score.reshape(-1)} for n, m in pc.l1_norm(params, list(params),
+                                                                                    block=pc.Block.channel()).items()},
+        targets)
+    pruner.load_records(masks)
+    wrapper = model[0]
+    assert wrapper.mask_record("weight") is masks["0.weight"]  # the allocator's record, no dense round trip
+    assert torch.equal(wrapper.weight_mask, masks["0.weight"].to_dense())
+    assert torch.equal(wrapper.bias_mask, masks["0.bias"].to_dense())
+    with torch.no_grad():
+        wrapper.weight_mask[0, 0, 0, 0] = 0  # a script's in-place edit: read back from the buffer
+    assert wrapper.mask_record("weight") is not masks["0.weight"]
+    assert wrapper.mask_record("weight").keep.shape == (4, 3, 3, 3)
+
+
+def test_allocators_receive_their_sparsity_as_an_argument() -> None:
+    model = nn.Sequential(nn.Linear(4, 6))
+    pruner = L1NormPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"]}])
+    metric = {"0": {"weight": torch.arange(6.0)}}
+    masks = pruner.sparsity_allocator.allocate(metric, {"0.weight": Target((6, 4), 1 / 3)})
+    assert masks["0.weight"].keep.flatten().tolist() == [False, False, True, True, True, True]
+    assert pruner.get_modules_wrapper()["0"].config["total_sparsity"] == 0.5  # read by NNI's generate_sparsity only
+    assert pruner.sparsity_allocator.generate_sparsity(metric)["0"]["weight"].sum() == 12

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from purecompress.compat.schema import Form, validate
 from purecompress.compat.utils import canonical_from, get_module_by_name
-from purecompress.pruning import Mask
+from purecompress.pruning import Mask, Masks, output_mask, simplify_mask
 from purecompress.selectors import select
 
 __all__ = [
@@ -30,6 +30,8 @@ __all__ = [
     "Pruner",
     "PrunerModuleWrapper",
     "TARGETS",
+    "Target",
+    "sparsities",
 ]
 
 
@@ -37,27 +39,31 @@ TARGETS = ("weight", "bias")
 
 
 
-def compact_mask(mask: Tensor, dtype: torch.dtype) -> Tensor | None:
-    """The cheapest tensor that multiplies like ``mask``: None if dense, ``[out, 1, ...]`` if rows.
+@attrs.frozen
+class Target:
+    """One weight to prune, as an allocator receives it.
 
-    Args:
-        mask: 0/1 tensor of the target's shape.
-        dtype: the target's dtype (the result is in it).
-
-    >>> compact_mask(torch.ones(2, 3), torch.float32) is None
-    True
-    >>> compact_mask(torch.tensor([[1., 1.], [0., 0.]]), torch.float32)
-    tensor([[1.],
-            [0.]])
+    Attributes:
+        shape: the weight's shape.
+        sparsity: the fraction to prune (NNI's canonical ``total_sparsity``).
+        cap: ``max_sparsity_per_layer`` in global allocation (default 0.99, NNI's).
+        bias: the shape of the module's bias (None without one), for NNI's bias masks.
     """
-    keep = mask != 0
-    if bool(keep.all()):
-        return None
-    if mask.dim() >= 2:
-        rows = keep.reshape(keep.shape[0], -1)
-        if bool((rows == rows[:, :1]).all()):
-            return rows[:, :1].reshape(keep.shape[0], *([1] * (mask.dim() - 1))).to(dtype)
-    return keep.to(dtype)
+
+    shape: tuple[int, ...] = attrs.field(converter=tuple)
+    sparsity: float
+    cap: float = 0.99
+    bias: tuple[int, ...] | None = None
+
+
+
+def sparsities(targets: Mapping[str, Target]) -> dict[str, float]:
+    """``{name: target.sparsity}``.
+
+    >>> sparsities({'fc.weight': Target((2, 3), 0.5)})
+    {'fc.weight': 0.5}
+    """
+    return {name: target.sparsity for name, target in targets.items()}
 
 
 
@@ -67,8 +73,9 @@ class _Factors:
 
     Attributes:
         params: target -> compact factor to multiply it by (absent: dense, no work).
-        output: a factor for the module's output instead (``nn.Linear`` with a row mask: ``y * m``
-            costs ``batch * out``, ``W * m`` costs ``out * in`` in the forward and again backward).
+        output: a factor for the module's output instead (``nn.Linear`` with a row mask, see
+            :func:`purecompress.output_mask`).
+        records: target -> the (simplified) core mask; absent: dense.
     """
 
     params: dict[str, Tensor]
@@ -77,19 +84,15 @@ class _Factors:
 
 
 
-def _plan(module: nn.Module, targets: tuple[str, ...], masks: tuple[Tensor | None, ...],
-          dtype: torch.dtype) -> _Factors:
-    factors = {t: compact_mask(m, dtype) for t, m in zip(targets, masks) if m is not None}
-    factors = {t: f for t, f in factors.items() if f is not None}
-    shapes = {t: tuple(m.shape) for t, m in zip(targets, masks) if m is not None}
-    records = {t: Mask(f != 0, shapes[t]) for t, f in factors.items()}
-    rows = factors.get("weight")
-    if type(module) is nn.Linear and rows is not None and rows.shape[1:] == (1,):
-        row = rows.reshape(-1)
-        bias = dict(zip(targets, masks)).get("bias")
-        # Masking the output also zeroes the bias of pruned rows: only equal when the bias mask does.
-        if bias is None or torch.equal((bias != 0).to(dtype), row):
-            return _Factors({}, row, records)
+def _plan(module: nn.Module, records: dict[str, Mask], bias: tuple[int, ...] | None, dtype: torch.dtype,
+          device: torch.device) -> _Factors:
+    if type(module) is nn.Linear:
+        # A dense bias is a mask too: masking the output would zero the bias of pruned rows.
+        dense_bias = None if bias is None else Mask.dense(bias)
+        row = output_mask(records.get("weight"), records.get("bias", dense_bias))
+        if row is not None:
+            return _Factors({}, row.to(dtype=dtype, device=device), records)
+    factors = {t: m.broadcastable().to(dtype=dtype, device=device) for t, m in records.items()}
     return _Factors(factors, None, records)
 
 
@@ -118,6 +121,10 @@ class PrunerModuleWrapper(nn.Module):
         self.name = module_name
         self.config = dict(config)
         self._order = list(module._parameters)
+        # target -> (the buffer derived from a core mask, its version, the mask): the forward uses the
+        # record while the buffer is that tensor, unedited; a buffer a script replaced or edited
+        # in place is read back once (Mask.from_dense) instead.
+        self._records: dict[str, tuple[Tensor, int, Mask]] = {}
         self._cache: tuple[tuple[Tensor | None, ...], tuple[int, ...], torch.dtype, _Factors] | None = None
         self.targets = tuple(t for t in TARGETS if isinstance(getattr(module, t, None), Tensor))
         for target in TARGETS:
@@ -151,16 +158,40 @@ class PrunerModuleWrapper(nn.Module):
         params.clear()
         params.update(ordered)
 
+    def set_masks(self, masks: Mapping[str, Mask]) -> None:
+        """Load core masks (``{'weight': Mask, 'bias': Mask}``); the float ``weight_mask``/``bias_mask``
+        buffers NNI scripts read are derived from them here, the one place they are made."""
+        for target, mask in masks.items():
+            if target not in self.targets:
+                raise KeyError(f"{self.name!r} has no {target}_mask")
+            param = self._parameters[target]
+            if tuple(mask.shape) != tuple(param.shape):
+                raise ValueError(f"{self.name}.{target}: mask of shape {tuple(mask.shape)} for a "
+                                 f"{target} of shape {tuple(param.shape)}")
+            dense = mask.to_dense(param.dtype).to(param.device)
+            setattr(self, f"{target}_mask", dense)
+            self._records[target] = (dense, dense._version, mask)
+
+    def _record(self, target: str, buffer: Tensor) -> Mask | None:
+        made = self._records.get(target)
+        mask = made[2] if made is not None and made[0] is buffer and made[1] == buffer._version \
+            else Mask.from_dense(buffer)
+        return simplify_mask(mask)
+
     def _factors(self) -> _Factors:
         """The cached compact masks, rebuilt when a mask buffer is replaced or edited in place."""
         masks = tuple(self._buffers[f"{t}_mask"] for t in self.targets)
         versions = tuple(-1 if m is None else m._version for m in masks)
-        dtype = self._parameters["weight"].dtype
+        param = self._parameters["weight"]
         cached = self._cache
         # The cache holds the mask tensors themselves (not ids): a new mask is never mistaken for an old one.
-        if cached is None or cached[1] != versions or cached[2] != dtype \
+        if cached is None or cached[1] != versions or cached[2] != param.dtype \
                 or any(a is not b for a, b in zip(cached[0], masks)):
-            cached = (masks, versions, dtype, _plan(self.module, self.targets, masks, dtype))
+            records = {t: self._record(t, m) for t, m in zip(self.targets, masks) if m is not None}
+            records = {t: r for t, r in records.items() if r is not None}
+            bias = self._parameters["bias"] if "bias" in self.targets else None
+            plan = _plan(self.module, records, None if bias is None else tuple(bias.shape), param.dtype, param.device)
+            cached = (masks, versions, param.dtype, plan)
             self._cache = cached
         return cached[3]
 
@@ -297,28 +328,64 @@ class Pruner(abc.ABC):
         return out
 
     def load_masks(self, masks: Mapping[str, Mapping[str, Tensor | None]]) -> None:
-        """Load ``{module: {'weight': mask, 'bias': mask}}`` into the wrappers (on the targets' devices)."""
+        """Load ``{module: {'weight': mask, 'bias': mask}}`` (NNI's dense 0/1 format) into the wrappers."""
         wrappers = self.get_modules_wrapper()
         for module_name, targets in masks.items():
             if module_name not in wrappers:
                 raise KeyError(f"{module_name!r} is not wrapped by this pruner; wrapped: {list(wrappers)}")
-            wrapper = wrappers[module_name]
+            known = wrappers[module_name].targets
             for target, mask in targets.items():
-                if target not in ("weight", "bias") or (mask is not None and target not in wrapper.targets):
+                if target not in ("weight", "bias") or (mask is not None and target not in known):
                     raise KeyError(f"{module_name!r} has no {target}_mask")
-                if mask is None:
-                    continue
-                param = getattr(wrapper, target)
-                if tuple(mask.shape) != tuple(param.shape):
-                    raise ValueError(f"{module_name}.{target}: mask of shape {tuple(mask.shape)} for a "
-                                     f"{target} of shape {tuple(param.shape)}")
-                setattr(wrapper, f"{target}_mask", mask.to(param.device))
+            wrappers[module_name].set_masks({t: Mask.from_dense(m) for t, m in targets.items() if m is not None})
+
+    def load_records(self, masks: Masks) -> None:
+        """Load core masks keyed ``'module.target'`` (what the core allocators return) into the wrappers."""
+        wrappers = self.get_modules_wrapper()
+        grouped: dict[str, dict[str, Mask]] = {}
+        for name, mask in masks.items():
+            module_name, _, target = name.rpartition(".")
+            if module_name not in wrappers:
+                raise KeyError(f"{module_name!r} is not wrapped by this pruner; wrapped: {list(wrappers)}")
+            grouped.setdefault(module_name, {})[target] = mask
+        for module_name, records in grouped.items():
+            wrappers[module_name].set_masks(records)
+
+    def targets(self) -> dict[str, Target]:
+        """``'module.weight'`` -> :class:`Target`, read from NNI's surface: each wrapper's canonical
+        ``config`` (``total_sparsity``, ``max_sparsity_per_layer``; a script may edit them) and shapes."""
+        out = {}
+        for name, wrapper in self.get_modules_wrapper().items():
+            caps = wrapper.config.get("max_sparsity_per_layer") or {}
+            bias = wrapper.bias
+            out[f"{name}.weight"] = Target(tuple(wrapper.weight.shape), float(wrapper.config["total_sparsity"]),
+                                           float(caps.get(name, 0.99)), None if bias is None else tuple(bias.shape))
+        return out
+
+    def weight_masks(self) -> Masks:
+        """The wrappers' current weight masks as core records keyed ``'module.weight'`` (dense ones left out)."""
+        out = {}
+        for name, wrapper in self.get_modules_wrapper().items():
+            mask = wrapper.mask_record("weight")
+            if mask is not None:
+                out[f"{name}.weight"] = mask
+        return out
+
+    def nni_masks(self, masks: Masks) -> NniMasks:
+        """NNI's ``{module: {target: mask buffer}}`` for the targets of ``masks`` (core records just
+        loaded), in wrapper order: the float buffers the wrappers derived from them."""
+        out: NniMasks = {}
+        for name, wrapper in self.get_modules_wrapper().items():
+            for target in wrapper.targets:
+                if f"{name}.{target}" in masks:
+                    out.setdefault(name, {})[target] = getattr(wrapper, f"{target}_mask")
+        return out
 
     def show_pruned_weights(self, dim: int = 0) -> dict[str, tuple[int, int]]:
         """Log (and return) ``{module: (kept, total)}`` slices along ``dim`` of each weight mask."""
         out = {}
         for name, wrapper in self.get_modules_wrapper().items():
-            mask = Mask.from_dense(wrapper.weight_mask)
+            mask = wrapper.mask_record("weight") or Mask.dense(tuple(wrapper.weight_mask.shape))
             keep = mask.keep if mask.keep.dim() <= 1 else \
                 mask.keep.any(dim=[d for d in range(mask.keep.dim()) if d != dim])
             out[name] = (int(keep.sum()), int(wrapper.weight_mask.shape[dim]))

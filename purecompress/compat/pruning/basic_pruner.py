@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from purecompress.compat.evaluator import Evaluator, ForwardHook, Hook, LegacyEvaluator, TensorHook
-from purecompress.compat.pruning.base import NniMasks, Pruner
+from purecompress.compat.pruning.base import NniMasks, Pruner, sparsities
 from purecompress.compat.pruning.tools import (
     APoZRankMetricsCalculator,
     BankSparsityAllocator,
@@ -38,15 +37,22 @@ from purecompress.compat.pruning.tools import (
 )
 from purecompress.compat.schema import EXCLUDE, GLOBAL, INTERNAL, NORMAL
 from purecompress.pruning import (
+    AdmmState,
+    Block,
     TaylorStats,
     activation_fn,
+    admm,
+    admm_masks,
+    admm_penalty,
     batch_activation_stats,
+    bias_masks,
     channel_dim_of,
     from_config_list,
     slim_penalty,
     taylor_term,
 )
 from purecompress.selectors import ConfigError, select
+from purecompress.transform import Transform
 
 __all__ = [
     "ADMMPruner",
@@ -85,16 +91,20 @@ class BasicPruner(Pruner):
     sparsity_allocator: SparsityAllocator | None = None
 
     def compress(self) -> tuple[nn.Module, NniMasks]:
-        """collect -> calculate_metrics -> generate_sparsity -> load_masks; returns ``(model, masks)``."""
+        """collect -> calculate_metrics -> allocate -> load the core masks; returns ``(model, masks)``.
+
+        The allocator receives the targets' sparsities (from the wrappers' configs, NNI's surface)
+        and the current masks as arguments; its core masks go to the wrappers as they are.
+        """
         model = self._bound()
         if self.data_collector is None or self.metrics_calculator is None or self.sparsity_allocator is None:
             raise RuntimeError(f"{type(self).__name__} has no data_collector/metrics_calculator/sparsity_allocator; "
                                "reset_tools() must set them")
         data = self.data_collector.collect()
         metrics = self.metrics_calculator.calculate_metrics(data)
-        masks = self.sparsity_allocator.generate_sparsity(metrics)
-        self.load_masks(masks)
-        return model, masks
+        masks = self.sparsity_allocator.allocate(metrics, self.targets(), prior=self.weight_masks())
+        self.load_records(masks)
+        return model, self.nni_masks(masks)
 
 
 
@@ -467,12 +477,15 @@ def _rho_of(config_list: Sequence[Mapping[str, Any]]) -> list[float | None]:
 
 
 class ADMMPruner(TrainingPruner):
-    """ADMM pruning: ``iterations`` rounds of training with ``rho/2 * ...`` then projecting.
+    """ADMM pruning: ``iterations`` rounds of training with NNI's penalty, each followed by one
+    projection of :func:`purecompress.admm` (the pruner holds that transform and its state).
 
     ``(model, config_list, evaluator, iterations, training_epochs, granularity='fine-grained')``
     or the old ``(model, config_list, trainer, traced_optimizer, criterion, iterations,
     training_epochs, granularity)``. Config key ``rho`` (default 1e-4). The penalty is NNI's
-    ``rho/2 * sqrt(||W - Z + U||)`` (see :func:`purecompress.admm_penalty`, ``form='nni'``).
+    ``rho/2 * sqrt(||W - Z + U||)`` (see :func:`purecompress.admm_penalty`, ``form='nni'``), without
+    NNI's NaN on the first step; the final masks are :func:`purecompress.admm_masks` of the trained
+    weights plus NNI's bias masks.
     """
 
     new_api = ("evaluator", "iterations", "training_epochs", "granularity")
@@ -486,8 +499,8 @@ class ADMMPruner(TrainingPruner):
         self.training_epochs: int = parsed["training_epochs"]
         self.granularity = check_mode("ADMMPruner granularity", parsed["granularity"],
                                        ("fine-grained", "coarse-grained"))
-        self.Z: dict[str, dict[str, Tensor]] = {}
-        self.U: dict[str, dict[str, Tensor]] = {}
+        self._transform: Transform | None = None
+        self._state: AdmmState | None = None
         super().__init__(model, config_list)
 
     def reset(self, model: nn.Module | None = None, config_list: list[dict] | None = None) -> None:
@@ -500,40 +513,45 @@ class ADMMPruner(TrainingPruner):
         for entry in plan:
             if rhos[entry.index] is not None:
                 self.get_modules_wrapper()[entry.module].config["rho"] = rhos[entry.index]
-        self.Z = {n: {"weight": w.weight.detach().clone()} for n, w in self.get_modules_wrapper().items()}
-        self.U = {n: {"weight": torch.zeros_like(z["weight"])} for n, z in self.Z.items()}
+        self._start()
+
+    def _weights(self) -> dict[str, Tensor]:
+        return {f"{name}.weight": w.weight for name, w in self.get_modules_wrapper().items()}
+
+    def _start(self) -> None:
+        """The core transform for the wrappers' current configs, and its first state (Z = W, U = 0)."""
+        targets = self.targets()
+        rho = {f"{name}.weight": float(w.config.get("rho", 1e-4)) for name, w in self.get_modules_wrapper().items()}
+        block = Block.element() if self.granularity == "fine-grained" else Block.channel()
+        self._transform = admm(list(targets), sparsities(targets), rho=rho, block=block)
+        self._state = self._transform.init({n: w.detach() for n, w in self._weights().items()})
 
     def loss_patch(self, origin_loss: Tensor) -> Tensor:
-        """``origin_loss + sum rho/2 * sqrt(||W - Z + U||)`` (NNI's form)."""
-        from purecompress.pruning import AdmmState, Block, admm_penalty
-
-        wrappers = self.get_modules_wrapper()
-        state = AdmmState({n: z["weight"] for n, z in self.Z.items()}, {n: u["weight"] for n, u in self.U.items()},
-                          {}, {n: float(wrappers[n].config.get("rho", 1e-4)) for n in self.Z}, {}, Block.element(), 0)
-        return origin_loss + admm_penalty({n: w.weight for n, w in wrappers.items()}, state, form="nni")
+        """``origin_loss + sum rho/2 * sqrt(||W - Z + U||)`` (NNI's form, :func:`purecompress.admm_penalty`)."""
+        assert self._state is not None
+        return origin_loss + admm_penalty(self._weights(), self._state, form="nni")
 
     def reset_tools(self) -> None:
-        """Train ``training_epochs`` per iteration with the penalty; L1 metric; per-layer allocator."""
+        """Train ``training_epochs`` per iteration with the penalty (no metric or allocator tool: the
+        core transform projects and allocates)."""
         self._bind_evaluator()
         self._collect_trained_weights(self.loss_patch, self.training_epochs)
-        scalers = None if self.granularity == "fine-grained" else channel_scaler()
-        self.metrics_calculator = self.metrics_calculator or NormMetricsCalculator(p=1, scalers=scalers)
-        self.sparsity_allocator = self.sparsity_allocator or NormalSparsityAllocator(self, scalers)
 
     def compress(self) -> tuple[nn.Module, NniMasks]:
-        """ADMM iterations (Z = prune(W + U), U += W - Z), then masks from the trained W."""
+        """``iterations`` x (train, ``update``: Z = prune(W + U), U += W - Z), then masks from the trained W."""
         model = self._bound()
-        assert self.data_collector and self.metrics_calculator and self.sparsity_allocator
-        data: dict[str, dict[str, Tensor]] = {}
+        assert self.data_collector is not None
+        self._start()
+        assert self._transform is not None and self._state is not None
+        weights = {n: w.detach() for n, w in self._weights().items()}
         for _ in range(self.iterations):
             data = self.data_collector.collect()
-            z = {n: {"weight": d["weight"] + self.U[n]["weight"]} for n, d in data.items()}
-            masks = self.sparsity_allocator.generate_sparsity(self.metrics_calculator.calculate_metrics(z))
-            for n in z:
-                self.Z[n]["weight"] = z[n]["weight"] * masks[n]["weight"]
-                self.U[n]["weight"] = self.U[n]["weight"] + data[n]["weight"] - self.Z[n]["weight"]
-        self.Z, self.U = {}, {}
-        masks = self.sparsity_allocator.generate_sparsity(self.metrics_calculator.calculate_metrics(data))
-        self.load_masks(masks)
+            weights = {f"{name}.weight": d["weight"] for name, d in data.items()}
+            _, self._state = self._transform.update(weights, self._state)
+        targets = self.targets()
+        shapes = {n[: -len("weight")] + "bias": t.bias for n, t in targets.items() if t.bias is not None}
+        masks = bias_masks(admm_masks(weights, self._state), shapes)  # type: ignore[arg-type]
+        self.load_records(masks)
+        self._start()  # as NNI, the next compress starts again from Z = W, U = 0
         self.evaluator.unbind_model()
-        return model, masks
+        return model, self.nni_masks(masks)

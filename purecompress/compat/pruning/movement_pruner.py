@@ -1,4 +1,11 @@
-"""NNI's MovementPruner: weight scores trained through a straight-through mask, cubic schedule."""
+"""NNI's MovementPruner on the core transform :func:`purecompress.movement`.
+
+The pruner holds the transform and its :class:`~purecompress.MovementState`; it maps NNI's call
+order onto it: a forward pre-hook on each wrapped module records the gradient of the loss with
+respect to the masked weight the forward used, and just before each step of the user's optimizer
+the pruner calls ``update`` (scores by Adam, lr 1e-2; masks on the cubic schedule) and loads the
+new masks into the wrappers.
+"""
 
 from __future__ import annotations
 
@@ -8,49 +15,42 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from purecompress.compat.pruning.base import NniMasks
+from purecompress.compat.pruning.base import NniMasks, sparsities
 from purecompress.compat.pruning.basic_pruner import TrainingPruner, check_mode
-from purecompress.compat.pruning.tools import (
-    EvaluatorCollector,
-    NormalSparsityAllocator,
-    Scaling,
-    StraightMetricsCalculator,
-    ThresholdSparsityAllocator,
-)
+from purecompress.compat.pruning.tools import EvaluatorCollector
 from purecompress.compat.schema import EXCLUDE, INTERNAL, NORMAL
 from purecompress.pruning import (
+    Mask,
+    Masks,
+    MovementState,
     all_reduce_stats,
-    cubic_sparsity,
+    bias_masks,
     is_distributed,
-    movement_regularizer,
-    straight_through,
+    movement,
 )
-
-__all__ = [
-    "MovementPruner",
-]
+from purecompress.transform import Transform
 
 __all__ = ["MovementPruner"]
 
 
 class _ScoreCollector(EvaluatorCollector):
-    """Trains, then returns the movement scores ``{module: {'weight': scores}}``."""
+    """Trains (the movement updates run in the optimizer patch), then returns the scores."""
 
     def collect(self) -> dict[str, dict[str, Tensor]]:
         self.evaluator.train(max_steps=self.max_steps, max_epochs=self.max_epochs)
-        scores = self.compressor._scores  # type: ignore[attr-defined]
-        return {name: {"weight": s.detach().clone()} for name, s in scores.items()}
+        state = self.compressor._state  # type: ignore[attr-defined]
+        return {name.rpartition(".")[0]: {"weight": s} for name, s in state.scores.items()}
 
 
 class MovementPruner(TrainingPruner):
-    """Movement pruning: weight scores trained by a straight-through mask, cubic sparsity schedule.
+    """Movement pruning: weight scores trained through the mask, cubic sparsity schedule.
 
     ``(model, config_list, evaluator, warm_up_step, cool_down_beginning_step, training_epochs=None,
     training_steps=None, regular_scale=None, movement_mode='hard', sparse_granularity='finegrained')``
     or the old ``(model, config_list, trainer, traced_optimizer, criterion, training_epochs,
-    warm_up_step, cool_down_beginning_step)``. Scores are trained by Adam (lr 1e-2) after each
-    step of the user's optimizer, and the masks follow :func:`purecompress.cubic_sparsity`.
-    ``sparse_granularity='auto'`` (Hugging Face attention heads) is not provided.
+    warm_up_step, cool_down_beginning_step)``. Every number comes from :func:`purecompress.movement`
+    (``regular_scale`` with the evaluator API only, as NNI). ``sparse_granularity='auto'`` (Hugging
+    Face attention heads) is not provided.
     """
 
     new_api = ("evaluator", "warm_up_step", "cool_down_beginning_step", "training_epochs", "training_steps",
@@ -78,86 +78,93 @@ class MovementPruner(TrainingPruner):
             raise NotImplementedError("MovementPruner(sparse_granularity='auto') needs NNI's Hugging Face model "
                                       "parsers and is not provided; use 'finegrained'")
         check_mode("MovementPruner sparse_granularity", granularity, ("finegrained",))
-        self._scores: dict[str, nn.Parameter] = {}
+        self._transform: Transform | None = None
+        self._state: MovementState | None = None
+        self._grads: dict[str, Tensor] = {}
         self._handles: list[Any] = []
-        self.step_counter = 0
         super().__init__(model, config_list)
 
-    def _scale(self, step: int) -> float:
-        return cubic_sparsity(step, 1.0, warm_up=self.warm_up_step, cool_down=self.cool_down_beginning_step)
+    @property
+    def step_counter(self) -> int:
+        """Optimizer steps done in this compress (the schedule's step)."""
+        return 0 if self._state is None else self._state.step
 
-    def _remove_score_hooks(self) -> None:
+    def _weights(self) -> dict[str, Tensor]:
+        return {f"{name}.weight": w.weight.detach() for name, w in self.get_modules_wrapper().items()}
+
+    def _start(self) -> None:
+        """The core transform for the wrappers' configs (final sparsities) and its first state."""
+        targets = self.targets()
+        self._transform = movement(list(targets), sparsities(targets), warm_up=self.warm_up_step,
+                                   cool_down=self.cool_down_beginning_step, mode=self.movement_mode,
+                                   regular_scale=self.regular_scale if self.using_evaluator else None)
+        self._state = self._transform.init(self._weights())
+        self._grads = {}
+
+    def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
-    def _straight_through(self, name: str) -> Callable[[nn.Module, Any], None]:
-        wrapper, score = self.get_modules_wrapper()[name], self._scores[name]
+    def _grad_recorder(self, name: str) -> Callable[[nn.Module, Any], None]:
+        def record(grad: Tensor) -> None:
+            self._grads[name] = grad if name not in self._grads else self._grads[name] + grad
 
         def pre_hook(module: nn.Module, _inputs: Any) -> None:
-            if self.is_wrapped:  # the wrapper has just set module.weight = W * mask; make the mask's grad reach S
-                module._buffers["weight"] = wrapper.weight * straight_through(score, wrapper.weight_mask)
+            weight = module._buffers["weight"]  # the wrapper has just set it to the masked weight
+            if self.is_wrapped and weight is not None and weight.requires_grad and torch.is_grad_enabled():
+                weight = weight.view_as(weight)  # a view: its hook dies with this forward's graph
+                weight.register_hook(record)
+                module._buffers["weight"] = weight
         return pre_hook
 
-    def _sync_score_grads(self) -> None:
-        # DDP averages the model's gradients, not the scores' (they are not model parameters):
-        # average them the same way so every rank takes the same score step and gets the same masks.
+    def _sync_grads(self, grads: dict[str, Tensor]) -> dict[str, Tensor]:
+        # DDP averages the model's gradients, not these (taken before its reduction): average them the
+        # same way so every rank takes the same score step and gets the same masks.
         if not is_distributed():
-            return
-        grads = {n: s.grad for n, s in self._scores.items() if s.grad is not None}
+            return grads
         world = torch.distributed.get_world_size()
-        for name, g in all_reduce_stats(grads).items():
-            self._scores[name].grad = g / world
+        return {name: g / world for name, g in all_reduce_stats(grads).items()}
 
-    def _after_step(self) -> None:
-        self._sync_score_grads()
-        self._score_optimizer.step()
-        self._score_optimizer.zero_grad()
-        self.step_counter += 1
-        if self.step_counter > self.warm_up_step:
-            self._schedule(self.step_counter)
-            data = {n: {"weight": s.detach()} for n, s in self._scores.items()}
-            assert self.metrics_calculator is not None and self.sparsity_allocator is not None
-            self.load_masks(self.sparsity_allocator.generate_sparsity(self.metrics_calculator.calculate_metrics(data)))
-
-    def _schedule(self, step: int) -> None:
-        wrappers = self.get_modules_wrapper()
-        for config in self.config_list or []:
-            for name in config["op_names"]:
-                wrappers[name].config["total_sparsity"] = config["total_sparsity"] * self._scale(step)
-
-    def loss_patch(self, origin_loss: Tensor) -> Tensor:
-        """Soft mode: ``+ regular_scale * cubic(step) * mean(sigmoid(S))`` (NNI's regularizer)."""
-        if self.regular_scale is None:
-            return origin_loss
-        return origin_loss + self._scale(self.step_counter) * movement_regularizer(self._scores, self.regular_scale)
+    def _before_step(self) -> None:
+        """One core ``update`` with the weights and masked-weight gradients of this step."""
+        assert self._transform is not None and self._state is not None
+        grads, self._grads = self._sync_grads(self._grads), {}
+        weights = self._weights()
+        grads = {n: grads.get(n, torch.zeros_like(w)) for n, w in weights.items()}
+        _, self._state = self._transform.update(weights, self._state, grads=grads)
+        if self._state.masks:
+            self.load_records(self._state.masks)
 
     def reset_tools(self) -> None:
-        """Scores (zeros) with straight-through hooks, Adam on them, masks after every step."""
-        self._remove_score_hooks()
-        wrappers = self.get_modules_wrapper()
-        self._scores = {n: nn.Parameter(torch.zeros_like(w.weight.detach())) for n, w in wrappers.items()}
-        self._handles = [w.module.register_forward_pre_hook(self._straight_through(n)) for n, w in wrappers.items()]
-        self._score_optimizer = torch.optim.Adam(list(self._scores.values()), 1e-2)
-        self.step_counter = 0
-        self.metrics_calculator = self.metrics_calculator or StraightMetricsCalculator()
-        if self.sparsity_allocator is None:
-            allocator = ThresholdSparsityAllocator if self.movement_mode == "soft" else NormalSparsityAllocator
-            self.sparsity_allocator = allocator(self, Scaling([1]), continuous_mask=False)
+        """Gradient recorders on the wrapped modules; the core update before every optimizer step."""
+        self._remove_hooks()
+        self._start()
         self._bind_evaluator()
-        loss_patch = self.loss_patch if self.using_evaluator else None
         if self.data_collector is None:
-            self.data_collector = _ScoreCollector(self, self.evaluator, after_opt_step_tasks=[self._after_step],
-                                                  loss_patch=loss_patch, max_epochs=self.training_epochs,
-                                                  max_steps=self.training_steps)
+            self.data_collector = _ScoreCollector(self, self.evaluator, before_opt_step_tasks=[self._before_step],
+                                                  max_epochs=self.training_epochs, max_steps=self.training_steps)
         else:
-            self.data_collector.reset(after_opt_step_tasks=[self._after_step])  # type: ignore[call-arg]
+            self.data_collector.reset(before_opt_step_tasks=[self._before_step])  # type: ignore[call-arg]
 
     def compress(self) -> tuple[nn.Module, NniMasks]:
-        """Train from sparsity 0 with the schedule; final masks from the scores."""
-        for wrapper in self.get_modules_wrapper().values():
-            wrapper.config["total_sparsity"] = 0
+        """Train from sparsity 0 on the schedule; the final masks are the state's (plus NNI's bias masks)."""
+        model = self._bound()
+        assert self.data_collector is not None
+        self._remove_hooks()
+        self._start()
+        wrappers = self.get_modules_wrapper()
+        self._handles = [w.module.register_forward_pre_hook(self._grad_recorder(f"{n}.weight"))
+                         for n, w in wrappers.items()]
         try:
-            return super().compress()
+            self.data_collector.collect()
         finally:
-            self._remove_score_hooks()
+            self._remove_hooks()
+        assert self._state is not None
+        targets = self.targets()
+        masks: Masks = {n: self._state.masks.get(n, Mask.dense(t.shape)) for n, t in targets.items()}
+        shapes = {n[: -len("weight")] + "bias": t.bias for n, t in targets.items() if t.bias is not None}
+        masks = bias_masks(masks, shapes)  # type: ignore[arg-type]
+        self.load_records(masks)
+        self.evaluator.unbind_model()
+        return model, self.nni_masks(masks)

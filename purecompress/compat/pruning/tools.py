@@ -18,11 +18,10 @@ import torch
 from torch import Tensor
 
 from purecompress.compat.evaluator import Evaluator, Hook
-from purecompress.compat.pruning.base import NniMasks, Pruner, PrunerModuleWrapper
+from purecompress.compat.pruning.base import NniMasks, Pruner, Target, sparsities
 from purecompress.pruning import (
     ActivationStats,
     Block,
-    Mask,
     Masks,
     Metric,
     Metrics,
@@ -38,6 +37,7 @@ from purecompress.pruning import (
     expand_blocks,
     fpgm,
     lp_norm,
+    masks_to_nni,
     metric_by,
     resolve_sync,
 )
@@ -60,6 +60,7 @@ __all__ = [
     "Scaling",
     "SparsityAllocator",
     "StraightMetricsCalculator",
+    "Target",
     "TargetDataCollector",
     "ThresholdSparsityAllocator",
     "get_scaler",
@@ -79,8 +80,8 @@ class Scaling:
     >>> Scaling([2, 3]).shrink(torch.arange(24.).view(4, 6))
     tensor([[ 4.,  7.],
             [16., 19.]])
-    >>> Scaling([1], 'back').shrink(torch.ones(3, 3, 3), lambda t: t.norm(dim=-1))
-    tensor([3., 3., 3.])
+    >>> Scaling([1], 'back').shrink(torch.ones(3, 3, 3), lambda t: t.sum(-1))
+    tensor([9., 9., 9.])
     >>> Scaling([5]).shrink(torch.ones(10, 10)).shape
     torch.Size([10, 2])
     """
@@ -314,10 +315,11 @@ def get_scaler(scalers: Scalers | None, module_name: str, target_name: str) -> S
 
 
 class SparsityAllocator(abc.ABC):
-    """Abstract allocator: :meth:`common_target_masks_generation` makes the weight masks.
+    """Abstract allocator: :meth:`allocate` makes core masks from NNI metrics and the targets' sparsities.
 
     Args:
-        pruner: the pruner whose wrappers receive the masks.
+        pruner: the pruner whose wrappers receive the masks (read only by NNI's
+            :meth:`generate_sparsity`, never by :meth:`allocate`).
         scalers: the block granularity of the metrics (None: one metric value per element).
         continuous_mask: already-pruned blocks stay pruned.
     """
@@ -326,107 +328,58 @@ class SparsityAllocator(abc.ABC):
         self.pruner = pruner
         self.scalers = normalize_scalers(scalers)
         self.continuous_mask = continuous_mask
-        # Dense masks this allocator made in to_nni -> the core masks they came from (already
-        # intersected with the prior): generate_sparsity then needs no second pass over them.
-        self._made: dict[str, tuple[Tensor, Mask]] = {}
 
     def _get_scaler(self, module_name: str, target_name: str) -> Scaling | None:
         return get_scaler(self.scalers, module_name, target_name)
 
-    def _wrapper(self, module_name: str) -> PrunerModuleWrapper:
-        return self.pruner.get_modules_wrapper()[module_name]
-
-    def core_metrics(self, metrics: NniMetrics) -> Metrics:
+    def core_metrics(self, metrics: NniMetrics, targets: Mapping[str, Target]) -> Metrics:
         """NNI metrics as core records keyed ``'module.target'`` (grid from this allocator's scalers)."""
         out = {}
-        for module_name, targets in metrics.items():
-            wrapper = self._wrapper(module_name)
-            for target, metric in targets.items():
-                holder = getattr(wrapper, f"{target}_mask")
-                shape = tuple(holder.shape)
+        for module_name, by_target in metrics.items():
+            for target, metric in by_target.items():
+                name = f"{module_name}.{target}"
+                if name not in targets:
+                    raise KeyError(f"metric for {name!r}, which is not a target of this allocation")
+                shape = targets[name].shape
                 scaler = self._get_scaler(module_name, target)
                 grid = scaler.grid(shape) if scaler is not None else shape
                 if metric.numel() != math.prod(grid):
                     raise ValueError(f"{module_name}.{target}: metric of shape {tuple(metric.shape)} does not fit "
                                      f"a target of shape {shape} with scaler {scaler}")
-                out[f"{module_name}.{target}"] = Metric(metric.detach().to(holder.device).reshape(grid), shape)
+                out[name] = Metric(metric.detach().reshape(grid), shape)
         return out
-
-    def prior_masks(self, names: Sequence[str]) -> Masks | None:
-        """The wrappers' current weight masks for core ``names`` (None without continuous masking)."""
-        if not self.continuous_mask:
-            return None
-        out = {}
-        for name in names:
-            module_name, _, target = name.rpartition(".")
-            mask = self._wrapper(module_name).mask_record(target) if target == "weight" else None
-            if mask is not None:  # dense masks prune nothing: no prior needed
-                out[name] = mask
-        return out
-
-    def sparsity_of(self, names: Sequence[str]) -> dict[str, float]:
-        """Each target's ``total_sparsity`` from its wrapper's canonical config."""
-        return {name: float(self._wrapper(name.rpartition(".")[0]).config["total_sparsity"]) for name in names}
-
-    def to_nni(self, masks: Masks) -> NniMasks:
-        """Core masks as NNI's ``{module: {target: dense 0/1 mask}}`` on the targets' devices."""
-        out: NniMasks = {}
-        for name, mask in masks.items():
-            module_name, _, target = name.rpartition(".")
-            holder = getattr(self._wrapper(module_name), f"{target}_mask")
-            dense = mask.to_dense(holder.dtype).to(holder.device)
-            out.setdefault(module_name, {})[target] = dense
-            self._made[name] = (dense, mask)
-        return out
-
-    def _core_mask(self, name: str, dense: Tensor) -> tuple[Mask, bool]:
-        """(core mask of ``dense``, whether this allocator made it from a core mask)."""
-        made = self._made.get(name)
-        if made is not None and made[0] is dense:
-            return made[1], True
-        return Mask.from_dense(dense), False
 
     @abc.abstractmethod
-    def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
-        """Masks ``{module: {target: mask}}`` of the targets' shapes for metric-driven targets."""
+    def allocate_weights(self, metrics: Metrics, targets: Mapping[str, Target], prior: Masks | None) -> Masks:
+        """Weight masks for ``metrics`` (``targets`` holds each one's sparsity; ``prior``: continuous masking)."""
 
-    def special_target_masks_generation(self, masks: NniMasks) -> NniMasks:
-        """Add bias masks from weight masks (NNI's rule, :func:`purecompress.bias_masks`)."""
-        core, shapes = {}, {}
-        for module_name, targets in masks.items():
-            wrapper = self._wrapper(module_name)
-            weight = targets.get("weight")
-            if weight is not None and wrapper.bias_mask is not None:
-                core[f"{module_name}.weight"] = self._core_mask(f"{module_name}.weight", weight)[0]
-                shapes[f"{module_name}.bias"] = tuple(wrapper.bias_mask.shape)
-        for name, mask in bias_masks(core, shapes).items():
-            module_name, _, target = name.rpartition(".")
-            if target == "bias":
-                masks[module_name]["bias"] = mask.to_dense(masks[module_name]["weight"].dtype)  # type: ignore[union-attr]
-        return masks
+    def allocate(self, metrics: NniMetrics, targets: Mapping[str, Target], *, prior: Masks | None = None) -> Masks:
+        """Core masks for the weights in ``metrics`` and NNI's bias masks (:func:`purecompress.bias_masks`).
+
+        Args:
+            metrics: NNI's ``{module: {'weight': metric}}``.
+            targets: ``'module.weight'`` -> :class:`Target` (shape, sparsity, cap, bias shape).
+            prior: the masks already applied; used only with ``continuous_mask``.
+        """
+        core = self.core_metrics(metrics, targets)
+        if not core:
+            return {}
+        masks = self.allocate_weights(core, {n: targets[n] for n in core}, prior if self.continuous_mask else None)
+        shapes = {n[: -len("weight")] + "bias": targets[n].bias for n in masks
+                  if n.endswith("weight") and targets[n].bias is not None}
+        return bias_masks(masks, shapes)  # type: ignore[arg-type]
 
     def generate_sparsity(self, metrics: NniMetrics) -> NniMasks:
-        """Weight masks, kept pruned where already pruned (continuous masking), then bias masks."""
-        self._made = {}
-        masks = self.common_target_masks_generation(metrics)
-        if self.continuous_mask:  # done by the core's prior= for masks made here; a guarantee for subclasses
-            for module_name, targets in masks.items():
-                wrapper = self._wrapper(module_name)
-                weight = targets.get("weight")
-                if weight is None or wrapper.mask_record("weight") is None \
-                        or self._core_mask(f"{module_name}.weight", weight)[1]:
-                    continue
-                targets["weight"] = torch.minimum(weight, wrapper.weight_mask.to(weight))
-        return self.special_target_masks_generation(masks)
+        """NNI's entry point: the pruner's current targets and masks, then :meth:`allocate`, as dense masks."""
+        return masks_to_nni(self.allocate(metrics, self.pruner.targets(), prior=self.pruner.weight_masks()))
 
 
 
 class NormalSparsityAllocator(SparsityAllocator):
     """Each layer prunes its ``total_sparsity`` lowest-metric blocks (:func:`purecompress.allocate_per_layer`)."""
 
-    def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
-        core = self.core_metrics(metrics)
-        return self.to_nni(allocate_per_layer(core, self.sparsity_of(list(core)), prior=self.prior_masks(list(core))))
+    def allocate_weights(self, metrics: Metrics, targets: Mapping[str, Target], prior: Masks | None) -> Masks:
+        return allocate_per_layer(metrics, sparsities(targets), prior=prior)
 
 
 
@@ -444,10 +397,8 @@ class BankSparsityAllocator(SparsityAllocator):
         super().__init__(pruner)
         self.balance_gran = list(balance_gran)
 
-    def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
-        core = self.core_metrics(metrics)
-        return self.to_nni(allocate_balanced(core, self.sparsity_of(list(core)), gran=self.balance_gran,
-                                             prior=self.prior_masks(list(core))))
+    def allocate_weights(self, metrics: Metrics, targets: Mapping[str, Target], prior: Masks | None) -> Masks:
+        return allocate_balanced(metrics, sparsities(targets), gran=self.balance_gran, prior=prior)
 
 
 
@@ -458,32 +409,21 @@ class GlobalSparsityAllocator(SparsityAllocator):
     the total first (NNI gives them ``min - 1`` per layer, which can prune more than asked).
     """
 
-    def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
-        core = self.core_metrics(metrics)
-        if not core:
-            return {}
-        sparsity = self.sparsity_of(list(core))
+    def allocate_weights(self, metrics: Metrics, targets: Mapping[str, Target], prior: Masks | None) -> Masks:
+        sparsity = sparsities(targets)
         if len(set(sparsity.values())) > 1:
             raise ValueError(f"GlobalSparsityAllocator needs one total_sparsity for all its layers, got {sparsity}")
-        caps = {}
-        for name in core:
-            module_name = name.rpartition(".")[0]
-            config = self._wrapper(module_name).config
-            caps[name] = float(config.get("max_sparsity_per_layer", {}).get(module_name, 0.99))
-        return self.to_nni(allocate_global(core, next(iter(sparsity.values())), max_sparsity=caps,
-                                           prior=self.prior_masks(list(core))))
+        caps = {name: target.cap for name, target in targets.items()}
+        return allocate_global(metrics, next(iter(sparsity.values())), max_sparsity=caps, prior=prior)
 
 
 
 class ThresholdSparsityAllocator(SparsityAllocator):
-    """Keeps blocks whose ``sigmoid(metric)`` exceeds ``total_sparsity`` (NNI's experimental allocator)."""
+    """Keeps blocks whose ``sigmoid(metric)`` exceeds ``total_sparsity`` (NNI's experimental allocator;
+    :func:`purecompress.allocate_threshold` with ``squash='sigmoid'``)."""
 
-    def common_target_masks_generation(self, metrics: NniMetrics) -> NniMasks:
-        core = self.core_metrics(metrics)
-        # NNI compares sigmoid(metric) with the config's 'total_sparsity' used as a threshold.
-        squashed = {n: Metric(torch.sigmoid(m.score), m.shape) for n, m in core.items()}
-        return self.to_nni(allocate_threshold(squashed, self.sparsity_of(list(core)),
-                                              prior=self.prior_masks(list(core))))
+    def allocate_weights(self, metrics: Metrics, targets: Mapping[str, Target], prior: Masks | None) -> Masks:
+        return allocate_threshold(metrics, sparsities(targets), squash="sigmoid", prior=prior)
 
 
 class EvaluatorCollector(DataCollector):
@@ -632,9 +572,6 @@ class DependencyAwareAllocator(SparsityAllocator):
         self.channel_dependency = [tuple(s) for s in channel_dependency]
         self.group_dependency = dict(group_dependency)
 
-    def common_target_masks_generation(self, metrics: Mapping[str, Mapping[str, Tensor]]) -> NniMasks:
-        core = self.core_metrics(metrics)
-        names = list(core)
-        masks = allocate_dependency_aware(core, self.sparsity_of(names), channel_sets=self.channel_dependency,
-                                          groups=self.group_dependency, prior=self.prior_masks(names))
-        return self.to_nni(masks)
+    def allocate_weights(self, metrics: Metrics, targets: Mapping[str, Target], prior: Masks | None) -> Masks:
+        return allocate_dependency_aware(metrics, sparsities(targets), channel_sets=self.channel_dependency,
+                                         groups=self.group_dependency, prior=prior)
