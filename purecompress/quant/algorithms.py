@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from purecompress.quant.config import QuantConfig, TensorSpec, from_quant_config_list
+from purecompress.quant.config import SELECT_KEYS, QuantConfig, TensorSpec, from_quant_config_list
 from purecompress.quant.estimators import binarize, lsq_fake_quantize, lsq_init_scale, straight_through
 from purecompress.quant.observers import current_range, ema_range, minmax_range
 from purecompress.quant.qparams import SCALE_EPS, QuantParams, quant_params
 from purecompress.quant.ste import fake_quantize_clipped, fake_quantize_ste
 from purecompress.quant.transform import KernelContext, QuantTransform, TensorState, build, quantized_call
+from purecompress.selectors import ConfigError
 from purecompress.transform import Params
 
 __all__ = ["QAT_OP_TYPES", "bnn", "dorefa", "dorefa_weight", "lsq", "lsq_scales", "naive", "observer", "qat"]
@@ -39,8 +40,13 @@ QAT_OP_TYPES: tuple[str, ...] = ("Conv2d", "Linear", "ReLU", "ReLU6")
 ConfigList = Sequence[Mapping[str, object]] | Sequence[QuantConfig]
 
 
+_BASIC_KEYS = ("quant_types", "quant_bits", *SELECT_KEYS)  # what Naive/DoReFa/BNN/LSQ/Observer read
+
+
 def _configs(config_list: ConfigList, **rules: Any) -> tuple[QuantConfig, ...]:
-    if all(isinstance(c, QuantConfig) for c in config_list):
+    if not isinstance(config_list, (list, tuple)):
+        raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
+    if config_list and all(isinstance(c, QuantConfig) for c in config_list):
         return tuple(config_list)  # type: ignore[arg-type]
     return from_quant_config_list(config_list, **rules)  # type: ignore[arg-type]
 
@@ -103,7 +109,7 @@ def _naive_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tu
 
 def naive(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """NNI's ``NaiveQuantizer``: 8-bit weights with a running scale ``max|w| / 127``."""
-    configs = _configs(config_list, allowed_bits=(8,), allowed_quant_types=("weight",))
+    configs = _configs(config_list, allowed_bits=(8,), allowed_quant_types=("weight",), allowed_keys=_BASIC_KEYS)
     return build(model, configs, _naive_kernel, name="naive", warn=warn)
 
 
@@ -125,7 +131,7 @@ def _dorefa_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> t
 
 def dorefa(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """NNI's ``DoReFaQuantizer`` (weights only)."""
-    configs = _configs(config_list, allowed_quant_types=("weight",))
+    configs = _configs(config_list, allowed_quant_types=("weight",), allowed_keys=_BASIC_KEYS)
     return build(model, configs, _dorefa_kernel, name="dorefa", warn=warn)
 
 
@@ -135,7 +141,7 @@ def _bnn_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tupl
 
 def bnn(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """NNI's ``BNNQuantizer``: binary weights and outputs (sign, 0 -> +1)."""
-    configs = _configs(config_list, allowed_quant_types=("weight", "output"))
+    configs = _configs(config_list, allowed_quant_types=("weight", "output"), allowed_keys=_BASIC_KEYS)
     return build(model, configs, _bnn_kernel, name="bnn", warn=warn)
 
 
@@ -157,7 +163,7 @@ def _lsq_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tupl
 
 def lsq(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """Learned Step Size Quantization (Esser et al.), NNI's ``LsqQuantizer`` math."""
-    return build(model, _configs(config_list), _lsq_kernel, name="lsq", warn=warn)
+    return build(model, _configs(config_list, allowed_keys=_BASIC_KEYS, min_bits=2), _lsq_kernel, name="lsq", warn=warn)
 
 
 def lsq_scales(q: QuantTransform, model: nn.Module, params: Params, args: Any = (),
@@ -201,5 +207,5 @@ def _observer_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) ->
 
 def observer(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """NNI's ``ObserverQuantizer`` (8 bits): calibrate with ``training=True``, evaluate with False."""
-    configs = _configs(config_list, allowed_bits=(8,))
+    configs = _configs(config_list, allowed_bits=(8,), allowed_keys=_BASIC_KEYS)
     return build(model, configs, _observer_kernel, name="observer", warn=warn)

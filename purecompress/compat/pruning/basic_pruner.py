@@ -286,9 +286,10 @@ class TrainingPruner(BasicPruner):
 
     def compress(self) -> tuple[nn.Module, NniMasks]:
         """Train and collect, compute metrics, allocate, load masks; then unbind the evaluator."""
-        result = super().compress()
-        self.evaluator.unbind_model()
-        return result
+        try:
+            return super().compress()
+        finally:  # on every exit path (the user's trainer raising, Ctrl-C): no hook or patch stays behind
+            self.evaluator.unbind_model()
 
 
 
