@@ -196,3 +196,40 @@ def test_taylor_gradient_hooks_are_removed_when_the_trainer_raises() -> None:
         pruner.compress()
     pruner._unwrap_model()
     assert not model[0].weight._backward_hooks
+
+
+# ----- numbers ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_quant_params_work_in_half_precision_and_float64(dtype: torch.dtype) -> None:
+    qp = pq.quant_params(torch.tensor(-1.0, dtype=dtype), torch.tensor(2.0, dtype=dtype))
+    assert bool(torch.isfinite(qp.scale) and qp.scale > 0)
+    model = _net().to(dtype)
+    q = pq.qat(model, [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["Conv2d"]}])
+    params = dict(model.named_parameters())
+    out, _ = q(model, params, q.init(params), torch.randn(2, 3, 8, 8, dtype=dtype))
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+
+
+def test_qat_input_quantization_on_an_empty_batch_passes_it_through() -> None:
+    model = _net()
+    q = pq.qat(model, [{"quant_types": ["input"], "quant_bits": 8, "op_types": ["Conv2d"]}])
+    params = dict(model.named_parameters())
+    out, state = q(model, params, q.init(params), torch.randn(0, 3, 8, 8))
+    assert out.shape == (0, 2) and "0.input" not in state.tensors
+
+
+def test_fpgm_on_weights_near_the_dtype_max_has_no_nan() -> None:
+    weight = torch.full((4, 3, 3, 3), 3e38) * torch.tensor([1.0, -1.0, 0.5, 0.25]).view(4, 1, 1, 1)
+    score = pc.fpgm({"w": weight}, ["w"])["w"].score
+    assert not bool(torch.isnan(score).any())
+
+
+def test_l1_norm_of_an_integer_weight_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="floating-point"):
+        pc.l1_norm({"w": torch.ones(4, 3, dtype=torch.int64)}, ["w"])
+
+
+def test_quant_params_refuse_a_range_of_one_code() -> None:
+    with pytest.raises(ValueError, match="fewer than two codes"):
+        pq.quant_params(torch.tensor(0.0), torch.tensor(0.0), qrange=(0, 0))

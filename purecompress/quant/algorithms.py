@@ -119,6 +119,8 @@ def dorefa_weight(w: Tensor, bits: int) -> Tensor:
     >>> dorefa_weight(torch.tensor([-1.0, 0.0, 2.0]), 2)
     tensor([-1.0000,  0.3333,  1.0000])
     """
+    if w.dtype in (torch.float16, torch.bfloat16):  # 2^bits - 1 levels overflow float16: work in float32
+        return dorefa_weight(w.float(), bits).to(w.dtype)
     t = torch.tanh(w)
     t = t / (2 * torch.clamp(t.abs().max(), min=SCALE_EPS)) + 0.5
     levels = 2**bits - 1

@@ -185,6 +185,8 @@ def quantized_call(
 
     def run(x: Tensor, key: str, kind: str, config: QuantConfig) -> Tensor:
         prev = new[key] if key in new else state.tensors.get(key)
+        if x.numel() == 0:  # an empty batch has no range to observe and nothing to quantize
+            return x
         ctx = KernelContext(key, kind, config.specs[kind], state.step, first, config.start_step, training, params)
         out, new[key] = q.kernel(x, prev, ctx)
         return out
