@@ -23,6 +23,7 @@ __all__ = [
     "metric_sets",
     "numel",
     "params_and_masks",
+    "random_malformed_configs",
     "shapes",
     "sparsities",
     "valid_config_entries",
@@ -184,3 +185,73 @@ def malformed_config_lists() -> st.SearchStrategy[object]:
 def numel(shape: tuple[int, ...]) -> int:
     """Number of elements of ``shape``."""
     return math.prod(shape)
+
+
+# ----- malformed configs in bulk (issue 11: 10^4 per run, from a drawn seed) ----------------------
+
+_VALID_PRUNE = [
+    {"sparsity": 0.5, "op_types": ["Conv2d"]}, {"sparsity_per_layer": 0.25, "op_types": ["default"]},
+    {"total_sparsity": 0.5, "op_types": ["Conv2d", "Linear"], "max_sparsity_per_layer": 0.9},
+    {"exclude": True, "op_names": ["0"]}, {"sparsity": 0.3, "op_names": ["3"], "op_partial_names": ["0"]},
+]
+_VALID_QUANT = [
+    {"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Conv2d"]},
+    {"quant_types": ["weight", "input", "output"], "quant_bits": {"weight": 4, "input": 8, "output": 8},
+     "quant_dtype": "int", "quant_scheme": "per_channel_symmetric", "op_types": ["Conv2d", "Linear"]},
+    {"quant_types": ["output"], "quant_bits": 2, "op_types": ["ReLU"], "quant_start_step": 3},
+    {"exclude": True, "op_names": ["3"]},
+]
+_KEYS = ["op_types", "op_names", "op_partial_names", "op_names_re", "exclude", "sparsity", "sparsity_per_layer",
+         "total_sparsity", "max_sparsity_per_layer", "quant_types", "quant_bits", "quant_dtype", "quant_scheme",
+         "quant_start_step", "rho", "bogus"]
+_LEAVES: list[object] = [None, True, False, 0, 1, -1, 8, 1, 32, 2**64, 10**20, 0.0, 0.5, 0.99, 1.0, -0.5, 1.5,
+                         float("nan"), float("inf"), "", "x", "int", "uint", "weight", "Conv2d", "ReLU", "default",
+                         "per_channel_affine", "(", b"Conv2d", (), [], {}]
+
+
+def _garbage(rng: object, depth: int = 0) -> object:
+    kind = rng.randrange(8) if depth < 2 else 0  # type: ignore[attr-defined]
+    if kind <= 3:
+        return rng.choice(_LEAVES)  # type: ignore[attr-defined]
+    items = [_garbage(rng, depth + 1) for _ in range(rng.randrange(3))]  # type: ignore[attr-defined]
+    if kind == 4:
+        return items
+    if kind == 5:
+        return tuple(items)
+    if kind == 6:
+        return {rng.choice(["weight", "input", "output", "x", "0"]): v for v in items}  # type: ignore[attr-defined]
+    return {v for v in items if isinstance(v, (str, int, float, type(None)))}
+
+
+def _mutated_entry(rng: object) -> object:
+    if rng.randrange(12) == 0:  # type: ignore[attr-defined]
+        return _garbage(rng)
+    entry = dict(rng.choice(_VALID_PRUNE + _VALID_QUANT))  # type: ignore[attr-defined]
+    for _ in range(rng.randrange(4)):  # type: ignore[attr-defined]
+        key = rng.choice(_KEYS)  # type: ignore[attr-defined]
+        how = rng.randrange(4)  # type: ignore[attr-defined]
+        if how == 0:
+            entry.pop(key, None)
+        elif how == 1 and isinstance(entry.get(key), list):
+            convert = rng.choice([tuple, set, dict.fromkeys, lambda v: ",".join(map(str, v))])  # type: ignore[attr-defined]
+            try:
+                entry[key] = convert(entry[key])
+            except TypeError:  # unhashable items: leave the list
+                pass
+        else:
+            entry[key] = _garbage(rng)
+    return entry
+
+
+def random_malformed_configs(seed: int, n: int) -> list[object]:
+    """``n`` config lists mutated from valid pruning and quantization entries (often malformed)."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[object] = []
+    for _ in range(n):
+        if rng.randrange(15) == 0:
+            out.append(_garbage(rng))
+        else:
+            out.append([_mutated_entry(rng) for _ in range(rng.randrange(1, 4))])
+    return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
 import attrs
@@ -58,8 +58,10 @@ class ConfigError(ValueError):
 
 
 def _names(index: int | None, key: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise ConfigError(index, key, f"must be a list of strings, got {value!r}")
+    # NNI's schema takes lists only; a tuple keeps its order, so it is taken too. A set (arbitrary
+    # order), a dict (only its keys would count) or a string (its characters) is refused.
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(index, key, f"must be a list of strings, got {type(value).__name__} {value!r}")
     items = tuple(value)
     if not all(isinstance(v, str) for v in items):
         raise ConfigError(index, key, f"must be a list of strings, got {value!r}")
@@ -258,6 +260,7 @@ def select(model: nn.Module, configs: Sequence[C], *, warn: bool = True) -> Plan
     >>> plan.modules
     ('0',)
     """
+    _check_configs(configs)
     modules = [(n, m) for n, m in model.named_modules() if m is not model]
     entries = []
     for name, module in modules:
@@ -272,6 +275,21 @@ def select(model: nn.Module, configs: Sequence[C], *, warn: bool = True) -> Plan
     if warn:
         _warn_unmatched(modules, configs)
     return Plan(tuple(entries))
+
+
+
+def _check_configs(configs: object) -> None:
+    """Raise a ConfigError that says what to pass when ``configs`` are not parsed config records."""
+    if not isinstance(configs, Sequence) or isinstance(configs, (str, bytes)):
+        raise ConfigError(None, None, f"configs must be a list of parsed configs, got {type(configs).__name__}; "
+                          "parse an NNI config_list with purecompress.from_config_list(config_list) (pruning) or "
+                          "purecompress.quant.from_quant_config_list(config_list) (quantization)")
+    for index, config in enumerate(configs):
+        if not isinstance(getattr(config, "selector", None), Selector):
+            what = "an NNI config dict" if isinstance(config, Mapping) else type(config).__name__
+            raise ConfigError(index, None, f"is {what}, not a parsed config; pass "
+                              "purecompress.from_config_list(config_list) (pruning) or "
+                              "purecompress.quant.from_quant_config_list(config_list) (quantization)")
 
 
 

@@ -80,7 +80,7 @@ INVALID = [
      r"\(0, 1\]"),
     # max_sparsity_per_layer caps a global (total) sparsity only; per-layer and total are exclusive
     ([OK | {"sparsity": 0.5, "max_sparsity_per_layer": 0.9}], 0, "max_sparsity_per_layer", "'total_sparsity' only"),
-    ([OK | {"exclude": True, "max_sparsity_per_layer": 0.9}], 0, "max_sparsity_per_layer", "'total_sparsity' only"),
+    ([OK | {"exclude": True, "max_sparsity_per_layer": 0.9}], 0, "exclude", "would be ignored"),
     ([OK | {"sparsity": 0.5, "total_sparsity": 0.5}], 0, "total_sparsity", "not both"),
     # both spellings of the per-layer sparsity
     ([OK | {"sparsity": 0.5, "sparsity_per_layer": 0.5}], 0, "sparsity", "set one"),

@@ -80,6 +80,9 @@ def _prune_entry(index: int, entry: Mapping[str, object], extra_keys: Sequence[s
         raise ConfigError(index, str(unknown[0]), "unknown key")
     selector = parse_selector(index, entry)
     check_op_types(index, selector, allowed_op_types)
+    if selector.exclude and (given := [k for k in _PRUNE_KEYS if k in entry]):
+        raise ConfigError(index, "exclude", f"exclude=True removes the selected modules, so {given} would be "
+                          "ignored; drop them, or drop 'exclude'")
     if "sparsity" in entry and "sparsity_per_layer" in entry:
         raise ConfigError(index, "sparsity", "'sparsity' and 'sparsity_per_layer' mean the same; set one")
     per_layer = entry.get("sparsity", entry.get("sparsity_per_layer"))
@@ -97,6 +100,9 @@ def _prune_entry(index: int, entry: Mapping[str, object], extra_keys: Sequence[s
             hint = f"with {key!r} each layer gets exactly that" if per_layer is not None else "add total_sparsity"
             raise ConfigError(index, "max_sparsity_per_layer", f"caps layers under 'total_sparsity' only ({hint})")
         cap = entry["max_sparsity_per_layer"]
+        if isinstance(cap, Mapping) and (not cap or not all(isinstance(k, str) for k in cap)):
+            raise ConfigError(index, "max_sparsity_per_layer", f"must be a float, or a non-empty dict of module "
+                              f"names to floats, got {cap!r}")
         caps = cap.values() if isinstance(cap, Mapping) else (cap,)
         for value in caps:
             if _sparsity(index, "max_sparsity_per_layer", value, upper_inclusive=True) == 0.0:
@@ -143,6 +149,6 @@ def from_config_list(
     ...
     purecompress.selectors.ConfigError: config_list[0]['sparsity']: must be in [0, 1), got 1.5
     """
-    if isinstance(config_list, Mapping) or not isinstance(config_list, Sequence):
+    if not isinstance(config_list, (list, tuple)):
         raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
     return tuple(_prune_entry(i, e, extra_keys, allowed_op_types) for i, e in enumerate(config_list))

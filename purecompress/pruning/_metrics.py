@@ -56,6 +56,9 @@ def metric_by(
     out = {}
     for name in _target_names(params, targets):
         t = params[name].detach()
+        if not t.is_floating_point():
+            raise TypeError(f"{name!r} is a {t.dtype} tensor: metrics need floating-point weights "
+                            f"(pass params[{name!r}].float())")
         grid = block.grid(tuple(t.shape))
         out[name] = Metric(reduce(blocks_of(t, grid)).reshape(grid), tuple(t.shape))
     return out
@@ -103,6 +106,16 @@ def l2_norm(params: Mapping[str, Tensor], targets: Targets, *, block: Block | No
 
 
 def _distance_sums(blocks: Tensor, p: float) -> Tensor:
+    sums = _raw_distance_sums(blocks, p)
+    if is_traced(sums) or bool(torch.isfinite(sums).all()) or not bool(torch.isfinite(blocks).all()):
+        return sums
+    # Finite weights near the dtype's max overflow the Gram matrix (inf - inf = NaN): score the
+    # weights divided by a power of two instead (exact, and the order of the scores is the metric).
+    top = blocks.abs().amax().float()
+    return _raw_distance_sums(blocks * 2.0 ** -(int(torch.frexp(top).exponent) + 8), p)
+
+
+def _raw_distance_sums(blocks: Tensor, p: float) -> Tensor:
     flat = blocks.reshape(-1, blocks.shape[-1])
     if p != 2.0 or not flat.is_floating_point() or is_traced(flat):
         return torch.cdist(flat[None], flat[None], p=p)[0].sum(-1).reshape(blocks.shape[:-1])

@@ -15,7 +15,7 @@ from purecompress.pruning._allocators import allocate_balanced, allocate_global,
 from purecompress.pruning._config import PruneConfig
 from purecompress.pruning._n_m import allocate_n_m
 from purecompress.pruning._records import Masks, Metrics
-from purecompress.selectors import Plan
+from purecompress.selectors import ConfigError, Plan
 
 __all__ = [
     "allocate",
@@ -117,5 +117,8 @@ def prune(
     >>> sorted(masks), masks['0.weight'].sparsity()
     (['0.bias', '0.weight'], 0.5)
     """
+    if not isinstance(plan, Plan):
+        raise ConfigError(None, None, f"plan must be a Plan, got {type(plan).__name__}; pass "
+                          "pc.select(model, pc.from_config_list(config_list))")
     return allocate(metric(params, plan), plan, distribution=distribution, balance_gran=balance_gran,
                     prior=prior)

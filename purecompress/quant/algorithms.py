@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from purecompress.quant.config import QuantConfig, TensorSpec, from_quant_config_list
+from purecompress.quant.config import SELECT_KEYS, QuantConfig, TensorSpec, from_quant_config_list
 from purecompress.quant.estimators import binarize, lsq_fake_quantize, lsq_init_scale, straight_through
 from purecompress.quant.observers import (
     Range,
@@ -37,6 +37,7 @@ from purecompress.quant.observers import (
 from purecompress.quant.qparams import SCALE_EPS, QuantParams, quant_params
 from purecompress.quant.ste import fake_quantize_clipped, fake_quantize_ste
 from purecompress.quant.transform import KernelContext, QuantTransform, TensorState, build, quantized_call
+from purecompress.selectors import ConfigError
 from purecompress.transform import Params
 
 __all__ = [
@@ -67,8 +68,13 @@ QAT_OP_TYPES: tuple[str, ...] = ("Conv2d", "Linear", "ReLU", "ReLU6")
 ConfigList = Sequence[Mapping[str, object]] | Sequence[QuantConfig]
 
 
+_BASIC_KEYS = ("quant_types", "quant_bits", *SELECT_KEYS)  # what Naive/DoReFa/BNN/LSQ/Observer read
+
+
 def _configs(config_list: ConfigList, **rules: Any) -> tuple[QuantConfig, ...]:
-    if all(isinstance(c, QuantConfig) for c in config_list):
+    if not isinstance(config_list, (list, tuple)):
+        raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
+    if config_list and all(isinstance(c, QuantConfig) for c in config_list):
         return tuple(config_list)  # type: ignore[arg-type]
     return from_quant_config_list(config_list, **rules)  # type: ignore[arg-type]
 
@@ -155,7 +161,7 @@ def naive_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tup
 
 def naive(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """NNI's ``NaiveQuantizer``: 8-bit weights with a running scale ``max|w| / 127``."""
-    configs = _configs(config_list, allowed_bits=(8,), allowed_quant_types=("weight",))
+    configs = _configs(config_list, allowed_bits=(8,), allowed_quant_types=("weight",), allowed_keys=_BASIC_KEYS)
     return build(model, configs, naive_kernel, name="naive", warn=warn)
 
 
@@ -165,6 +171,8 @@ def dorefa_weight(w: Tensor, bits: int) -> Tensor:
     >>> dorefa_weight(torch.tensor([-1.0, 0.0, 2.0]), 2)
     tensor([-1.0000,  0.3333,  1.0000])
     """
+    if w.dtype in (torch.float16, torch.bfloat16):  # 2^bits - 1 levels overflow float16: work in float32
+        return dorefa_weight(w.float(), bits).to(w.dtype)
     t = torch.tanh(w)
     t = t / (2 * torch.clamp(t.abs().max(), min=SCALE_EPS)) + 0.5
     levels = 2**bits - 1
@@ -177,7 +185,7 @@ def dorefa_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tu
 
 def dorefa(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """NNI's ``DoReFaQuantizer`` (weights only)."""
-    configs = _configs(config_list, allowed_quant_types=("weight",))
+    configs = _configs(config_list, allowed_quant_types=("weight",), allowed_keys=_BASIC_KEYS)
     return build(model, configs, dorefa_kernel, name="dorefa", warn=warn)
 
 
@@ -187,7 +195,7 @@ def bnn_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple
 
 def bnn(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """NNI's ``BNNQuantizer``: binary weights and outputs (sign, 0 -> +1)."""
-    configs = _configs(config_list, allowed_quant_types=("weight", "output"))
+    configs = _configs(config_list, allowed_quant_types=("weight", "output"), allowed_keys=_BASIC_KEYS)
     return build(model, configs, bnn_kernel, name="bnn", warn=warn)
 
 
@@ -209,7 +217,7 @@ def lsq_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple
 
 def lsq(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> QuantTransform:
     """Learned Step Size Quantization (Esser et al.), NNI's ``LsqQuantizer`` math."""
-    return build(model, _configs(config_list), lsq_kernel, name="lsq", warn=warn)
+    return build(model, _configs(config_list, allowed_keys=_BASIC_KEYS, min_bits=2), lsq_kernel, name="lsq", warn=warn)
 
 
 def lsq_scales(q: QuantTransform, model: nn.Module, params: Params, args: Any = (),
@@ -292,6 +300,6 @@ def observer(model: nn.Module, config_list: ConfigList, *, estimator: str = "min
     """
     if estimator not in OBSERVER_ESTIMATORS:
         raise ValueError(f"observer: estimator must be one of {OBSERVER_ESTIMATORS}, got {estimator!r}")
-    configs = _configs(config_list, allowed_bits=(8,))
+    configs = _configs(config_list, allowed_bits=(8,), allowed_keys=_BASIC_KEYS)
     kernel = observer_kernel if estimator == "minmax" else observer_histogram_kernel
     return build(model, configs, kernel, name="observer", warn=warn)

@@ -16,9 +16,10 @@ import attrs
 from purecompress.quant.qparams import DTYPES, SCHEMES, int_range, is_per_channel
 from purecompress.selectors import ConfigError, Selector, check_op_types, parse_selector
 
-__all__ = ["QUANT_TYPES", "QuantConfig", "TensorSpec", "from_quant_config_list"]
+__all__ = ["QUANT_TYPES", "SELECT_KEYS", "QuantConfig", "TensorSpec", "from_quant_config_list"]
 
 QUANT_TYPES: tuple[str, ...] = ("weight", "input", "output")
+SELECT_KEYS: tuple[str, ...] = ("op_types", "op_names", "exclude")
 _KEYS = ("quant_types", "quant_bits", "quant_dtype", "quant_scheme", "quant_start_step",
          "op_types", "op_names", "exclude")  # fmt: skip
 
@@ -86,18 +87,23 @@ def _per_type(index: int, key: str, value: object, types: Sequence[str], check: 
 
 
 def _entry(index: int, entry: Mapping[str, object], allowed_op_types: Sequence[str] | None,
-           allowed_bits: Sequence[int] | None, allowed_types: Sequence[str]) -> QuantConfig:
+           allowed_bits: Sequence[int] | None, allowed_types: Sequence[str], allowed_keys: Sequence[str],
+           min_bits: int | None) -> QuantConfig:
     if not isinstance(entry, Mapping):
         raise ConfigError(index, None, f"each entry must be a dict, got {type(entry).__name__}")
-    unknown = [k for k in entry if k not in _KEYS]
+    unknown = [k for k in entry if k not in allowed_keys]
     if unknown:
-        raise ConfigError(index, str(unknown[0]), f"unknown key; allowed: {list(_KEYS)}")
+        what = "unknown key" if unknown[0] not in _KEYS else "not used by this algorithm (it would be ignored)"
+        raise ConfigError(index, str(unknown[0]), f"{what}; allowed: {list(allowed_keys)}")
     selector = parse_selector(index, entry)
     check_op_types(index, selector, allowed_op_types)
     if "exclude" not in entry and not ("quant_types" in entry and "quant_bits" in entry):
         raise ConfigError(index, None, "either (quant_types and quant_bits) or exclude must be specified")
+    if selector.exclude and (given := [k for k in entry if k.startswith("quant_")]):
+        raise ConfigError(index, "exclude", f"exclude=True removes the selected modules, so {given} would be "
+                          "ignored; drop them, or drop 'exclude'")
     types = entry.get("quant_types", [])
-    if isinstance(types, str) or not isinstance(types, Sequence) or any(t not in allowed_types for t in types):
+    if not isinstance(types, (list, tuple)) or any(t not in allowed_types for t in types):
         raise ConfigError(index, "quant_types", f"must be a list drawn from {list(allowed_types)}, got {types!r}")
     types = [t for t in QUANT_TYPES if t in types]
 
@@ -118,12 +124,18 @@ def _entry(index: int, entry: Mapping[str, object], allowed_op_types: Sequence[s
     schemes = _per_type(index, "quant_scheme", entry.get("quant_scheme", "per_tensor_affine"), types,
                         check_in("quant_scheme", SCHEMES))
     start = entry.get("quant_start_step", 0)
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise ConfigError(index, "quant_start_step", f"must be an int >= 0, got {start!r}")
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < 2**62:
+        raise ConfigError(index, "quant_start_step", f"must be an int in [0, 2**62) (the step counter is "
+                          f"int64), got {start!r}")
     specs = {}
     for t in types:
         if t not in bits:
             raise ConfigError(index, "quant_bits", f"no bit width for quant type {t!r}")
+        if bits[t] == 1 and dtypes.get(t, "uint") == "int":
+            raise ConfigError(index, "quant_bits", f"{t}: 1-bit 'int' has the single code 0 (range [0, 0]); use "
+                              "quant_dtype 'uint' at 1 bit, or 2 bits or more")
+        if min_bits is not None and bits[t] < min_bits:
+            raise ConfigError(index, "quant_bits", f"{t} bits must be >= {min_bits} here, got {bits[t]}")
         specs[t] = TensorSpec(bits[t], dtypes.get(t, "uint"), schemes.get(t, "per_tensor_affine"))  # type: ignore[arg-type]
     return QuantConfig(selector, specs, start)
 
@@ -134,6 +146,8 @@ def from_quant_config_list(
     allowed_op_types: Sequence[str] | None = None,
     allowed_bits: Sequence[int] | None = None,
     allowed_quant_types: Sequence[str] = QUANT_TYPES,
+    allowed_keys: Sequence[str] = _KEYS,
+    min_bits: int | None = None,
 ) -> tuple[QuantConfig, ...]:
     """Parse an NNI quantization ``config_list`` into :class:`QuantConfig` records.
 
@@ -142,6 +156,8 @@ def from_quant_config_list(
         allowed_op_types: op types the algorithm supports (QAT: Conv2d, Linear, ReLU, ReLU6).
         allowed_bits: bit widths the algorithm supports (Naive/Observer: ``(8,)``).
         allowed_quant_types: quant types the algorithm supports (DoReFa: ``('weight',)``).
+        allowed_keys: config keys the algorithm reads (others would be ignored, so they are refused).
+        min_bits: the smallest bit width the algorithm supports (LSQ: 2).
 
     Raises:
         ConfigError: naming the entry index, the key and the reason.
@@ -155,6 +171,7 @@ def from_quant_config_list(
     ...
     purecompress.selectors.ConfigError: config_list[0]['quant_bits']: weight bits must be an int in 1..31, got 40
     """
-    if isinstance(config_list, Mapping) or not isinstance(config_list, Sequence):
+    if not isinstance(config_list, (list, tuple)):
         raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
-    return tuple(_entry(i, e, allowed_op_types, allowed_bits, allowed_quant_types) for i, e in enumerate(config_list))
+    return tuple(_entry(i, e, allowed_op_types, allowed_bits, allowed_quant_types, allowed_keys, min_bits)
+                 for i, e in enumerate(config_list))

@@ -130,6 +130,11 @@ def lsq_fake_quantize(x: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:
     >>> lsq_fake_quantize(torch.tensor([0.26, -9.0]), torch.tensor(0.5), -4, 3)
     tensor([ 0.5000, -2.0000])
     """
+    if not qmin < qmax or qmax <= 0 or x.numel() == 0:
+        raise ValueError(f"lsq_fake_quantize needs qmin < qmax and qmax > 0 (2 bits or more) and a non-empty x, "
+                         f"got [{qmin}, {qmax}] and {x.numel()} elements")
+    if x.dtype in (torch.float16, torch.bfloat16):  # the codes in float32, the result in x's dtype
+        return _LSQ.apply(x.float(), scale.float(), qmin, qmax, 1.0 / math.sqrt(qmax * x.numel())).to(x.dtype)
     return _LSQ.apply(x, scale, qmin, qmax, 1.0 / math.sqrt(qmax * x.numel()))
 
 

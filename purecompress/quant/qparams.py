@@ -20,6 +20,7 @@ from purecompress.quant import hostmath
 
 __all__ = [
     "DTYPES",
+    "LOW_PRECISION",
     "SCALE_EPS",
     "SCHEMES",
     "QuantParams",
@@ -38,6 +39,8 @@ DTYPES: tuple[str, ...] = ("int", "uint")
 SCHEMES: tuple[str, ...] = (
     "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric",
 )  # fmt: skip
+#: Floating dtypes whose quantization math runs in float32 (the result is cast back to the dtype).
+LOW_PRECISION: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
 #: Smallest scale :func:`quant_params` returns (NNI returns 0 and then NaN for a zero range).
 SCALE_EPS = float(torch.finfo(torch.float32).eps)
 _SCALE_MAX = float(torch.finfo(torch.float32).max)
@@ -144,6 +147,12 @@ def quant_params(
     (18.0, -127.0)
     """
     qmin, qmax = qrange if qrange is not None else int_range(bits, dtype)
+    if not qmin < qmax:
+        raise ValueError(f"the integer range [{qmin}, {qmax}] has fewer than two codes (1-bit 'int' has only 0): "
+                         "use 'uint' at 1 bit, or more bits")
+    if min_val.dtype in LOW_PRECISION:  # float16/bfloat16 cannot hold the float32 clamp bounds, nor
+        # the codes of wide ranges exactly: their parameters are computed and kept in float32
+        min_val, max_val = min_val.float(), max_val.float()
     per_channel = is_per_channel(scheme)
     if per_channel and min_val.dim() != 1:
         raise ValueError(f"{scheme} needs 1-D per-channel min/max, got shape {tuple(min_val.shape)}")
@@ -176,6 +185,8 @@ def quantize(x: Tensor, qp: QuantParams) -> Tensor:
     tensor([0., 3., 5., 7.])
     """
     scale, zero_point = qp.broadcast(x.dim())
+    if x.dtype in LOW_PRECISION:
+        return torch.round(torch.clamp(x.float() / scale + zero_point, qp.qmin, qp.qmax)).to(x.dtype)
     return torch.round(torch.clamp(x / scale + zero_point, qp.qmin, qp.qmax))
 
 
@@ -186,6 +197,8 @@ def dequantize(q: Tensor, qp: QuantParams) -> Tensor:
     tensor([-1.5000,  0.0000,  1.0000])
     """
     scale, zero_point = qp.broadcast(q.dim())
+    if q.dtype in LOW_PRECISION:
+        return (scale * (q.float() - zero_point)).to(q.dtype)
     return scale * (q - zero_point)
 
 
@@ -195,4 +208,6 @@ def fake_quantize(x: Tensor, qp: QuantParams) -> Tensor:
     >>> fake_quantize(torch.tensor([0.3, 0.74, 5.]), QuantParams(torch.tensor(0.5), torch.tensor(0.), 0, 3))
     tensor([0.5000, 0.5000, 1.5000])
     """
+    if x.dtype in LOW_PRECISION:  # codes above 2048 are not exact in float16: stay in float32 between
+        return dequantize(quantize(x.float(), qp), qp).to(x.dtype)
     return dequantize(quantize(x, qp), qp)

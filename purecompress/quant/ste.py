@@ -23,7 +23,7 @@ from torch import Tensor
 
 from purecompress.quant import hostmath
 from purecompress.quant.observers import current_range
-from purecompress.quant.qparams import QuantParams
+from purecompress.quant.qparams import LOW_PRECISION, QuantParams
 
 __all__ = ["codes", "fake_quantize_clipped", "fake_quantize_ste"]
 
@@ -196,6 +196,10 @@ def fake_quantize_clipped(x: Tensor, qp: QuantParams, bounds: tuple[Tensor, Tens
 
 
 def _fake_quantize_ste(x: Tensor, qp: QuantParams, clip: bool, bounds: tuple[Tensor, Tensor] | None) -> Tensor:
+    if x.dtype in LOW_PRECISION:  # float16/bfloat16: the codes in float32, the result in x's dtype
+        qp = QuantParams(qp.scale.float(), qp.zero_point.float(), qp.qmin, qp.qmax, qp.axis)
+        wide = None if bounds is None else (bounds[0].float(), bounds[1].float())
+        return _fake_quantize_ste(x.float(), qp, clip, wide).to(x.dtype)
     scale, zero_point = qp.broadcast(x.dim())
     if torch.compiler.is_compiling():
         return _fake_quantize_composite(x, scale, zero_point, qp.qmin, qp.qmax, clip)

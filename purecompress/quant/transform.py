@@ -25,7 +25,7 @@ from purecompress._pytree import is_traced, record
 from purecompress.quant.config import QuantConfig, TensorSpec
 from purecompress.quant.observers import Histogram, Range
 from purecompress.quant.qparams import QuantParams
-from purecompress.selectors import Plan, select
+from purecompress.selectors import ConfigError, Plan, select
 from purecompress.transform import Params
 
 __all__ = ["Kernel", "KernelContext", "QuantState", "QuantTransform", "TensorState", "quantized_call"]
@@ -154,7 +154,9 @@ def build(model: nn.Module, configs: Sequence[QuantConfig], kernel: Kernel, *, n
     plan = select(model, configs, warn=warn)
     for entry in plan:
         if "weight" in entry.config.specs and f"{entry.module}.weight" not in entry.params:
-            raise ValueError(f"{name}: module {entry.module!r} ({entry.type_name}) has no weight to quantize")
+            raise ConfigError(entry.index, "quant_types", f"{name}: module {entry.module!r} ({entry.type_name}) has "
+                              "no weight to quantize; drop 'weight' from quant_types for it, or select "
+                              "weighted modules only")
     return QuantTransform(plan, kernel, init_tensor, name)
 
 
@@ -190,6 +192,8 @@ def quantized_call(
 
     def run(x: Tensor, key: str, kind: str, config: QuantConfig) -> Tensor:
         prev = new[key] if key in new else state.tensors.get(key)
+        if x.numel() == 0:  # an empty batch has no range to observe and nothing to quantize
+            return x
         ctx = KernelContext(key, kind, config.specs[kind], state.step, first, config.start_step, training, params)
         out, new[key] = q.kernel(x, prev, ctx)
         return out

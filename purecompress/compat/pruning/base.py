@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from purecompress.compat.schema import Form, validate
 from purecompress.compat.utils import canonical_from, get_module_by_name
 from purecompress.pruning import Mask, Masks, output_mask, simplify_mask
-from purecompress.selectors import select
+from purecompress.selectors import ConfigError, select
 
 __all__ = [
     "NniMasks",
@@ -223,6 +224,7 @@ _logger = logging.getLogger(__name__)
 
 
 NniMasks = dict[str, dict[str, Tensor | None]]
+_WRAPPING = threading.RLock()
 
 
 
@@ -257,6 +259,9 @@ class Pruner(abc.ABC):
         self.bound_model: nn.Module | None = None
         self.config_list: list[dict] | None = None
         self.modules_wrapper: dict[str, PrunerModuleWrapper] | None = None
+        if model is not None and config_list is None:
+            raise ConfigError(None, None, "a model was passed without a config_list; pass a list of dicts such as "
+                              "[{'sparsity': 0.5, 'op_types': ['Conv2d']}] (or neither, and call reset() later)")
         if model is not None and config_list is not None:
             self.reset(model, config_list)
 
@@ -264,18 +269,54 @@ class Pruner(abc.ABC):
         """Bind ``model`` and ``config_list`` (validated), wrap the selected modules, reset the tools."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"Only a torch.nn.Module can be pruned, got {type(model).__name__}")
-        configs = validate(config_list, forms=self.config_forms, op_types=self.supported_op_types)
-        self._unwrap_model()
-        self.bound_model = model
-        self.config_list = canonical_from(model, config_list, configs)  # type: ignore[arg-type]
-        config_of = {name: config for config in self.config_list for name in config["op_names"]}
-        modules = dict(model.named_modules())
-        self.modules_wrapper = {}
-        for entry in select(model, configs):
-            wrapper = PrunerModuleWrapper(modules[entry.module], entry.module, config_of[entry.module])
-            self.modules_wrapper[entry.module] = wrapper.to(wrapper.weight.device)
-        self._wrap_model()
-        self.reset_tools()
+        with _WRAPPING:  # two threads wrapping one model: the second sees the first's wrappers, not a torn dict
+            configs = validate(config_list, forms=self.config_forms, op_types=self.supported_op_types)
+            modules = dict(model.named_modules())
+            if any(isinstance(m, PrunerModuleWrapper) for m in modules.values()) and model is not self.bound_model:
+                raise ValueError("the model is already wrapped by another pruner; call that pruner's _unwrap_model() "
+                                 "first, or prune a copy of the model")
+            plan = select(model, configs)
+            if getattr(self, "mode", None) == "global":
+                totals = [c.total_sparsity for c in configs if not c.selector.exclude]
+                if any(t != totals[0] for t in totals) or None in totals:
+                    raise ConfigError(None, "total_sparsity", "mode='global' pools every selected layer under one "
+                                      f"'total_sparsity'; the entries give {totals}: use one value")
+            for entry in plan:
+                if not isinstance(getattr(modules[entry.module], "weight", None), Tensor):
+                    raise ConfigError(entry.index, "op_types", f"module {entry.module!r} ({entry.type_name}) has no "
+                                      "weight to prune; select weighted modules only (e.g. op_types ['default'])")
+            self._unwrap_model()
+            previous = (self.bound_model, self.config_list, self.modules_wrapper)
+            try:  # all or nothing: on any exception (Ctrl-C included) the model is exactly as it was
+                self.bound_model = model
+                self.config_list = canonical_from(model, config_list, configs)  # type: ignore[arg-type]
+                config_of = {name: config for config in self.config_list for name in config["op_names"]}
+                self.modules_wrapper = {}
+                for entry in plan:
+                    wrapper = PrunerModuleWrapper(modules[entry.module], entry.module, config_of[entry.module])
+                    self.modules_wrapper[entry.module] = wrapper.to(wrapper.weight.device)
+                self._wrap_model()
+                self.reset_tools()
+            except BaseException:
+                self._undo_wrap(model, modules)
+                self.bound_model, self.config_list, self.modules_wrapper = previous
+                raise
+
+    def _undo_wrap(self, model: nn.Module, modules: dict[str, nn.Module]) -> None:
+        """Put back every module and Parameter that a failed :meth:`reset` moved (no mask baked in)."""
+        for wrapper in (self.modules_wrapper or {}).values():
+            if self.is_wrapped or get_module_by_name(model, wrapper.name)[1] is wrapper:
+                _setattr(model, wrapper.name, modules[wrapper.name])
+            for target in wrapper.targets:
+                param = wrapper._parameters[target]
+                if target not in wrapper.module._parameters and param is not None:
+                    wrapper.module._buffers.pop(target, None)
+                    wrapper.module.register_parameter(target, param)
+            order = wrapper.module._parameters
+            ordered = [(k, order.pop(k)) for k in wrapper._order if k in order] + list(order.items())
+            order.clear()
+            order.update(ordered)
+        self.is_wrapped = False
 
     @abc.abstractmethod
     def reset_tools(self) -> None:

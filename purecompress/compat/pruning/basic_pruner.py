@@ -296,9 +296,10 @@ class TrainingPruner(BasicPruner):
 
     def compress(self) -> tuple[nn.Module, NniMasks]:
         """Train and collect, compute metrics, allocate, load masks; then unbind the evaluator."""
-        result = super().compress()
-        self.evaluator.unbind_model()
-        return result
+        try:
+            return super().compress()
+        finally:  # on every exit path (the user's trainer raising, Ctrl-C): no hook or patch stays behind
+            self.evaluator.unbind_model()
 
 
 
@@ -505,6 +506,11 @@ class ADMMPruner(TrainingPruner):
 
     def reset(self, model: nn.Module | None = None, config_list: list[dict] | None = None) -> None:
         """Bind and wrap (``rho`` is read here and stored on each wrapper's config); Z = W, U = 0."""
+        if config_list is not None and not isinstance(config_list, (list, tuple)):
+            raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
+        bad = next((i for i, e in enumerate(config_list or []) if not isinstance(e, Mapping)), None)
+        if bad is not None:
+            raise ConfigError(bad, None, f"each entry must be a dict, got {type(config_list[bad]).__name__}")
         rhos = _rho_of(config_list or [])
         stripped = [{k: v for k, v in e.items() if k != "rho"} for e in (config_list or [])]
         self._unwrap_model()

@@ -385,6 +385,25 @@ _NNI_KEYS = ("quant_types", "quant_bits", "quant_dtype", "quant_scheme", "quant_
 
 
 
+def _module_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], dict[str, Any], dict[str, Any],
+                                                      dict[str, Any]]]:
+    """Each submodule with copies of its child, parameter and buffer dicts and its attributes."""
+    return [(m, dict(m._modules), dict(m._parameters), dict(m._buffers), dict(m.__dict__))
+            for m in model.modules()]
+
+
+def _restore_module_state(model: nn.Module, snapshot: list[tuple[nn.Module, dict[str, Any], dict[str, Any],
+                                                                 dict[str, Any], dict[str, Any]]]) -> None:
+    for module, children, params, buffers, attrs_ in snapshot:
+        module.__dict__.clear()
+        module.__dict__.update(attrs_)
+        for slot, saved in (("_modules", children), ("_parameters", params), ("_buffers", buffers)):
+            current = module.__dict__[slot]
+            current.clear()
+            current.update(saved)
+    del model
+
+
 class Quantizer(_QuantizerExport):
     """Base of the NNI-style quantizers: wraps the selected modules of ``model`` in place.
 
@@ -401,6 +420,7 @@ class Quantizer(_QuantizerExport):
     allowed_bits: tuple[int, ...] | None = None
     allowed_quant_types: tuple[str, ...] = QUANT_TYPES
     allowed_keys: tuple[str, ...] = _NNI_KEYS
+    min_bits: int | None = None
 
     def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]],
                  optimizer: torch.optim.Optimizer | None = None, dummy_input: Any = None) -> None:
@@ -415,12 +435,18 @@ class Quantizer(_QuantizerExport):
         self.quant_configs = self.validate_config(model, config_list)
         self.identity_wrappers: list[QuantizerIdentityWrapper] = []
         self.conv_bn_patterns: dict[str, str] = {}
-        self.find_conv_bn_patterns(model, dummy_input)
-        self.modules_to_compress = self._detect_modules_to_compress()
-        self.modules_wrapper = [self._wrap_modules(layer, config) for layer, config in self.modules_to_compress]
-        if not self.modules_wrapper:
-            logger.warning("nothing is configured to quantize; check the model and config_list")
-        self._wrap_model()
+        self.modules_wrapper: list[QuantizerModuleWrapper] = []
+        snapshot = _module_state(model)
+        try:  # all or nothing: on any exception (Ctrl-C included) the model is as it was
+            self.find_conv_bn_patterns(model, dummy_input)
+            self.modules_to_compress = self._detect_modules_to_compress()
+            self.modules_wrapper = [self._wrap_modules(layer, config) for layer, config in self.modules_to_compress]
+            if not self.modules_wrapper:
+                logger.warning("nothing is configured to quantize; check the model and config_list")
+            self._wrap_model()
+        except BaseException:
+            _restore_module_state(model, snapshot)
+            raise
         self.quant_grad: Callable[..., Tensor | None] = QuantGrad.apply
         if optimizer is not None:
             self.patch_optimizer(self.step_with_optimizer)
@@ -437,15 +463,23 @@ class Quantizer(_QuantizerExport):
         Raises:
             ConfigError: naming the entry index, the key and the reason.
         """
-        del model
+        if not isinstance(config_list, (list, tuple)):
+            raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
         for index, entry in enumerate(config_list):
             if isinstance(entry, Mapping):
                 bad = [k for k in entry if k not in self.allowed_keys]
                 if bad:
                     raise ConfigError(index, str(bad[0]), f"not accepted by {type(self).__name__}; "
                                       f"allowed keys: {list(self.allowed_keys)}")
-        return from_quant_config_list(config_list, allowed_op_types=self.allowed_op_types,
-                                      allowed_bits=self.allowed_bits, allowed_quant_types=self.allowed_quant_types)
+        configs = from_quant_config_list(config_list, allowed_op_types=self.allowed_op_types,
+                                         allowed_bits=self.allowed_bits, allowed_quant_types=self.allowed_quant_types,
+                                         min_bits=self.min_bits)
+        for entry in select(model, configs, warn=False):
+            if "weight" in entry.config.specs and not _has_tensor(model.get_submodule(entry.module), "weight"):
+                raise ConfigError(entry.index, "quant_types", f"module {entry.module!r} ({entry.type_name}) has no "
+                                  "weight to quantize; drop 'weight' from quant_types for it, or select weighted "
+                                  "modules only")
+        return configs
 
     def _detect_modules_to_compress(self) -> list[tuple[LayerInfo, dict[str, Any]]]:
         plan = select(self.bound_model, self.quant_configs)

@@ -389,6 +389,8 @@ class BNNQuantizer(Quantizer):
 class LsqQuantizer(Quantizer):
     """Learned Step Size Quantization (NNI's ``LsqQuantizer``): the steps are Parameters."""
 
+    min_bits = 2  # the signed range at 1 bit is [-1, 0]: qmax 0 divides by zero
+
     simulated_attrs = ("old_weight", "tracked_min_input", "tracked_max_input", "tracked_min_output",
                        "tracked_max_output", "output_scale", "input_scale", "weight_scale", "weight_bits",
                        "output_bits", "input_bits", "weight_qmin", "weight_qmax", "input_qmin", "input_qmax",

@@ -1,0 +1,235 @@
+"""Regression tests for issue 11: hostile configs, faults and half precision (one test per report)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import purecompress as pc
+import purecompress.quant as pq
+from purecompress import compat
+
+W8 = [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Conv2d"]}]
+P50 = [{"sparsity": 0.5, "op_types": ["Conv2d"]}]
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+
+
+def _state(model: nn.Module) -> tuple[list[str], list[int], list[type]]:
+    return list(model.state_dict()), [id(p) for p in model.parameters()], [type(m) for m in model.modules()]
+
+
+@pytest.mark.parametrize("config_list", [None, {}, "", 5, {"quant_types": ["weight"]}])
+@pytest.mark.parametrize("entry", [pq.qat, pq.naive, pq.dorefa, pq.bnn, pq.lsq, pq.observer])
+def test_quant_config_list_of_the_wrong_type_is_a_config_error(entry: object, config_list: object) -> None:
+    with pytest.raises(pc.ConfigError, match="must be a list of dicts"):
+        entry(_net(), config_list)  # type: ignore[operator]
+
+
+def test_compat_quantizer_with_a_non_list_config_is_a_config_error() -> None:
+    with pytest.raises(pc.ConfigError, match="must be a list of dicts"):
+        compat.NaiveQuantizer(_net(), 5)  # type: ignore[arg-type]
+
+
+def test_pruner_with_a_model_and_no_config_list_is_a_config_error() -> None:
+    with pytest.raises(pc.ConfigError, match="without a config_list"):
+        compat.L1NormPruner(_net(), None)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"quant_bits": 1, "quant_dtype": "int"},
+    {"quant_bits": 1, "quant_dtype": "int", "quant_scheme": "per_channel_symmetric"},
+    {"quant_start_step": 10**20},
+])
+def test_qat_configs_that_cannot_run_are_config_errors(cfg: dict) -> None:
+    with pytest.raises(pc.ConfigError):
+        pq.qat(_net(), [W8[0] | cfg])
+
+
+def test_one_bit_lsq_is_a_config_error() -> None:
+    cfg = [W8[0] | {"quant_bits": 1}]
+    with pytest.raises(pc.ConfigError, match=">= 2"):
+        pq.lsq(_net(), cfg)
+    model = _net()
+    with pytest.raises(pc.ConfigError, match=">= 2"):
+        compat.LsqQuantizer(model, cfg, torch.optim.SGD(model.parameters(), 0.1))
+
+
+@pytest.mark.parametrize("name", ["QAT_Quantizer", "LsqQuantizer", "BNNQuantizer", "DoReFaQuantizer",
+                                  "ObserverQuantizer", "NaiveQuantizer"])
+def test_weight_quantization_of_a_module_without_weight_is_a_config_error(name: str) -> None:
+    model = _net()
+    before = _state(model)
+    args = (torch.optim.SGD(model.parameters(), 0.1),) if name not in ("ObserverQuantizer", "NaiveQuantizer") else ()
+    model.eval()
+    with pytest.raises(pc.ConfigError, match="no weight to quantize"):
+        getattr(compat, name)(model, [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["ReLU"]}], *args)
+    assert _state(model) == before
+
+
+def test_level_pruner_on_relu_fails_at_construction_with_a_config_error() -> None:
+    with pytest.raises(pc.ConfigError, match="no weight to prune"):
+        compat.LevelPruner(_net(), [{"op_types": ["ReLU"], "sparsity": 0.5}])
+
+
+def test_global_taylor_with_two_total_sparsities_fails_at_construction() -> None:
+    model = _net()
+    cfg = [{"total_sparsity": 0.5, "op_types": ["Conv2d"]}, {"total_sparsity": 0.3, "op_types": ["Linear"]}]
+    with pytest.raises(pc.ConfigError, match="one value"):
+        compat.TaylorFOWeightPruner(model, cfg, _trainer, torch.optim.SGD(model.parameters(), 0.1),
+                                    nn.functional.cross_entropy, 1, mode="global")
+
+
+def _trainer(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: object) -> None:
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])
+    optimizer.zero_grad()
+    criterion(model(x), y).backward()  # type: ignore[operator]
+    optimizer.step()
+
+
+def test_select_and_prune_with_raw_dicts_say_to_parse_them() -> None:
+    model = _net()
+    with pytest.raises(pc.ConfigError, match="from_config_list"):
+        pc.select(model, P50)  # type: ignore[arg-type]
+    with pytest.raises(pc.ConfigError, match="from_config_list"):
+        pc.prune(pc.params_of(model), P50, pc.l1_norm)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("entry", [
+    {"sparsity": 0.5, "op_types": {"Conv2d"}},
+    {"sparsity": 0.5, "op_types": {"Conv2d": 1}},
+    {"sparsity": 0.5, "op_names": frozenset(["0"])},
+    {"sparsity": 0.5, "op_types": ["Conv2d"], "exclude": True},
+    {"total_sparsity": 0.5, "op_types": ["Conv2d"], "max_sparsity_per_layer": {}},
+])
+def test_pruning_configs_looser_than_nni_are_rejected(entry: dict) -> None:
+    with pytest.raises(pc.ConfigError):
+        pc.from_config_list([entry])
+
+
+@pytest.mark.parametrize("extra", [{"quant_start_step": 5}, {"quant_scheme": "per_channel_affine"},
+                                   {"quant_dtype": "int"}])
+@pytest.mark.parametrize("entry", [pq.naive, pq.dorefa, pq.bnn, pq.lsq, pq.observer])
+def test_quant_keys_an_algorithm_ignores_are_rejected(entry: object, extra: dict) -> None:
+    with pytest.raises(pc.ConfigError, match="would be ignored"):
+        entry(_net(), [W8[0] | extra])  # type: ignore[operator]
+
+
+def test_quant_exclude_beside_quant_keys_is_rejected() -> None:
+    with pytest.raises(pc.ConfigError, match="would be ignored"):
+        pq.qat(_net(), [W8[0] | {"exclude": True}])
+
+
+# ----- faults: nothing half-done ------------------------------------------------------------------
+
+def test_failed_pruner_construction_leaves_the_model_as_it_was() -> None:
+    model = _net()
+    before = _state(model)
+    with pytest.raises(ValueError, match="dummy_input"):
+        compat.L1NormPruner(model, P50, mode="dependency_aware")
+    assert _state(model) == before
+    compat.L1NormPruner(model, P50).compress()  # the retry works
+
+
+def test_ctrl_c_during_pruner_construction_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _net()
+    before = _state(model)
+
+    def interrupted(self: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compat.L1NormPruner, "reset_tools", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compat.L1NormPruner(model, P50)
+    assert _state(model) == before
+
+
+def test_ctrl_c_during_quantizer_construction_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _net()
+    before = _state(model)
+
+    def interrupted(self: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compat.NaiveQuantizer, "_wrap_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compat.NaiveQuantizer(model, W8)
+    assert _state(model) == before
+
+
+def test_pruners_constructed_from_two_threads_give_a_clear_error() -> None:
+    model, errors = _net(), []
+
+    def construct() -> None:
+        try:
+            compat.L1NormPruner(model, P50)
+        except ValueError as err:
+            errors.append(str(err))
+
+    threads = [threading.Thread(target=construct) for _ in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(errors) == 3 and all("already wrapped" in e for e in errors), errors
+
+
+def _failing_trainer(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: object) -> None:
+    _trainer(model, optimizer, criterion)
+    raise KeyboardInterrupt
+
+
+def test_taylor_gradient_hooks_are_removed_when_the_trainer_raises() -> None:
+    model = _net()
+    pruner = compat.TaylorFOWeightPruner(model, P50, _failing_trainer, torch.optim.SGD(model.parameters(), 0.1),
+                                         nn.functional.cross_entropy, 2)
+    with pytest.raises(KeyboardInterrupt):
+        pruner.compress()
+    pruner._unwrap_model()
+    assert not model[0].weight._backward_hooks
+
+
+# ----- numbers ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_quant_params_work_in_half_precision_and_float64(dtype: torch.dtype) -> None:
+    qp = pq.quant_params(torch.tensor(-1.0, dtype=dtype), torch.tensor(2.0, dtype=dtype))
+    assert bool(torch.isfinite(qp.scale) and qp.scale > 0)
+    model = _net().to(dtype)
+    q = pq.qat(model, [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["Conv2d"]}])
+    params = dict(model.named_parameters())
+    out, _ = q(model, params, q.init(params), torch.randn(2, 3, 8, 8, dtype=dtype))
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+
+
+def test_qat_input_quantization_on_an_empty_batch_passes_it_through() -> None:
+    model = _net()
+    q = pq.qat(model, [{"quant_types": ["input"], "quant_bits": 8, "op_types": ["Conv2d"]}])
+    params = dict(model.named_parameters())
+    out, state = q(model, params, q.init(params), torch.randn(0, 3, 8, 8))
+    assert out.shape == (0, 2) and "0.input" not in state.tensors
+
+
+def test_fpgm_on_weights_near_the_dtype_max_has_no_nan() -> None:
+    weight = torch.full((4, 3, 3, 3), 3e38) * torch.tensor([1.0, -1.0, 0.5, 0.25]).view(4, 1, 1, 1)
+    score = pc.fpgm({"w": weight}, ["w"])["w"].score
+    assert not bool(torch.isnan(score).any())
+
+
+def test_l1_norm_of_an_integer_weight_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="floating-point"):
+        pc.l1_norm({"w": torch.ones(4, 3, dtype=torch.int64)}, ["w"])
+
+
+def test_quant_params_refuse_a_range_of_one_code() -> None:
+    with pytest.raises(ValueError, match="fewer than two codes"):
+        pq.quant_params(torch.tensor(0.0), torch.tensor(0.0), qrange=(0, 0))
