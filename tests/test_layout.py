@@ -14,8 +14,6 @@ import re
 import types
 from pathlib import Path
 
-import pytest
-
 import purecompress
 
 ROOT = Path(purecompress.__file__).parent
@@ -122,7 +120,6 @@ _TENSOR_MATH = re.compile(r"\btorch\.(where|clamp|round|minimum|maximum|sigmoid|
                           r"topk|kthvalue|quantile|sqrt|norm|std|var)\(")
 
 
-@pytest.mark.xfail(strict=True, reason="compat quantizers and tools still compute: being moved to the core")
 def test_compat_has_no_tensor_math() -> None:
     bad = []
     for name, path in MODULES.items():
