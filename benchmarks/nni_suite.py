@@ -64,6 +64,11 @@ import sys
 _BACKEND = os.environ["NNI_SUITE_BACKEND"]
 _OUT = open(os.environ["NNI_SUITE_RESULTS"], "a", encoding="utf-8")
 
+# NNI imports Lightning -> torchmetrics -> torchvision, whose CUDA wheel needs this on the CPU torch.
+from benchmarks.zoo_import import install_import_hook
+
+install_import_hook()
+
 if _BACKEND == "purecompress":
     from purecompress.compat._shim import install
 
@@ -209,7 +214,7 @@ def run_file(root: Path, rel: str, backend: str, timeout: float, python: str, th
         plugin_dir.mkdir()
         (plugin_dir / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
         results = Path(tmp) / "results.jsonl"
-        paths = [str(plugin_dir), *extra_paths] + ([str(REPO)] if backend == "purecompress" else [])
+        paths = [str(plugin_dir), *extra_paths, str(REPO)]  # REPO: benchmarks.zoo_import (and, shimmed, purecompress)
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(paths),

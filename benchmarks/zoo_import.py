@@ -20,7 +20,11 @@ Nothing is downloaded: build models with ``weights=None`` (torchvision) or ``pre
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 import types
+from pathlib import Path
 
 import torch
 
@@ -32,20 +36,60 @@ _DETECTION_OPS = (
 _library: torch.library.Library | None = None
 
 
+def declare_detection_ops() -> None:
+    """Declare ``torchvision::nms``/``qnms`` (schemas only) unless something already defined them."""
+    global _library
+    if _library is not None or hasattr(torch.ops.torchvision, "nms") or _extension_loads():
+        return
+    library = torch.library.Library("torchvision", "DEF")
+    for schema in _DETECTION_OPS:
+        library.define(schema)
+    _library = library
+
+
+def _extension_loads() -> bool:
+    """Whether torchvision's compiled extension loads here (a CUDA torch): then it defines the real ops."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for folder in spec.submodule_search_locations:
+        for candidate in sorted(Path(folder).glob("_C*.so")) + sorted(Path(folder).glob("_C*.pyd")):
+            try:
+                torch.ops.load_library(str(candidate))
+            except (OSError, RuntimeError):
+                return False
+            return True
+    return False
+
+
+class _DeclareBeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Declares the detection ops the first time anything imports ``torchvision``, then steps aside."""
+
+    def find_spec(self, name, path=None, target=None):  # noqa: D102 - the MetaPathFinder protocol
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            declare_detection_ops()
+        return None
+
+
+def install_import_hook() -> None:
+    """Make every later ``import torchvision`` (also from lightning, torchmetrics, timm) work on the CPU torch.
+
+    Nothing happens when torchvision is not installed or was imported already.
+    """
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
+        return
+    if not any(isinstance(finder, _DeclareBeforeTorchvision) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _DeclareBeforeTorchvision())
+
+
 def import_torchvision() -> types.ModuleType:
     """Return the ``torchvision`` module, declaring its detection ops first when the extension is absent.
 
     Raises:
         ImportError: torchvision is not installed.
     """
-    global _library
-    if _library is None and not hasattr(torch.ops.torchvision, "nms"):
-        try:
-            _library = torch.library.Library("torchvision", "DEF")
-            for schema in _DETECTION_OPS:
-                _library.define(schema)
-        except RuntimeError:  # the real extension (or another caller) defined them meanwhile
-            _library = None
+    declare_detection_ops()
     return importlib.import_module("torchvision")
 
 

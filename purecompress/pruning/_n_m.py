@@ -194,8 +194,8 @@ def gradual_n_m(schedule: Schedule, targets: Iterable[str], *, n: int, m: int,
     def update(params: Params, state: GradualState, *, step: int | None = None,
                metrics: Metrics | None = None) -> tuple[Params, GradualState]:
         step = state.step if step is None else step
-        kept = max(n, kept_count(m, min(max(schedule(step), 0.0), 1.0)))
-        masks, sparsity = state.masks, state.sparsity
+        kept = max(n, int(kept_count(m, min(max(schedule(step), 0.0), 1.0))))  # a float schedule: a Python int
+        masks, sparsity = state.masks, float(state.sparsity)
         if kept < m and 1.0 - kept / m > sparsity:
             scores = metric(params, names) if metrics is None else metrics
             masks = allocate_n_m({name: scores[name] for name in names}, kept, m, prior=masks)

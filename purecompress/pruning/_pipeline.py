@@ -64,7 +64,10 @@ def allocate(
     """
     sparsity = _sparsities(metrics, plan)
     targets = plan.targets()
-    n_m = {name: targets[name].config.n_m for name in metrics if targets[name].config.n_m is not None}
+    n_m: dict[str, tuple[int, int]] = {}
+    for name in metrics:
+        if (pattern := targets[name].config.n_m) is not None:
+            n_m[name] = pattern
     if n_m and distribution != "per_layer":
         raise ValueError(f"N:M configs ('sparse_pattern') are per layer; distribution={distribution!r} cannot "
                          f"apply them (layers {sorted(n_m)})")

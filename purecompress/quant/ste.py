@@ -158,11 +158,11 @@ def _codes_in_range(bounds: tuple[Tensor, Tensor], qp: QuantParams) -> bool:
     ``bounds`` lies in ``[qmin, qmax]``. ``x -> round(x / s + zp)`` is monotone for ``s > 0``, so
     the codes of the two ends bound every code; NaN ends give False. Eager only (host sync)."""
     if qp.axis is None and (host := hostmath.read(*bounds, qp.scale, qp.zero_point)):
-        rnd, v = host
-        return hostmath.codes_in_range(*v, qp.qmin, qp.qmax, rnd)
+        rnd, (lo, hi, scale, zero_point) = host
+        return hostmath.codes_in_range(lo, hi, scale, zero_point, qp.qmin, qp.qmax, rnd)
     codes = _codes(torch.stack(bounds), qp.scale, qp.zero_point)
-    lo, hi = torch.aminmax(codes)
-    return qp.qmin <= lo.item() and hi.item() <= qp.qmax
+    low, high = torch.aminmax(codes)
+    return qp.qmin <= low.item() and high.item() <= qp.qmax
 
 
 _LEAN_LIMIT = 2**20

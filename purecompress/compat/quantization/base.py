@@ -39,7 +39,6 @@ __all__ = [
 
 
 if TYPE_CHECKING:
-    from purecompress.compat.quantization.base import Quantizer
     from purecompress.quant.config import QuantConfig
 
 
