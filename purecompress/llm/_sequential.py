@@ -101,6 +101,23 @@ def _bytes(obj: Any) -> int:
     return 0
 
 
+# Hugging Face decoder layers get the model's key/value cache as a keyword argument (``cache`` in
+# transformers 5, ``past_key_value(s)``/``layer_past`` before) and append to it at every call; the
+# blocks run more than once here (statistics, then outputs), so the cache is dropped.
+_CACHE_KWARGS = ("cache", "past_key_value", "past_key_values", "layer_past")
+
+
+def _is_cache(name: str, value: Any) -> bool:
+    return name in _CACHE_KWARGS or type(value).__name__.endswith("Cache")
+
+
+def _without_cache(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = {k: (None if _is_cache(k, v) else v) for k, v in kwargs.items()}
+    if "use_cache" in out:
+        out["use_cache"] = False
+    return out
+
+
 def _capture_inputs(model: nn.Module, params: pc.Params, first: nn.Module,
                     batches: Iterable[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     """The ``(args, kwargs)`` each batch brings to the first block (the rest of the model is not run)."""
@@ -108,7 +125,7 @@ def _capture_inputs(model: nn.Module, params: pc.Params, first: nn.Module,
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         del module
-        captured.append((args, dict(kwargs)))
+        captured.append((args, _without_cache(kwargs)))
         raise _Captured
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
