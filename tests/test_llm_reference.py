@@ -202,11 +202,13 @@ def test_inverse_hessian_factor_gives_unit_diagonal_to_dead_inputs_and_rejects_b
 def test_weight_qparams_per_group_are_per_channel_qparams_of_the_grouped_view(tmp_path: object) -> None:
     w = torch.randn(4, 16)
     qp = llm.weight_qparams(w, bits=4, group_size=8)
-    assert qp.axis == 0 and qp.scale.shape == (8,) and (qp.qmin, qp.qmax) == (0, 15)
+    assert qp.axis == 0 and qp.scale.shape == (8,) and (qp.qmin, qp.qmax) == (0, 15) and qp.group_size == 8
     rows = w.reshape(-1, 8)
-    assert qp == pq.quant_params(rows.amin(1), rows.amax(1), bits=4, scheme="per_channel_affine")
+    plain = pq.quant_params(rows.amin(1), rows.amax(1), bits=4, scheme="per_channel_affine")
+    assert torch.equal(qp.scale, plain.scale) and torch.equal(qp.zero_point, plain.zero_point)
+    assert (plain.qmin, plain.qmax, plain.axis, plain.group_size) == (0, 15, 0, None)
     path = f"{tmp_path}/gptq.safetensors"
-    pq.save_quant_params(path, {"fc.weight": qp}, metadata={"group_size": "8"})
+    pq.save_quant_params(path, {"fc.weight": qp})  # the group size travels in the header
     assert pq.load_quant_params(path) == {"fc.weight": qp}
     sym = llm.weight_qparams(w, bits=4, symmetric=True)
     assert (sym.qmin, sym.qmax) == (-7, 7) and bool((sym.zero_point == 0).all())

@@ -87,7 +87,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, *, bits: int = 4, group_size:
         w[:, i1:i2] = w1
         w[:, i2:] -= err @ u[i1:i2, i2:]
     w = w[:, torch.argsort(order)]
-    return w.to(weight.dtype), pq.QuantParams(scale.reshape(-1), zero.reshape(-1), qp.qmin, qp.qmax, 0)
+    return w.to(weight.dtype), pq.QuantParams(scale.reshape(-1), zero.reshape(-1), qp.qmin, qp.qmax, 0, group_size)
 
 
 def gptq(model: nn.Module, batches: Sequence[Any], *, bits: int = 4, group_size: int | None = None,

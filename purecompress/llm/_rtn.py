@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import attrs
 from torch import Tensor
 
 import purecompress as pc
@@ -41,7 +42,8 @@ def weight_qparams(weight: Tensor, *, bits: int = 4, group_size: int | None = No
 
     Returns:
         Per-channel :class:`~purecompress.quant.QuantParams` over ``weight.reshape(-1, g)``
-        (``scale``: ``[out * in // g]``, float32).
+        (``scale``: ``[out * in // g]``, float32); grouped ones carry ``group_size``, so
+        ``pq.fake_quantize(weight, qp)``, the safetensors files and the QDQ ONNX export take them as they are.
 
     >>> import torch
     >>> qp = weight_qparams(torch.tensor([[0., 1., 2., 3.]]), bits=2, group_size=2)
@@ -52,8 +54,9 @@ def weight_qparams(weight: Tensor, *, bits: int = 4, group_size: int | None = No
         raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
     rows = weight.detach().float().reshape(-1, _group(weight, group_size))
     scheme = "per_channel_symmetric" if symmetric else "per_channel_affine"
-    return pq.quant_params(rows.amin(1), rows.amax(1), bits=bits, dtype="int" if symmetric else "uint",
-                           scheme=scheme, axis=0)
+    qp = pq.quant_params(rows.amin(1), rows.amax(1), bits=bits, dtype="int" if symmetric else "uint",
+                         scheme=scheme, axis=0)
+    return qp if group_size is None else attrs.evolve(qp, group_size=group_size)
 
 
 def fake_quantize_weight(weight: Tensor, qp: pq.QuantParams, group_size: int | None = None) -> Tensor:

@@ -4,8 +4,9 @@ API summary (stable names; everything is re-exported here except the ONNX export
 ``purecompress.quant.onnx_export``, which imports ``onnx``):
 
 - Ranges and parameters (``qparams``): ``int_range(bits, dtype='uint', *, narrow=True)``,
-  ``QuantParams(scale, zero_point, qmin, qmax, axis=None)`` (record; ``.broadcast(ndim)``,
-  ``.per_channel``), ``quant_params(min, max, *, bits=8, dtype='uint', scheme='per_tensor_affine',
+  ``QuantParams(scale, zero_point, qmin, qmax, axis=None, group_size=None)`` (record; ``.broadcast(ndim)``,
+  ``.per_channel``; ``group_size``: group-wise weights, ``grouped_view(x, qp)``),
+  ``quant_params(min, max, *, bits=8, dtype='uint', scheme='per_tensor_affine',
   axis=None, qrange=None)``, ``quantize(x, qp)``, ``dequantize(q, qp)``, ``fake_quantize(x, qp)``,
   ``SCHEMES``, ``DTYPES``, ``SCALE_EPS``, ``is_per_channel``, ``is_symmetric``.
 - Straight-through fake quantization (``ste``): ``codes(x, scale, zero_point)`` (unclamped),
@@ -95,6 +96,7 @@ from purecompress.quant.qparams import (
     QuantParams,
     dequantize,
     fake_quantize,
+    grouped_view,
     int_range,
     is_per_channel,
     is_symmetric,
@@ -151,6 +153,7 @@ __all__ = [
     "fake_quantize",
     "fake_quantize_clipped",
     "fake_quantize_ste",
+    "grouped_view",
     "find_conv_bn",
     "fold_conv_bn",
     "fold_params",

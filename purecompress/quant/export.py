@@ -68,6 +68,8 @@ def save_quant_params(
         tensors[f"{name}{_SEP}scale"] = qp.scale.detach().cpu().contiguous()
         tensors[f"{name}{_SEP}zero_point"] = qp.zero_point.detach().cpu().contiguous()
         header[name] = {"qmin": int(qp.qmin), "qmax": int(qp.qmax), "axis": qp.axis}
+        if qp.group_size is not None:
+            header[name]["group_size"] = int(qp.group_size)
     meta = dict(metadata or {})
     meta[_QP_KEY] = json.dumps(header)
     save_file(tensors, os.fspath(path), metadata=meta)
@@ -91,7 +93,8 @@ def load_quant_params(path: str | os.PathLike[str]) -> dict[str, QuantParams]:
             scale, zero_point = tensors[f"{name}{_SEP}scale"], tensors[f"{name}{_SEP}zero_point"]
         except KeyError as err:
             raise ValueError(f"{os.fspath(path)!r}: tensor {err.args[0]!r} named in the header is missing") from None
-        out[name] = QuantParams(scale, zero_point, int(info["qmin"]), int(info["qmax"]), info["axis"])
+        out[name] = QuantParams(scale, zero_point, int(info["qmin"]), int(info["qmax"]), info["axis"],
+                                info.get("group_size"))
     return out
 
 

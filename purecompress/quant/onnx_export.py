@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from purecompress.quant.qparams import QuantParams, fake_quantize
+from purecompress.quant.qparams import QuantParams, fake_quantize, grouped_view
 from purecompress.quant.transform import QuantState
 
 __all__ = ["export_qdq_onnx", "onnx_fake_quantize", "qdq_forward", "qdq_targets"]
@@ -82,6 +82,9 @@ def onnx_fake_quantize(x: Tensor, qp: QuantParams) -> Tensor:
     >>> onnx_fake_quantize(torch.tensor([-100., 0.3, 0.8]), qp)
     tensor([-63.5000,   0.5000,   1.0000])
     """
+    if qp.group_size is not None:  # exported as Reshape, per-channel QuantizeLinear/DequantizeLinear, Reshape
+        view, flat = grouped_view(x, qp)
+        return onnx_fake_quantize(view, flat).reshape(x.shape)
     lo, hi = _onnx_range(qp)
     if qp.axis is None:
         scale, zero_point = float(qp.scale), int(qp.zero_point)
@@ -99,7 +102,7 @@ def onnx_fake_quantize(x: Tensor, qp: QuantParams) -> Tensor:
 
 
 def _detached(qparams: Mapping[str, QuantParams]) -> dict[str, QuantParams]:
-    return {n: QuantParams(qp.scale.detach(), qp.zero_point.detach(), qp.qmin, qp.qmax, qp.axis)
+    return {n: QuantParams(qp.scale.detach(), qp.zero_point.detach(), qp.qmin, qp.qmax, qp.axis, qp.group_size)
             for n, qp in qparams.items()}
 
 

@@ -95,6 +95,9 @@ class QuantParams:
         qmax: largest integer (static).
         axis: None per tensor; the channel dimension of the quantized tensor per channel (0 for
             weights, 1 for activations).
+        group_size: None, or (with ``axis=0``) parameters per group of ``group_size`` consecutive
+            elements along the last dimension: the channels of ``x.reshape(-1, group_size)``
+            (group-wise weight quantization, e.g. GPTQ's; ``scale``: ``[x.numel() // group_size]``).
     """
 
     scale: Tensor
@@ -102,6 +105,7 @@ class QuantParams:
     qmin: int = static()
     qmax: int = static()
     axis: int | None = static(default=None)
+    group_size: int | None = static(default=None)
 
     @property
     def per_channel(self) -> bool:
@@ -177,6 +181,31 @@ def quant_params(
     return QuantParams(scale, zero_point, qmin, qmax, (0 if axis is None else axis) if per_channel else None)
 
 
+def grouped_view(x: Tensor, qp: QuantParams) -> tuple[Tensor, QuantParams]:
+    """``x`` and ``qp`` as plain per-channel ones: ``(x.reshape(-1, group_size), qp without groups)``.
+
+    Unchanged when ``qp.group_size`` is None; reshape the result back with ``.reshape(x.shape)``.
+
+    Raises:
+        ValueError: the groups do not tile ``x`` (``group_size`` must divide ``x``'s last
+            dimension, ``axis`` be 0, and ``scale`` hold one entry per group).
+
+    >>> qp = QuantParams(torch.tensor([1., 2.]), torch.zeros(2), -8, 7, 0, group_size=2)
+    >>> view, flat = grouped_view(torch.zeros(1, 4), qp)
+    >>> tuple(view.shape), flat.group_size
+    ((2, 2), None)
+    """
+    g = qp.group_size
+    if g is None:
+        return x, qp
+    if (isinstance(g, bool) or not isinstance(g, int) or g <= 0 or qp.axis != 0 or x.dim() < 1
+            or x.shape[-1] % g or qp.scale.numel() != x.numel() // g or qp.zero_point.shape != qp.scale.shape):
+        raise ValueError(f"group-wise parameters (group_size={g!r}, axis={qp.axis!r}, {qp.scale.numel()} scales) "
+                         f"do not tile a tensor of shape {tuple(x.shape)}: groups run along the last dimension "
+                         "with axis 0 and one scale per group")
+    return x.reshape(-1, g), QuantParams(qp.scale, qp.zero_point, qp.qmin, qp.qmax, 0)
+
+
 def quantize(x: Tensor, qp: QuantParams) -> Tensor:
     """Integer codes ``round(clamp(x / scale + zero_point, qmin, qmax))`` (float dtype of ``x``).
 
@@ -184,6 +213,9 @@ def quantize(x: Tensor, qp: QuantParams) -> Tensor:
     >>> quantize(torch.tensor([-9., 0., 1., 9.]), qp)
     tensor([0., 3., 5., 7.])
     """
+    if qp.group_size is not None:
+        view, flat = grouped_view(x, qp)
+        return quantize(view, flat).reshape(x.shape)
     scale, zero_point = qp.broadcast(x.dim())
     if x.dtype in LOW_PRECISION:
         return torch.round(torch.clamp(x.float() / scale + zero_point, qp.qmin, qp.qmax)).to(x.dtype)
@@ -196,6 +228,9 @@ def dequantize(q: Tensor, qp: QuantParams) -> Tensor:
     >>> dequantize(torch.tensor([0., 3., 5.]), QuantParams(torch.tensor(0.5), torch.tensor(3.), 0, 7))
     tensor([-1.5000,  0.0000,  1.0000])
     """
+    if qp.group_size is not None:
+        view, flat = grouped_view(q, qp)
+        return dequantize(view, flat).reshape(q.shape)
     scale, zero_point = qp.broadcast(q.dim())
     if q.dtype in LOW_PRECISION:
         return (scale * (q.float() - zero_point)).to(q.dtype)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from purecompress.quant import hostmath
 from purecompress.quant.observers import current_range
-from purecompress.quant.qparams import LOW_PRECISION, QuantParams
+from purecompress.quant.qparams import LOW_PRECISION, QuantParams, grouped_view
 
 __all__ = ["codes", "fake_quantize_clipped", "fake_quantize_ste"]
 
@@ -196,6 +196,9 @@ def fake_quantize_clipped(x: Tensor, qp: QuantParams, bounds: tuple[Tensor, Tens
 
 
 def _fake_quantize_ste(x: Tensor, qp: QuantParams, clip: bool, bounds: tuple[Tensor, Tensor] | None) -> Tensor:
+    if qp.group_size is not None:  # group-wise: the per-channel case on x.reshape(-1, group_size)
+        view, flat = grouped_view(x, qp)
+        return _fake_quantize_ste(view, flat, clip, bounds).reshape(x.shape)
     if x.dtype in LOW_PRECISION:  # float16/bfloat16: the codes in float32, the result in x's dtype
         qp = QuantParams(qp.scale.float(), qp.zero_point.float(), qp.qmin, qp.qmax, qp.axis)
         wide = None if bounds is None else (bounds[0].float(), bounds[1].float())
