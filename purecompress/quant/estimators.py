@@ -90,28 +90,15 @@ def binarize(x: Tensor, *, clip: bool = False) -> Tensor:
     return _Binarize.apply(x, clip)
 
 
-class _LSQ(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: Tensor, scale: Tensor, qmin: int, qmax: int, grad_scale: float) -> Tensor:
-        return torch.round(torch.clamp(x / scale, qmin, qmax)) * scale
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        x, scale, qmin, qmax, grad_scale = inputs
-        ctx.qmin, ctx.qmax, ctx.grad_scale = qmin, qmax, grad_scale
-        ctx.save_for_backward(x, scale)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, scale = ctx.saved_tensors
-        v = x / scale
-        inside = (v >= ctx.qmin) & (v <= ctx.qmax)
-        # d out / d scale: round(v) - v inside the range, qmin / qmax where clamped.
-        d_scale = torch.round(torch.clamp(v, ctx.qmin, ctx.qmax)) - v * inside
-        grad_scale = (grad * d_scale).sum_to_size(scale.shape) * ctx.grad_scale
-        return grad * inside, grad_scale, None, None, None
+def _lsq(x: Tensor, scale: Tensor, qmin: int, qmax: int, grad_scale: float) -> Tensor:
+    # The LSQ paper's composition: the step's gradient scaled by ``grad_scale`` without changing its
+    # value's role, rounding through a straight-through estimator. Written as plain differentiable
+    # ops (no custom backward), so autograd takes the same operations, in the same order, as NNI's
+    # LsqQuantizer: its gradients, and the trained weights, are bit-identical to NNI's on any thread
+    # count (a closed-form backward differs in the last bits and drifts over steps).
+    step = (scale - scale * grad_scale).detach() + scale * grad_scale
+    v = torch.clamp(x / step, qmin, qmax)
+    return ((torch.round(v) - v).detach() + v) * step
 
 
 def lsq_fake_quantize(x: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:
@@ -134,8 +121,8 @@ def lsq_fake_quantize(x: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:
         raise ValueError(f"lsq_fake_quantize needs qmin < qmax and qmax > 0 (2 bits or more) and a non-empty x, "
                          f"got [{qmin}, {qmax}] and {x.numel()} elements")
     if x.dtype in (torch.float16, torch.bfloat16):  # the codes in float32, the result in x's dtype
-        return _LSQ.apply(x.float(), scale.float(), qmin, qmax, 1.0 / math.sqrt(qmax * x.numel())).to(x.dtype)
-    return _LSQ.apply(x, scale, qmin, qmax, 1.0 / math.sqrt(qmax * x.numel()))
+        return _lsq(x.float(), scale.float(), qmin, qmax, 1.0 / (qmax * x.numel()) ** 0.5).to(x.dtype)
+    return _lsq(x, scale, qmin, qmax, 1.0 / (qmax * x.numel()) ** 0.5)
 
 
 def lsq_init_scale(x: Tensor, qmax: int) -> Tensor:
