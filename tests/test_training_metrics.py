@@ -67,11 +67,11 @@ import torch.nn.functional as F  # noqa: E402
 from purecompress.compat import pruning as tp  # noqa: E402
 from purecompress.compat.evaluator import (  # noqa: E402
     ForwardHook,
-    LightningEvaluator,
     OptimizerRecipe,
     TorchEvaluator,
     TransformersEvaluator,
 )
+from purecompress.compat.lightning_evaluator import LightningEvaluator  # noqa: E402
 from purecompress.pruning import collect_taylor  # noqa: E402
 from purecompress.selectors import ConfigError  # noqa: E402
 
@@ -166,7 +166,7 @@ def test_torch_evaluator_contract() -> None:
     assert evaluator.evaluate() == (0.5, {"default": 0.5, "acc": 0.5})
     evaluator.unbind_model()
     assert not model[0]._forward_hooks and evaluator.get_all_hooks() == []
-    with pytest.raises(NotImplementedError, match="TorchEvaluator"):
+    with pytest.raises(TypeError, match="Lightning Trainer"):  # tests/compat/test_lightning_evaluator.py
         LightningEvaluator(None, None)
     with pytest.raises(NotImplementedError, match="TorchEvaluator"):
         TransformersEvaluator(None)

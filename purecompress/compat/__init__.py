@@ -6,7 +6,8 @@ here hold the model and wrap its modules in place, as NNI does.
 
 The modules follow NNI's grouping: :mod:`purecompress.compat.pruning` (pruners, their tools,
 task generators and schedulers), :mod:`purecompress.compat.quantization` (quantizers and their
-base), :mod:`~purecompress.compat.evaluator`, :mod:`~purecompress.compat.speedup`
+base), :mod:`~purecompress.compat.evaluator`, :mod:`~purecompress.compat.lightning_evaluator`,
+:mod:`~purecompress.compat.speedup`
 (``ModelSpeedup``), :mod:`~purecompress.compat.utils` and :mod:`~purecompress.compat.counter`.
 Every public name is also importable from here.
 """
@@ -22,11 +23,13 @@ from purecompress.compat.evaluator import (
     ForwardHook,
     Hook,
     LegacyEvaluator,
-    LightningEvaluator,
     OptimizerRecipe,
     TensorHook,
     TorchEvaluator,
     TransformersEvaluator,
+)
+from purecompress.compat.lightning_evaluator import (
+    LightningEvaluator,
 )
 from purecompress.compat.pruning import (
     PRUNER_DICT,

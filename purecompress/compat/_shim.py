@@ -26,7 +26,7 @@ _P = _C + "pruning."
 _PRUNERS = (_P + "basic_pruner", _P + "movement_pruner", _P + "iterative_pruner", _P + "amc_pruner",
             _P + "basic_scheduler:PruningScheduler")
 _TOOLS = (_P + "tools", _P + "task_generator")
-_EVALUATOR = (_C + "evaluator",)
+_EVALUATOR = (_C + "evaluator", _C + "lightning_evaluator")
 _SCHEDULER_BASE = (_P + "basic_scheduler:BasePruningScheduler", _P + "task_generator:Task,TaskResult")
 _BASE = (_P + "base", *_SCHEDULER_BASE)
 _QUANT_BASE = _C + ("quantization:Quantizer,QuantizerModuleWrapper,QuantizerIdentityWrapper,QuantGrad,QuantForward,"

@@ -3,8 +3,9 @@
 This module holds what every evaluator shares with the pruners that drive it: :class:`Hook` and
 its tensor, forward and backward kinds (a hook made by a factory from a buffer it fills), and the
 abstract :class:`Evaluator` (NNI 2.10's ``bind_model``/``patch_loss``/``train``/``evaluate`` API,
-with the hook bookkeeping). The concrete evaluators are in :mod:`purecompress.compat.evaluator`,
-which re-exports every name here.
+with the hook bookkeeping), the optimizer and scheduler recipes that rebuild a user's optimizers
+for the wrapped model, and the evaluators: :class:`TorchEvaluator`, :class:`LegacyEvaluator`
+(the ``LightningEvaluator`` is in :mod:`purecompress.compat.lightning_evaluator`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ __all__ = [
     "ForwardHook",
     "Hook",
     "LegacyEvaluator",
-    "LightningEvaluator",
     "OptimizerRecipe",
+    "SchedulerRecipe",
     "TensorHook",
     "TorchEvaluator",
     "TransformersEvaluator",
@@ -215,7 +216,7 @@ class OptimizerRecipe:
 
 
 
-class _SchedulerRecipe:
+class SchedulerRecipe:
     def __init__(self, scheduler: LRScheduler) -> None:
         if not _traced(scheduler):
             raise TypeError(f"lr scheduler {type(scheduler).__name__} must be traced so it can be rebuilt for the "
@@ -240,7 +241,7 @@ class _PatchingEvaluator(Evaluator):
 
     _ori_criterion: Callable[..., Tensor]
     _recipes: list[OptimizerRecipe]
-    _scheduler_recipes: list[_SchedulerRecipe]
+    _scheduler_recipes: list[SchedulerRecipe]
     _scheduler_owner: list[int]
 
     def _setup(self, optimizers: Optimizer | Sequence[Optimizer], lr_schedulers: Any, criterion: Callable) -> None:
@@ -261,7 +262,7 @@ class _PatchingEvaluator(Evaluator):
         if self._initialization_complete:
             return
         self._recipes = [OptimizerRecipe(pure_model, o) for o in self._tmp_optimizers]
-        self._scheduler_recipes = [_SchedulerRecipe(s) for s in self._tmp_schedulers]
+        self._scheduler_recipes = [SchedulerRecipe(s) for s in self._tmp_schedulers]
         ids = {id(o): i for i, o in enumerate(self._tmp_optimizers)}
         self._scheduler_owner = [ids[id(r.optimizer)] for r in self._scheduler_recipes]
         del self._tmp_optimizers, self._tmp_schedulers
@@ -402,20 +403,6 @@ class LegacyEvaluator(_PatchingEvaluator):
 
     def get_dummy_input(self) -> Any:
         return self.dummy_input
-
-
-
-class LightningEvaluator:
-    """Not provided: purecompress does not depend on PyTorch Lightning.
-
-    Raises:
-        NotImplementedError: always; use :class:`TorchEvaluator` with a plain training function.
-    """
-
-    def __init__(self, trainer: Any, data_module: Any, dummy_input: Any = None) -> None:
-        del trainer, data_module, dummy_input
-        raise NotImplementedError("LightningEvaluator is not provided by purecompress.compat; wrap your training "
-                                  "loop in a function and use TorchEvaluator(training_func, optimizers, criterion)")
 
 
 
