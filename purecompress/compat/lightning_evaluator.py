@@ -5,8 +5,11 @@ model they prune is the ``LightningModule`` itself (its layers get wrapped), and
 
 - rebuilds the module's optimizers and LR schedulers for the wrapped parameters: the objects
   ``configure_optimizers()`` returns are recorded once (:meth:`_init_optimizer_helpers`, from the
-  unwrapped module), and while a model is bound its ``configure_optimizers`` builds fresh ones
-  from those recipes at every ``fit`` (as NNI does). Every layout Lightning accepts is kept: one
+  unwrapped module), fresh ones are built from those recipes at each :meth:`bind_model`, and
+  while the model is bound its ``configure_optimizers`` returns them, so their state (momentum,
+  the LR schedule) carries over from one ``train()`` to the next, as with :class:`TorchEvaluator`
+  (NNI's LightningEvaluator rebuilt them at every ``fit``, so its ADMM and iterative pruners
+  trained differently from its own TorchEvaluator's). Every layout Lightning accepts is kept: one
   optimizer, a list, ``(optimizers, schedulers)``, a dict with ``"optimizer"`` and
   ``"lr_scheduler"`` (a scheduler or a scheduler config dict), a list of such dicts. LR schedulers
   must be traced (``trace(StepLR)(optimizer, ...)``), as for :class:`TorchEvaluator`;
@@ -156,6 +159,7 @@ class LightningEvaluator(Evaluator):
         self._param_names_map: Mapping[str, str] | None = None
         self._saved: dict[str, Any] = {}
         self._step_tasks: tuple[Sequence[Callable], Sequence[Callable]] | None = None
+        self._optimizers: list[Optimizer] = []
         self._initialization_complete = False
 
     def _check_module(self, model: Any) -> None:
@@ -204,15 +208,16 @@ class LightningEvaluator(Evaluator):
             self.unbind_model()
         self.model = model
         self._param_names_map = param_names_map
-        evaluator = self
+        optimizers = [r.build(model, param_names_map) for r in self._recipes]
+        _wrap_step(optimizers[0], self)
+        owners = self._scheduler_owner
+        schedulers = [r.build(optimizers[i]) for r, i in zip(self._scheduler_recipes, owners)]
+        self._optimizers = optimizers
+        configured = _fill(self._template, optimizers, schedulers)
 
         def configure_optimizers(module: nn.Module) -> Any:
-            optimizers = [r.build(module, evaluator._param_names_map) for r in evaluator._recipes]
-            if evaluator._step_tasks is not None and optimizers:
-                _wrap_step(optimizers[0], *evaluator._step_tasks)
-            owners = evaluator._scheduler_owner
-            schedulers = [r.build(optimizers[i]) for r, i in zip(evaluator._scheduler_recipes, owners)]
-            return _fill(evaluator._template, optimizers, schedulers)
+            del module
+            return configured
 
         self._patch("configure_optimizers", configure_optimizers)
 
@@ -223,7 +228,7 @@ class LightningEvaluator(Evaluator):
         self.revert_optimizer_step()
         self.remove_all_hooks()
         self._revert("configure_optimizers")
-        self.model, self._param_names_map = None, None
+        self.model, self._param_names_map, self._optimizers = None, None, []
 
     def patch_loss(self, patch: Callable[[Tensor], Tensor]) -> None:
         model = self._bound()
@@ -295,8 +300,9 @@ class LightningEvaluator(Evaluator):
                              "pass dummy_input=") from err
 
 
-def _wrap_step(optimizer: Optimizer, before: Sequence[Callable], after: Sequence[Callable]) -> None:
-    """Run ``before`` after the closure (forward + backward) and ``after`` after the update."""
+def _wrap_step(optimizer: Optimizer, evaluator: LightningEvaluator) -> None:
+    """Run the evaluator's current before-step tasks after the closure (forward + backward), and its
+    after-step tasks after the update."""
     original = optimizer.step
 
     def step(_: Optimizer, closure: Callable[[], Any] | None = None) -> Any:
@@ -304,6 +310,7 @@ def _wrap_step(optimizer: Optimizer, before: Sequence[Callable], after: Sequence
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        before, after = evaluator._step_tasks or ((), ())
         for task in before:
             task()
         original()

@@ -109,6 +109,7 @@ PRUNERS = [
     ("TaylorFOWeightPruner", CONV, {"training_steps": 4, "mode": "dependency_aware"}),
     ("ActivationAPoZRankPruner", CONV, {"training_steps": 3}),
     ("SlimPruner", [{"total_sparsity": 0.5, "op_types": ["BatchNorm2d"]}], {"training_epochs": 1}),
+    ("ADMMPruner", CONV, {"iterations": 2, "training_epochs": 1}),
     ("MovementPruner", [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]}],
      {"training_epochs": 1, "warm_up_step": 1, "cool_down_beginning_step": 4}),
 ]
@@ -151,6 +152,30 @@ def test_lr_schedulers_are_rebuilt_for_the_wrapped_model_in_every_layout(layout)
     reference = _masks("TaylorFOWeightPruner", CONV, {"training_steps": 5}, _torch_evaluator(plain, layout), plain)
     for key, mask in reference.items():
         assert torch.equal(ours[f"net.{key}"], mask), key
+
+
+def test_agp_finetunes_and_evaluates_through_lightning_like_the_torch_loop(tmp_path) -> None:
+    # The scheduler-based pruners call finetune(): the trainer's own limits (one epoch here).
+    pl = PACKAGES[0]
+    results = []
+    for kind in ("lightning", "torch"):
+        if kind == "lightning":
+            model, evaluator = _make(pl)
+        else:
+            model = _net()
+            evaluator = _torch_evaluator(model)
+            evaluator.evaluating_func = lambda m: 0.5
+        pruner = compat.AGPPruner(model, copy.deepcopy(CONV), "l1", 2, log_dir=str(tmp_path / kind),
+                                  evaluator=evaluator)
+        pruner.compress()
+        _, best, masks, score, _ = pruner.get_best_result()
+        results.append(({k.removeprefix("net."): m["weight"] for k, m in masks.items()}, best.state_dict(), score))
+    (masks_pl, state_pl, _), (masks_torch, state_torch, _) = results
+    assert masks_pl.keys() == masks_torch.keys()
+    for key in masks_torch:
+        assert torch.equal(masks_pl[key], masks_torch[key]), key
+    for key, value in state_torch.items():
+        assert torch.equal(state_pl[f"net.{key}"], value), key  # fine-tuned identically
 
 
 def test_the_contract_loss_patch_step_tasks_hooks_evaluate() -> None:
