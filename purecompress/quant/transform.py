@@ -5,15 +5,20 @@ A :class:`QuantTransform` is the static part (which modules, which tensor kinds,
 quantized tensor, the observed :class:`~purecompress.quant.observers.Range` and the last
 :class:`~purecompress.quant.qparams.QuantParams`). :func:`quantized_call` runs the model through
 ``torch.func.functional_call`` with fake-quantized weights and, for configured modules,
-fake-quantized inputs (first positional argument) and outputs through forward hooks that exist
-only inside the call. It returns ``(output, new_state)``; the model, the params and the state
-passed in are never modified.
+fake-quantized inputs (first positional argument) and outputs. Activation quantization runs in
+the model's forward traced once by ``torch.fx`` with quantization nodes around the selected
+modules (:mod:`purecompress.quant._sites`): no hook is put on the user's modules, concurrent calls
+from several threads give each its own result, and a compiled training step is one graph. Where
+fx cannot trace the forward it falls back to forward hooks that exist only inside the call (one
+call at a time). It returns ``(output, new_state)``; the model, the params and the state passed
+in are never modified.
 
 State keys are ``'<module>.weight'``, ``'<module>.input'``, ``'<module>.output'``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -22,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from purecompress._pytree import is_traced, record
+from purecompress.quant._sites import SiteGraph
 from purecompress.quant.config import QuantConfig, TensorSpec
 from purecompress.quant.observers import Histogram, Range
 from purecompress.quant.qparams import QuantParams
@@ -108,12 +114,15 @@ class QuantTransform:
         kernel: the algorithm's per-tensor function.
         init_tensor: optional ``(key, weight, spec) -> TensorState`` for weights at ``init``.
         name: algorithm name, for messages.
+        sites: the model's forward traced with input/output quantization nodes (built by the
+            algorithm factories for the model they are given; None: temporary hooks).
     """
 
     plan: Plan[QuantConfig]
     kernel: Kernel
     init_tensor: Callable[[str, Tensor, TensorSpec], TensorState | None] | None = None
     name: str = "quantization"
+    sites: SiteGraph | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -157,7 +166,9 @@ def build(model: nn.Module, configs: Sequence[QuantConfig], kernel: Kernel, *, n
             raise ConfigError(entry.index, "quant_types", f"{name}: module {entry.module!r} ({entry.type_name}) has "
                               "no weight to quantize; drop 'weight' from quant_types for it, or select "
                               "weighted modules only")
-    return QuantTransform(plan, kernel, init_tensor, name)
+    sites = {e.module: ("input" in e.config.specs, "output" in e.config.specs) for e in plan}
+    sites = {module: flags for module, flags in sites.items() if any(flags)}
+    return QuantTransform(plan, kernel, init_tensor, name, SiteGraph(model, sites) if sites else None)
 
 
 def quantized_call(
@@ -200,22 +211,38 @@ def quantized_call(
 
     names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     call_params = {k: v for k, v in params.items() if k in names}
-    hooks: list[tuple[nn.Module, str, Callable[..., Any]]] = []
+    specs: dict[str, tuple[str, QuantConfig]] = {}
     for entry in q.plan:
-        config, module = entry.config, model.get_submodule(entry.module)
+        config = entry.config
         wkey = f"{entry.module}.weight"
         if "weight" in config.specs:
-            weight = params[wkey] if wkey in params else module.get_parameter("weight")
+            weight = params[wkey] if wkey in params else model.get_submodule(entry.module).get_parameter("weight")
             call_params[wkey] = run(weight, wkey, "weight", config)
-        if "input" in config.specs:
-            hooks.append((module, "pre", _input_hook(run, f"{entry.module}.input", config)))
-        if "output" in config.specs:
-            hooks.append((module, "post", _output_hook(run, f"{entry.module}.output", config)))
-    handles = _install(hooks)
-    try:
-        out = torch.func.functional_call(model, call_params, args, dict(kwargs or {}))
-    finally:
-        _remove(handles)
+        for kind in ("input", "output"):
+            if kind in config.specs:
+                specs[f"{entry.module}.{kind}"] = (kind, config)
+    kwargs = dict(kwargs or {})
+    graph = q.sites.lookup(model, len(args), tuple(kwargs)) if q.sites is not None and specs else None
+    if graph is not None:
+        def site(x: Any, key: str) -> Tensor:
+            kind, config = specs[key]
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{key}: {_NOT_A_TENSOR[kind]}")
+            return run(x, key, kind, config)
+
+        inputs = {k: v for k, v in call_params.items() if k in graph.names}
+        if torch.compiler.is_compiling():
+            out = torch.func.functional_call(graph.gm, inputs, (site, *args), kwargs)
+        else:
+            with graph.lock:
+                out = torch.func.functional_call(graph.gm, inputs, (site, *args), kwargs)
+    else:
+        hooks: list[tuple[nn.Module, str, Callable[..., Any]]] = []
+        for key, (kind, config) in specs.items():
+            module = model.get_submodule(key.rpartition(".")[0])
+            hooks.append((module, "pre" if kind == "input" else "post",
+                          (_input_hook if kind == "input" else _output_hook)(run, key, config)))
+        out = _hooked_call(model, call_params, args, kwargs, hooks)
     tensors = dict(state.tensors)
     for key, value in new.items():
         if value is None:
@@ -223,6 +250,30 @@ def quantized_call(
         else:
             tensors[key] = value
     return out, QuantState(state.step, tensors)
+
+
+_NOT_A_TENSOR = {"input": "input quantization needs a tensor as the first positional input",
+                 "output": "output quantization needs a module that returns one tensor"}
+
+#: The hook path puts hooks on the caller's modules and ``functional_call`` swaps their tensors:
+#: one such call at a time in eager mode.
+_HOOK_LOCK = threading.RLock()
+
+
+def _hooked_call(model: nn.Module, call_params: dict[str, Tensor], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 hooks: list[tuple[nn.Module, str, Callable[..., Any]]]) -> Any:
+    if torch.compiler.is_compiling():
+        handles = _install(hooks)
+        try:
+            return torch.func.functional_call(model, call_params, args, kwargs)
+        finally:
+            _remove(handles)
+    with _HOOK_LOCK:
+        handles = _install(hooks)
+        try:
+            return torch.func.functional_call(model, call_params, args, kwargs)
+        finally:
+            _remove(handles)
 
 
 @torch.compiler.disable
@@ -249,7 +300,7 @@ def _remove(handles: list[Any]) -> None:
 def _input_hook(run: Callable[..., Tensor], key: str, config: QuantConfig) -> Callable[..., Any]:
     def hook(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
         if not inputs or not isinstance(inputs[0], Tensor):
-            raise TypeError(f"{key}: input quantization needs a tensor as the first positional input")
+            raise TypeError(f"{key}: {_NOT_A_TENSOR['input']}")
         return (run(inputs[0], key, "input", config), *inputs[1:])
 
     return hook
@@ -258,7 +309,7 @@ def _input_hook(run: Callable[..., Tensor], key: str, config: QuantConfig) -> Ca
 def _output_hook(run: Callable[..., Tensor], key: str, config: QuantConfig) -> Callable[..., Any]:
     def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> Tensor:
         if not isinstance(output, Tensor):
-            raise TypeError(f"{key}: output quantization needs a module that returns one tensor")
+            raise TypeError(f"{key}: {_NOT_A_TENSOR['output']}")
         return run(output, key, "output", config)
 
     return hook
