@@ -20,6 +20,7 @@ import optree
 import torch
 from torch import Tensor, nn
 
+from purecompress.graph._capture import Method
 from purecompress.graph._propagate import EXACT_TOL, ShrinkError, analyse
 from purecompress.graph._replace import Replacement, replacement_for
 from purecompress.pruning import Mask, Masks
@@ -141,6 +142,7 @@ def shrink(
     strict: bool = False,
     exact: bool = False,
     params: Mapping[str, Tensor] | None = None,
+    capture_method: Method = "auto",
 ) -> tuple[nn.Module, ShrinkReport]:
     """The compact model computing what ``model`` computes with ``masks`` applied.
 
@@ -155,6 +157,7 @@ def shrink(
             convs): the compact model then equals the masked one everywhere, a little larger.
         params: parameter (and buffer) values to use instead of the model's own (e.g. the
             fine-tuned params of a functional loop); the compact model is built from them.
+        capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
 
     Returns:
         ``(compact, report)``: a new model of the same class where every layer that lost
@@ -172,7 +175,7 @@ def shrink(
     (3, 3, True)
     """
     analysis = analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                       strict=strict, exact=exact, params=params)
+                       strict=strict, exact=exact, params=params, capture_method=capture_method)
     plan, compact = analysis.plan, analysis.masked
     for name, sl in plan.slices.items():
         module = compact.get_submodule(name)
