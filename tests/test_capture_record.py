@@ -396,3 +396,22 @@ def test_auto_logs_the_fall_back_and_method_is_checked(caplog: pytest.LogCapture
         capture(InPlace(), deps.X, method="export")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not a graph returned by capture"):
         capture_info(fx.symbolic_trace(nn.Linear(2, 2)))
+
+
+def test_propagate_and_shrink_run_on_the_recorded_bert_graph() -> None:
+    model = hf("bert")
+    keep = torch.arange(64) % 2 == 0
+    masks = {}
+    for i in (0, 1):  # half of the MLP neurons of each layer
+        masks[f"encoder.layer.{i}.intermediate.dense.weight"] = pc.Mask(keep.reshape(64, 1), (64, 32))
+        masks[f"encoder.layer.{i}.intermediate.dense.bias"] = pc.Mask(keep, (64,))
+    full = propagate(model, masks, TEXT)
+    assert full["encoder.layer.1.output.dense.weight"].keep[0].tolist() == keep.tolist()  # its input columns
+    compact, report = shrink(model, masks, TEXT)
+    assert compact.encoder.layer[0].intermediate.dense.out_features == 32
+    assert compact.encoder.layer[1].output.dense.in_features == 32
+    with torch.no_grad():
+        y = compact(**TEXT).last_hidden_state
+        masked = functional_call(model, pc.apply_masks(pc.params_of(model), masks), (), TEXT).last_hidden_state
+    assert rel(y, masked) <= 1e-5
+    assert report.output_error == pytest.approx(rel(y, masked), abs=1e-6)  # measured on the ModelOutput

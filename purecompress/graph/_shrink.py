@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-import optree
 import torch
+import torch.utils._pytree as torch_pytree
 from torch import Tensor, nn
 
 from purecompress.graph._capture import Method
@@ -99,9 +99,10 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _rel_error(a: Any, b: Any) -> float:
+    # torch's pytree: it knows the output records of libraries (Hugging Face's ModelOutput)
     errors = [
         float((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-12))
-        for x, y in zip(optree.tree_leaves(a), optree.tree_leaves(b))
+        for x, y in zip(torch_pytree.tree_leaves(a), torch_pytree.tree_leaves(b))
         if isinstance(x, Tensor) and isinstance(y, Tensor) and x.is_floating_point()
     ]
     return max(errors, default=0.0)
