@@ -380,6 +380,25 @@ def test_an_op_the_recording_cannot_follow_is_named() -> None:
     assert "module 'b'" in str(info.value)
 
 
+class Counter(nn.Module):
+    """Python state: every call scales by one more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x * self.calls
+
+
+def test_a_graph_that_does_not_replay_the_run_is_an_error() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), Counter())
+    assert channel_dependency(model, deps.X, capture_method="record") == [("0",)]  # followed op by op
+    with pytest.raises(GraphCaptureError, match="does not reproduce output tensor 0"):
+        capture(model, deps.X, method="record", leaf_modules=[Counter])  # the leaf runs again: 2x
+
+
 def test_a_failing_forward_names_the_op_and_the_module() -> None:
     with pytest.raises(GraphCaptureError, match=r"failed at op .*conv2d in module 'a'") as info:
         capture(TwoInputs(), torch.randn(1, 5, 4, 4), method="record")

@@ -812,7 +812,7 @@ def capture(
         try:
             gm, info = _trace(model, bound, names, types), CaptureInfo("fx", "torch.fx traced the forward")
         except GraphCaptureError as err:
-            reason = "torch.fx failed: " + str(err).split(" Remedies:")[0]
+            reason = "torch.fx failed: " + str(err).split(" Remedies:")[0].rstrip(".")
             log.info("capture of %s: %s; recording a run instead", type(model).__name__, reason)
             try:
                 gm, rec = _record(model, bound, names, types)
