@@ -307,7 +307,7 @@ class InPlace(nn.Module):
         y.add_(1.0).relu_()
         if float(y.mean()) > 100:  # a Python value computed from the input
             y = -y
-        return self.b(y) * self.scale + y
+        return self.b(y) * self.scale + y * self.scale
 
 
 def test_inplace_ops_item_assignment_and_state() -> None:

@@ -11,10 +11,12 @@ and ``call_method`` nodes for the ops between them, ``get_attr`` for parameters 
 - ``"record"`` runs the forward once on the example inputs under a
   :class:`torch.overrides.TorchFunctionMode` and writes down every torch op of that real run; hooks
   on the same leaf modules make them single ``call_module`` nodes. Python values computed on the
-  way (sizes, ``int()``, branches) are the run's own, so the graph holds for inputs of the example's
-  shapes. A :class:`torch.utils._python_dispatch.TorchDispatchMode` watches for ATen ops that run
-  outside torch's Python API (a ``torch.jit.script`` module, a C++ extension): a tensor they make
-  that reaches the graph is an op the recording cannot follow, and capture says so.
+  way (sizes, ``int()``, branches, non-tensor inputs) are the run's own, so the graph holds for
+  inputs of the example's shapes; :class:`CaptureInfo` lists where data became such a value. The
+  ops of a ``torch.jit.script`` submodule are recorded one by one (``torch.ops.aten`` calls). A
+  :class:`torch.utils._python_dispatch.TorchDispatchMode` watches for ATen ops that run outside
+  torch's Python API (a C++ extension calling ATen): a tensor they make that reaches the graph is
+  an op the recording cannot follow, and capture says so.
 - ``"auto"`` (the default) tries ``"fx"`` and records when it fails, logging why.
 
 Either way the graph is then run once on the example inputs to record ``node.meta["tensor_meta"]``
@@ -491,8 +493,9 @@ class _Recording(TorchFunctionMode):
         if entry is not None:
             return entry
         name = self.state.get(id(t))
-        if name is None:
+        if name is None:  # a constant: one get_attr node for all its uses
             name = self.constant(t, op)
+            self.nodes[t] = self.attrs[name] = self.graph.get_attr(name)
         if name not in self.attrs:
             self.attrs[name] = self.graph.get_attr(name)
         return self.attrs[name]
@@ -503,7 +506,7 @@ class _Recording(TorchFunctionMode):
             where = f"module '{module}'" if module else f"the forward of {type(self.model).__name__}"
             raise GraphCaptureError(
                 f"the recording cannot follow op {aten} in {where}: it ran outside torch's Python API "
-                "(a torch.jit.script module or a C++ extension), and its result reaches op "
+                "(as a C++ extension calling ATen does), and its result reaches op "
                 f"{op} in {self.where()}. Remedies: call that code as plain Python modules, pass the "
                 "dependency groups by hand (groups=...), or exclude the module from the config.",
                 module=module,
@@ -663,7 +666,7 @@ def _describe(func: Any) -> str:
 def _hooks(model: nn.Module, recording: _Recording) -> list[Any]:
     handles = []
     for m in model.modules():
-        if isinstance(m, torch.jit.ScriptModule):  # no hooks there; its ops show as gaps
+        if isinstance(m, torch.jit.ScriptModule):  # takes no hooks; its ops are recorded one by one
             continue
         handles.append(m.register_forward_pre_hook(recording.before, with_kwargs=True, prepend=True))
         handles.append(m.register_forward_hook(recording.after, with_kwargs=True))
