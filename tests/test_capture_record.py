@@ -293,6 +293,13 @@ def test_a_single_dict_input() -> None:
             assert torch.equal(replay(gm, model, batch), model(batch))
 
 
+def test_a_dict_that_fits_nothing_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"do not fit TwoInputs\.forward"):
+        capture(TwoInputs(), {"x": deps.X, "z": deps.X})
+    with pytest.raises(TypeError, match=r"do not fit DictInput\.forward"):
+        capture(DictInput(), {"image": deps.X, "batch": deps.X})
+
+
 class InPlace(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -232,8 +232,8 @@ def bind_inputs(model: nn.Module, example_inputs: Any) -> inspect.BoundArguments
         model: the model.
         example_inputs: a tensor (the first positional input), a tuple or list of positional
             inputs, or a dict: keyword inputs (``{"input_ids": ..., "attention_mask": ...}``), or,
-            when its keys are not parameters of ``forward`` and ``forward`` takes one positional
-            input, that single dict input.
+            when none of its keys names a parameter of ``forward``, the single dict input of
+            ``forward(self, batch)``.
 
     Raises:
         TypeError: the inputs do not fit ``forward``'s signature.
@@ -256,7 +256,7 @@ def bind_inputs(model: nn.Module, example_inputs: Any) -> inspect.BoundArguments
     try:
         return signature.bind(*args, **kwargs)
     except TypeError as err:
-        if kwargs:
+        if kwargs and not set(kwargs) & set(signature.parameters):
             with contextlib.suppress(TypeError):
                 return signature.bind(example_inputs)  # forward(self, batch: dict)
         raise TypeError(f"example_inputs do not fit {type(model).__name__}.forward{signature}: {err}") from None
