@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from purecompress._pytree import NAMESPACE, trees_equal
 from purecompress.graph import (
+    CaptureInfo,
     ChannelPlan,
     ChannelSlice,
     GraphCaptureError,
@@ -16,6 +17,7 @@ from purecompress.graph import (
     Replacement,
     ShrinkReport,
     capture,
+    capture_info,
     channel_dependency,
     channel_plan,
     group_dependency,
@@ -132,6 +134,7 @@ __all__ = [
     "ActivationStats",
     "AdmmState",
     "Block",
+    "CaptureInfo",
     "ChannelPlan",
     "ChannelSlice",
     "ConfigError",
@@ -183,6 +186,7 @@ __all__ = [
     "bn_scale",
     "broadcast_masks",
     "capture",
+    "capture_info",
     "channel_dependency",
     "channel_plan",
     "collect_activations",

@@ -10,6 +10,7 @@ from torch import nn
 from purecompress.graph import (
     GraphCaptureError,
     capture,
+    capture_info,
     channel_dependency,
     group_dependency,
     is_captured,
@@ -289,15 +290,21 @@ def test_keyword_inputs_and_defaults() -> None:
 
 def test_untraceable_model_names_the_module_and_the_remedies() -> None:
     with pytest.raises(GraphCaptureError) as info:
-        channel_dependency(DataDependent(), X)
+        capture(DataDependent(), X, method="fx")
     message = str(info.value)
     assert info.value.module == "block"
     assert "'block'" in message and "if x.sum() > 0" in message
     assert "groups=" in message and "exclude" in message and "leaf_modules=['block']" in message
+    assert "method='record'" in message
     assert isinstance(info.value, RuntimeError)
-    # the remedy works: the leaf is kept whole and its channels pass through (same shape)
-    assert channel_dependency(DataDependent(), X, leaf_modules=["block"]) == [("conv",)]
-    assert channel_dependency(DataDependent(), X, leaf_modules=[Gate]) == [("conv",)]
+    # the remedies work: the leaf is kept whole and its channels pass through (same shape) ...
+    assert channel_dependency(DataDependent(), X, leaf_modules=["block"], capture_method="fx") == [("conv",)]
+    assert channel_dependency(DataDependent(), X, leaf_modules=[Gate], capture_method="fx") == [("conv",)]
+    # ... and so does the default: method='auto' records the run, and says why
+    gm = capture(DataDependent(), X)
+    assert capture_info(gm).method == "record" and "if x.sum() > 0" in capture_info(gm).reason
+    assert any("Tensor.__bool__ in module 'block'" in s for s in capture_info(gm).specialized)
+    assert channel_dependency(gm) == [("conv",)]
 
 
 def test_failing_shape_run_names_the_op() -> None:

@@ -112,11 +112,14 @@ def test_compat_allocator_takes_dependencies_by_hand_and_explains_trace_failures
 
     class Untraceable(Residual):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it, a recorded run can
                 return super().forward(x)
             return self.head(self.stem(x))
 
     pruner = L1NormPruner(Untraceable(), [{"sparsity": 0.5, "op_types": ["Conv2d"]}])
-    with pytest.raises(GraphCaptureError, match="by hand"):
-        DependencyAwareAllocator(pruner, torch.zeros(1, 3, 8, 8))
+    allocator = DependencyAwareAllocator(pruner, torch.ones(1, 3, 8, 8))
+    assert ("stem", "b") in allocator.channel_dependency
+    with pytest.raises(GraphCaptureError, match="by hand") as info:  # a forward that fails on the input
+        DependencyAwareAllocator(pruner, torch.ones(1, 4, 8, 8))
+    assert info.value.module == "stem"
     assert pruner.is_wrapped

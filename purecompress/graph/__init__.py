@@ -1,7 +1,9 @@
-"""Graph work: capture (``torch.fx``), channel dependencies, mask propagation and shrinking.
+"""Graph work: capture (``torch.fx`` tracing, or a recording of a real run), channel dependencies,
+mask propagation and shrinking.
 
 The modules behind this package are private; every public name is re-exported here:
-:func:`capture`, :func:`channel_dependency` / :func:`group_dependency` (NNI's dependency sets),
+:func:`capture` (:func:`capture_info` says which method ran), :func:`channel_dependency` /
+:func:`group_dependency` (NNI's dependency sets),
 :func:`propagate` / :func:`channel_plan` (which channels the masks kill), :func:`shrink` (a compact
 model equal to the masked one) and the replacement table (:class:`Replacement`, :class:`ChannelSlice`).
 """
@@ -9,9 +11,13 @@ model equal to the masked one) and the replacement table (:class:`Replacement`, 
 from __future__ import annotations
 
 from purecompress.graph._capture import (
+    METHODS,
     PRODUCER_TYPES,
+    CaptureInfo,
     GraphCaptureError,
+    bind_inputs,
     capture,
+    capture_info,
     is_captured,
 )
 from purecompress.graph._dependency import (
@@ -54,6 +60,7 @@ from purecompress.graph._shrink import (
 __all__ = [
     "Analysis",
     "Call",
+    "CaptureInfo",
     "ChannelPlan",
     "ChannelSlice",
     "Classes",
@@ -64,6 +71,7 @@ __all__ = [
     "Kind",
     "LayerShrink",
     "Liveness",
+    "METHODS",
     "PRODUCER_TYPES",
     "REPLACEMENTS",
     "Replacement",
@@ -72,7 +80,9 @@ __all__ = [
     "Track",
     "UnbalancedGroupsError",
     "analyse",
+    "bind_inputs",
     "capture",
+    "capture_info",
     "channel_dependency",
     "channel_plan",
     "group_dependency",

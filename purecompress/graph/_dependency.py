@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from purecompress.graph._capture import PRODUCER_TYPES, capture, is_captured
+from purecompress.graph._capture import PRODUCER_TYPES, Method, capture, is_captured
 
 __all__ = [
     "Kind",
@@ -83,7 +83,8 @@ _KINDS: dict[str, Kind] = {
     """),
     **_table(Kind.FIRST, "to type_as expand_as view_as reshape_as"),
     "cat": Kind.CAT, "concat": Kind.CAT, "concatenate": Kind.CAT, "stack": Kind.STACK,
-    **_table(Kind.MIX, "linear conv1d conv2d conv3d matmul mm bmm einsum bilinear Bilinear"),
+    # Conv1D: Hugging Face's GPT-2 projection (a leaf of the graph, not yet a producer)
+    **_table(Kind.MIX, "linear conv1d conv2d conv3d matmul mm bmm einsum bilinear Bilinear Conv1D"),
 }  # fmt: skip
 
 
@@ -173,9 +174,9 @@ _JOINS: dict[Kind, Callable[[fx.Node], list[fx.Node]]] = {
 
 
 
-def _graph(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[Any]) -> fx.GraphModule:
+def _graph(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[Any], method: Method) -> fx.GraphModule:
     if example_inputs is not None:
-        return capture(model, example_inputs, leaf_modules=leaf_modules)
+        return capture(model, example_inputs, leaf_modules=leaf_modules, method=method)
     if is_captured(model):
         return model  # type: ignore[return-value]
     raise TypeError("example_inputs is required unless model is a graph returned by capture()")
@@ -202,6 +203,7 @@ def channel_dependency(
     example_inputs: Any = None,
     *,
     leaf_modules: Iterable[str | type[nn.Module]] = (),
+    capture_method: Method = "auto",
 ) -> list[tuple[str, ...]]:
     """Sets of layers whose output channels must share one mask (NNI's ``ChannelDependency``).
 
@@ -210,6 +212,8 @@ def channel_dependency(
         example_inputs: inputs for :func:`capture` (a tensor such as ``[1, 3, H, W]``, a tuple
             or a dict); omit it when ``model`` is already a captured graph.
         leaf_modules: passed to :func:`capture`.
+        capture_method: passed to :func:`capture` as ``method`` (``"auto"``: torch.fx, or a
+            recording of the run when fx cannot trace the forward).
 
     Returns:
         A partition of the producer layers (Conv*, ConvTranspose*, Linear) called in the graph,
@@ -228,7 +232,7 @@ def channel_dependency(
     >>> channel_dependency(Residual(), torch.zeros(1, 3, 4, 4))
     [('a', 'b')]
     """
-    gm = _graph(model, example_inputs, leaf_modules)
+    gm = _graph(model, example_inputs, leaf_modules, capture_method)
     modules = dict(gm.named_modules())
     parent: dict[str, str] = {}  # union-find over producer names; roots are earliest members
     rank: dict[str, int] = {}  # graph position of each producer's first call
@@ -273,6 +277,7 @@ def group_dependency(
     example_inputs: Any = None,
     *,
     leaf_modules: Iterable[str | type[nn.Module]] = (),
+    capture_method: Method = "auto",
 ) -> dict[str, int]:
     """Per layer, the number its output channel count must stay divisible by (NNI's
     ``GroupDependency``).
@@ -285,6 +290,8 @@ def group_dependency(
         model: the model (not modified), or a graph returned by :func:`capture`.
         example_inputs: inputs for :func:`capture`; omit when ``model`` is a captured graph.
         leaf_modules: passed to :func:`capture`.
+        capture_method: passed to :func:`capture` as ``method`` (``"auto"``: torch.fx, or a
+            recording of the run when fx cannot trace the forward).
 
     Returns:
         ``{module name: group count}`` for every conv and GroupNorm called in the graph and every
@@ -295,7 +302,7 @@ def group_dependency(
     >>> group_dependency(net, torch.zeros(1, 3, 4, 4))
     {'0': 4, '2': 4}
     """
-    gm = _graph(model, example_inputs, leaf_modules)
+    gm = _graph(model, example_inputs, leaf_modules, capture_method)
     modules = dict(gm.named_modules())
     sources: dict[fx.Node, frozenset[str]] = {}
     counts: dict[str, list[int]] = {}

@@ -11,7 +11,6 @@ compact model keeps and the constants of pruned channels to fold into the next b
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from purecompress.graph._capture import capture
+from purecompress.graph._capture import SIZE_ARGS, Method, bind_inputs, capture
 from purecompress.graph._replace import ChannelSlice, Replacement, replacement_for
 from purecompress.pruning import Mask, Masks, params_of
 
@@ -550,7 +549,8 @@ def _follow(result: Tensor, track: Track, node: fx.Node) -> Track | None:
         return None
     if not bool((vals[1:] >= vals[:-1]).all()):
         return None
-    if op_name(node) in _LITERAL_SHAPE_OPS and result.shape[d] in _literals(node.args[1:]) | _literals(node.kwargs):
+    literals = (_literals(node.args[1:]) | _literals(node.kwargs)) - node.meta.get(SIZE_ARGS, frozenset())
+    if op_name(node) in _LITERAL_SHAPE_OPS and result.shape[d] in literals:
         return None
     return Track(d, track.ids[vals])
 
@@ -827,18 +827,6 @@ def _propagated(
 
 
 
-def _bind(model: nn.Module, example_inputs: Any) -> inspect.BoundArguments:
-    if isinstance(example_inputs, Tensor):
-        bound = inspect.signature(model.forward).bind(example_inputs)
-    elif isinstance(example_inputs, Mapping):
-        bound = inspect.signature(model.forward).bind(**example_inputs)
-    else:
-        bound = inspect.signature(model.forward).bind(*example_inputs)
-    bound.apply_defaults()
-    return bound
-
-
-
 def _masked_copy(model: nn.Module, masks: Mapping[str, Mask], values: Mapping[str, Tensor] | None) -> nn.Module:
     work = copy.deepcopy(model).eval()
     params = params_of(work)
@@ -933,10 +921,10 @@ class ChannelPlan:
 @attrs.frozen
 class Analysis:
     """A plan with what shrinking needs next: ``masked`` (a private copy of the model with the
-    given masks applied, eval mode), its ``output`` on the example inputs, those inputs bound
-    to ``forward`` as ``(args, kwargs)``, and ``sizes``: per called module, the per-sample
-    positions its weights are applied at (output spatial size, summed over calls) and the
-    per-sample input size (for norm layers)."""
+    given masks applied, eval mode), its ``output`` on the example inputs, those inputs as
+    ``(args, kwargs)`` to call ``forward`` with (as given: defaults not filled in), and
+    ``sizes``: per called module, the per-sample positions its weights are applied at (output
+    spatial size, summed over calls) and the per-sample input size (for norm layers)."""
 
     plan: ChannelPlan
     masked: nn.Module
@@ -974,6 +962,7 @@ def channel_plan(
     strict: bool = False,
     exact: bool = False,
     params: Mapping[str, Tensor] | None = None,
+    capture_method: Method = "auto",
 ) -> ChannelPlan:
     """Decide which channels go (the rule in the module docstring). The model is not modified.
 
@@ -989,12 +978,14 @@ def channel_plan(
             convs), so that the compact model equals the masked one everywhere.
         params: parameter (and buffer) values to use instead of the model's own, e.g. the
             fine-tuned :data:`~purecompress.Params` of a functional training loop.
+        capture_method: ``method`` of :func:`~purecompress.graph.capture` (``"auto"``: torch.fx,
+            or a recording of the run when fx cannot trace the forward).
 
     Raises:
         EmptyLayerError: a layer would lose all its output channels.
     """
     return analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                   strict=strict, exact=exact, params=params).plan
+                   strict=strict, exact=exact, params=params, capture_method=capture_method).plan
 
 
 
@@ -1008,13 +999,16 @@ def analyse(
     strict: bool = False,
     exact: bool = False,
     params: Mapping[str, Tensor] | None = None,
+    capture_method: Method = "auto",
 ) -> Analysis:
     """:func:`channel_plan` with the masked copy, its output and the bound inputs."""
     masked = _masked_copy(model, masks, params)
-    gm = capture(masked, example_inputs, leaf_modules=leaf_modules)
-    bound = _bind(masked, example_inputs)
+    gm = capture(masked, example_inputs, leaf_modules=leaf_modules, method=capture_method)
+    bound = bind_inputs(masked, example_inputs)
+    given = (tuple(bound.args), dict(bound.kwargs))  # the forward is called with these, as given
+    bound.apply_defaults()
     recorder = _Recorder(gm)
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
         output = recorder.run(*bound.args, *bound.kwargs.values())
     live = liveness(gm, recorder.values, replacements)
     classes, calls, consumers = trace_channels(gm, live, replacements)
@@ -1027,9 +1021,8 @@ def analyse(
         slices, fold_error = _slices(classes, calls, modules, recorder.values, live)
         if not exact or not _keep_inexact(classes, calls, fold_error, recorder.values):
             break
-    bound_inputs = (tuple(bound.args), dict(bound.kwargs))
     plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls))
-    return Analysis(plan, masked, output, bound_inputs, _sizes(gm, recorder.values))
+    return Analysis(plan, masked, output, given, _sizes(gm, recorder.values))
 
 
 
@@ -1091,6 +1084,7 @@ def propagate(
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     params: Mapping[str, Tensor] | None = None,
+    capture_method: Method = "auto",
 ) -> Masks:
     """The full masks implied by ``masks``: every channel that shrinking removes, masked everywhere.
 
@@ -1104,6 +1098,7 @@ def propagate(
         leaf_modules: passed to :func:`~purecompress.graph`.
         replacements: extra replacement-table entries.
         params: values to use instead of the model's parameters and buffers.
+        capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
 
     Returns:
         The given masks (combined where a key repeats) plus the masks of producers' output rows
@@ -1116,4 +1111,4 @@ def propagate(
     (['0.bias', '0.weight', '1.bias', '1.weight', '3.weight'], [True, False, True, True, True, False, True, True])
     """
     return channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                        params=params).masks
+                        params=params, capture_method=capture_method).masks

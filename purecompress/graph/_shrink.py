@@ -16,10 +16,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-import optree
 import torch
+import torch.utils._pytree as torch_pytree
 from torch import Tensor, nn
 
+from purecompress.graph._capture import Method
 from purecompress.graph._propagate import EXACT_TOL, ShrinkError, analyse
 from purecompress.graph._replace import Replacement, replacement_for
 from purecompress.pruning import Mask, Masks
@@ -98,9 +99,10 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _rel_error(a: Any, b: Any) -> float:
+    # torch's pytree: it knows the output records of libraries (Hugging Face's ModelOutput)
     errors = [
         float((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-12))
-        for x, y in zip(optree.tree_leaves(a), optree.tree_leaves(b))
+        for x, y in zip(torch_pytree.tree_leaves(a), torch_pytree.tree_leaves(b))
         if isinstance(x, Tensor) and isinstance(y, Tensor) and x.is_floating_point()
     ]
     return max(errors, default=0.0)
@@ -141,6 +143,7 @@ def shrink(
     strict: bool = False,
     exact: bool = False,
     params: Mapping[str, Tensor] | None = None,
+    capture_method: Method = "auto",
 ) -> tuple[nn.Module, ShrinkReport]:
     """The compact model computing what ``model`` computes with ``masks`` applied.
 
@@ -155,6 +158,7 @@ def shrink(
             convs): the compact model then equals the masked one everywhere, a little larger.
         params: parameter (and buffer) values to use instead of the model's own (e.g. the
             fine-tuned params of a functional loop); the compact model is built from them.
+        capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
 
     Returns:
         ``(compact, report)``: a new model of the same class where every layer that lost
@@ -172,7 +176,7 @@ def shrink(
     (3, 3, True)
     """
     analysis = analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                       strict=strict, exact=exact, params=params)
+                       strict=strict, exact=exact, params=params, capture_method=capture_method)
     plan, compact = analysis.plan, analysis.masked
     for name, sl in plan.slices.items():
         module = compact.get_submodule(name)

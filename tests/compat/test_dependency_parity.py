@@ -103,3 +103,29 @@ def test_group_dependency_matches_nni(name: str) -> None:
     ours = group_dependency(capture(model, X))
     theirs = nni_oracle("GroupDependency", model, X)
     assert ours == {k: int(v) for k, v in theirs.items()}
+
+
+def _hf(name: str) -> tuple[nn.Module, torch.Tensor]:
+    transformers = pytest.importorskip("transformers", reason="transformers builds the HF models")
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (2, 8))
+    if name == "bert":
+        cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=64)
+        return transformers.BertModel(cfg).eval(), ids
+    if name == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0, use_cache=False)
+        return transformers.GPT2LMHeadModel(cfg).eval(), ids
+    cfg = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, intermediate_size=64)
+    return transformers.ViTModel(cfg).eval(), torch.randn(2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "vit"])
+def test_recorded_transformers_match_nni(name: str) -> None:
+    """torch.fx cannot trace these; the recorded run (method='auto' falls back to it) gives NNI's sets."""
+    model, x = _hf(name)
+    ours = channel_dependency(model, x)
+    theirs = nni_oracle("ChannelDependency", model, (x,))
+    assert {frozenset(s) for s in ours} == {frozenset(s) for s in theirs}
