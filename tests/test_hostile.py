@@ -12,6 +12,7 @@ from torch import nn
 import purecompress as pc
 import purecompress.quant as pq
 from purecompress import compat
+from purecompress.graph import ShrinkError
 
 W8 = [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Conv2d"]}]
 P50 = [{"sparsity": 0.5, "op_types": ["Conv2d"]}]
@@ -233,3 +234,61 @@ def test_l1_norm_of_an_integer_weight_is_a_clear_error() -> None:
 def test_quant_params_refuse_a_range_of_one_code() -> None:
     with pytest.raises(ValueError, match="fewer than two codes"):
         pq.quant_params(torch.tensor(0.0), torch.tensor(0.0), qrange=(0, 0))
+
+
+def _shrinkable() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+
+
+SHRINK_X = torch.randn(2, 3, 8, 8)
+_KEEP4 = torch.tensor([True, False, True, True]).reshape(4, 1, 1, 1)
+
+
+@pytest.mark.parametrize(("masks", "match"), [
+    ({"9.weight": pc.Mask.dense((4, 3, 3, 3))}, "not parameters or buffers of the model: \\['9.weight'\\]"),
+    ({"0.weight": pc.Mask(_KEEP4, (4, 3, 1, 1))}, "'0.weight'.*does not fit the parameter's shape \\(4, 3, 3, 3\\)"),
+    ({"0.weight": pc.Mask(_KEEP4.reshape(4, 1), (4, 3, 3, 3))}, "'0.weight'.*does not fit"),
+    ({"0.weight": pc.Mask(torch.ones(3, 1, 1, 1, dtype=torch.bool), (4, 3, 3, 3))}, "'0.weight'.*does not fit"),
+    ({"0.weight": pc.Mask(_KEEP4.float() * 0.5, (4, 3, 3, 3))}, "'0.weight' must hold bools"),
+    ({"0.weight": torch.ones(4, 3, 3, 3)}, "'0.weight' is a Tensor, not a purecompress Mask"),
+])
+def test_shrink_checks_the_masks_against_the_model_first(masks: dict, match: str) -> None:
+    model = _shrinkable()
+    with pytest.raises(ShrinkError, match=match):
+        pc.shrink(model, masks, SHRINK_X)
+    with pytest.raises(ShrinkError, match="'0.weight' has shape"):
+        pc.shrink(model, {}, SHRINK_X, params={"0.weight": torch.ones(4, 3, 1, 1)})
+
+
+def _dense(value: float, shape: tuple[int, ...] = (4, 3, 3, 3)) -> torch.Tensor:
+    out = torch.ones(shape)
+    out[1] = value
+    return out
+
+
+@pytest.mark.parametrize(("masks", "error", "match"), [
+    ({"9": {"weight": torch.ones(4, 3, 3, 3)}}, ShrinkError, "\\['9.weight'\\]"),
+    ({"0": {"weight": torch.ones(4, 3, 1, 1)}}, ShrinkError, "'0.weight'.*does not fit"),
+    ({"0": {"weight": torch.ones(4, 3, 3, 3), "bias": torch.ones(3)}}, ShrinkError, "'0.bias'.*does not fit"),
+    ({"0": {"weight": _dense(0.5)}}, ValueError, "'0.weight' holds values other than 0 and 1"),
+    ({"0": {"weight": _dense(float("nan"))}}, ValueError, "'0.weight' holds values other than 0 and 1"),
+    ({"0": {"weight": "x"}}, ValueError, "'0.weight' must be a tensor or None"),
+    ({"0": torch.ones(4, 3, 3, 3)}, ValueError, "module '0' must be a"),
+])
+def test_model_speedup_checks_the_masks_against_the_model_first(masks: dict, error: type, match: str) -> None:
+    model = _shrinkable()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=match):
+        compat.ModelSpeedup(model, SHRINK_X, masks).speedup_model()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing half-done
+
+
+def test_model_speedup_with_valid_dense_masks_still_shrinks() -> None:
+    model = _shrinkable().eval()
+    masks = {"0": {"weight": _dense(0.0), "bias": torch.tensor([1.0, 0.0, 1.0, 1.0])}}
+    params = pc.apply_masks(pc.params_of(model), pc.masks_from_nni(masks))
+    expected = torch.func.functional_call(model, params, (SHRINK_X,))
+    compat.ModelSpeedup(model, SHRINK_X, masks).speedup_model()
+    assert model[0].out_channels == 3
+    assert torch.allclose(model(SHRINK_X), expected, atol=1e-5)

@@ -105,12 +105,32 @@ def masks_to_nni(masks: Mapping[str, Mask], *,
 
 
 def masks_from_nni(nni_masks: Mapping[str, Mapping[str, Tensor | None]]) -> Masks:
-    """Core masks (element granularity) from NNI's format; None entries are dense."""
+    """Core masks (element granularity) from NNI's format; None entries are dense.
+
+    Raises:
+        ValueError: an entry is not a ``{target: tensor or None}`` mapping, or a mask holds values
+            other than 0 and 1 (0.5, NaN: NNI would scale the weight by them, a core mask cannot);
+            the message names the module and the target.
+
+    >>> masks_from_nni({'fc': {'weight': torch.tensor([[1., 0.]]), 'bias': None}})['fc.weight'].keep
+    tensor([[ True, False]])
+    """
     out = {}
     for module, targets in nni_masks.items():
+        if not isinstance(targets, Mapping):
+            raise ValueError(f"masks for module {module!r} must be a {{'weight': tensor, 'bias': tensor or None}} "
+                             f"dict, got {type(targets).__name__}")
         for target, tensor in targets.items():
-            if tensor is not None:
-                out[f"{module}.{target}" if module else target] = Mask.from_dense(tensor)
+            name = f"{module}.{target}" if module else str(target)
+            if tensor is None:
+                continue
+            if not isinstance(tensor, Tensor):
+                raise ValueError(f"mask {name!r} must be a tensor or None, got {type(tensor).__name__}")
+            tensor = tensor.detach()
+            if tensor.dtype != torch.bool and not bool(((tensor == 0) | (tensor == 1)).all()):
+                raise ValueError(f"mask {name!r} holds values other than 0 and 1 (e.g. 0.5 or NaN): "
+                                 "a mask keeps (1) or prunes (0) each entry")
+            out[name] = Mask.from_dense(tensor)
     return out
 
 
