@@ -13,7 +13,7 @@ folding of constants all come from :func:`purecompress.graph`. Differences from 
 - a dict ``dummy_input`` is passed as keyword inputs when its keys are parameters of
   ``forward``, else as the single positional input (``torch.jit.trace``'s reading);
 - the masks are checked against the model first: unknown names, wrong shapes and values other
-  than 0/1 are clear errors naming the layer (NNI fails deep inside, or treats 0.5 as kept).
+  than 0/1 (0.5, NaN) are clear errors naming the layer, raised before the model is touched.
 
 After ``speedup_model()``, ``self.report`` holds the :class:`~purecompress.ShrinkReport`.
 """
