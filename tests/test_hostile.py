@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 
 import pytest
@@ -292,3 +293,46 @@ def test_model_speedup_with_valid_dense_masks_still_shrinks() -> None:
     compat.ModelSpeedup(model, SHRINK_X, masks).speedup_model()
     assert model[0].out_channels == 3
     assert torch.allclose(model(SHRINK_X), expected, atol=1e-5)
+
+
+OBSERVE_ALL = [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["Conv2d", "Linear"]}]
+
+
+@pytest.mark.parametrize("batches", [0, 1], ids=["no forward", "an empty batch"])
+def test_observer_compress_before_calibration_is_a_fast_clear_error(batches: int) -> None:
+    model = _net().eval()
+    quantizer = compat.ObserverQuantizer(model, OBSERVE_ALL)
+    for _ in range(batches):
+        model(torch.randn(0, 3, 8, 8))  # an empty batch used to give NaN scales after a 7 s search
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="before any calibration data: \\['0.input', '0.output', '3.input'"):
+        quantizer.compress()
+    assert time.perf_counter() - start < 0.5
+    assert not any(name.endswith("_scale") for name, _ in model.named_buffers())  # nothing half-done
+    model(torch.randn(2, 3, 8, 8))  # calibrating afterwards still works
+    quantizer.compress()
+    scales = [b for name, b in model.named_buffers() if name.endswith("_scale")]
+    assert len(scales) == 6 and all(bool(torch.isfinite(s).all() and (s > 0).all()) for s in scales)
+
+
+def test_observer_weight_only_needs_no_calibration() -> None:
+    model = _net().eval()
+    quantizer = compat.ObserverQuantizer(model, [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Conv2d"]}])
+    quantizer.compress()
+    assert bool(torch.isfinite(model[0].module.weight_scale).all() and (model[0].module.weight_scale > 0).all())
+
+
+def test_observer_export_before_compress_warns(tmp_path: object) -> None:
+    model = _net().eval()
+    quantizer = compat.ObserverQuantizer(model, OBSERVE_ALL)
+    with pytest.warns(UserWarning, match="export_model\\(\\) before compress\\(\\): nothing is calibrated"):
+        assert quantizer.export_model(f"{tmp_path}/model.pth") == {}
+
+
+def test_histogram_estimate_of_an_empty_histogram_is_a_fast_clear_error() -> None:
+    empty = pq.histogram_range(None, torch.empty(0))
+    assert empty.empty and not pq.histogram_range(empty, torch.ones(3)).empty
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="observed no values"):
+        pq.histogram_estimate(empty)
+    assert time.perf_counter() - start < 0.5
