@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -336,3 +338,68 @@ def test_histogram_estimate_of_an_empty_histogram_is_a_fast_clear_error() -> Non
     with pytest.raises(ValueError, match="observed no values"):
         pq.histogram_estimate(empty)
     assert time.perf_counter() - start < 0.5
+
+
+# Found by properties/test_malformed_configs.py: the scheduler pruners and their task generators.
+
+_SCHEDULERS: dict[str, Callable[[nn.Module, object, str], object]] = {
+    "LinearPruner": lambda m, c, log: compat.LinearPruner(m, c, "level", 2, log_dir=log),
+    "AGPPruner": lambda m, c, log: compat.AGPPruner(m, c, "l1", 2, log_dir=log),
+    "LotteryTicketPruner": lambda m, c, log: compat.LotteryTicketPruner(m, c, "level", 2, log_dir=log),
+    "SimulatedAnnealingPruner": lambda m, c, log: compat.SimulatedAnnealingPruner(m, c, lambda _: 0.0, log_dir=log),
+    "AMCPruner": lambda m, c, log: compat.AMCPruner(2, m, c, torch.randn(2, 3, 8, 8), lambda _: 0.0, log_dir=log),
+}
+
+
+@pytest.mark.parametrize("config_list", [0.99, 32, [[]], [{"sparsity": 0.5, "op_types": {"Conv2d"}}],
+                                         [{"quant_types": ["output"], "quant_bits": 2}]])
+@pytest.mark.parametrize("name", list(_SCHEDULERS))
+def test_scheduler_pruners_reject_malformed_config_lists_with_a_config_error(
+        name: str, config_list: object, tmp_path: object) -> None:
+    # were TypeError ('float' object is not iterable), AttributeError ('Sequential' object has no
+    # attribute 'weight') or a JSON TypeError (set) after files were written
+    with pytest.raises(pc.ConfigError):
+        _SCHEDULERS[name](_net(), config_list, str(tmp_path))
+
+
+# the first group's layers all go to the second config, leaving the first with none
+EMPTY_GROUP = [{"total_sparsity": 0.5, "op_types": ["Conv2d", "Linear"]},
+               {"sparsity": 0.3, "op_names": ["3"], "op_partial_names": ["0"]}]
+
+
+@pytest.mark.parametrize("name", ["LinearPruner", "AGPPruner", "LotteryTicketPruner", "SimulatedAnnealingPruner"])
+def test_scheduler_pruners_accept_a_config_group_left_without_layers(name: str, tmp_path: object) -> None:
+    _SCHEDULERS[name](_net(), EMPTY_GROUP, str(tmp_path))  # were ZeroDivisionError / RuntimeError
+
+
+def test_compute_sparsity_of_a_group_without_layers_is_zero() -> None:
+    model = _net()
+    config = [{"op_types": ["BatchNorm2d"], "total_sparsity": 0.5}]  # the net has none
+    assert compat.compute_sparsity_compact2origin(model, model, config)[0]["total_sparsity"] == 0.0
+    assert compat.compute_sparsity_mask2compact(model, {}, config)[0]["total_sparsity"] == 0.0
+
+
+def test_simulated_annealing_counts_layers_selected_by_partial_names(tmp_path: object) -> None:
+    # op_partial_names selected '0' as well: its size was missing ('KeyError: 0')
+    pruner = compat.SimulatedAnnealingPruner(_net(), [{"sparsity": 0.3, "op_names": ["3"], "op_partial_names": ["0"]}],
+                                             lambda _: 0.0, log_dir=str(tmp_path))
+    assert sorted(pruner.task_generator.weights_numel) == ["0", "3"]
+
+
+@pytest.mark.parametrize("config_list", [[], [{"exclude": True, "op_names": ["3"]}]])
+def test_amc_without_a_layer_to_prune_is_a_config_error(config_list: list, tmp_path: object) -> None:
+    with pytest.raises(pc.ConfigError, match="AMC needs a config that selects layers"):  # was IndexError
+        _SCHEDULERS["AMCPruner"](_net(), config_list, str(tmp_path))
+
+
+def test_annealing_on_a_tiny_layer_falls_back_to_a_fresh_draw() -> None:
+    # a 4-weight layer at total 0.163: small perturbations of its sparsity never prune a whole
+    # weight, which raised "no per-layer sparsities reach total" (NNI loops forever)
+    from purecompress.search.annealing import Annealer
+
+    annealer = Annealer([{"0": 4}], (1 - 0.7 ** 0.5,), start_temperature=100, stop_temperature=1)
+    rng = random.Random(0)
+    state = annealer.init(rng)
+    while not state.done:
+        state = annealer.tell(state, rng.random(), rng)
+        assert 0 <= state.candidate[0][0] < 1
