@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import shutil
 import tempfile
 import time
 import warnings
@@ -170,6 +171,7 @@ _SECONDS = [0.0]
 @pytest.fixture(scope="module", autouse=True)
 def _report(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
+    shutil.rmtree(_LOG, ignore_errors=True)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None and GENERATED:
