@@ -7,6 +7,7 @@ selection, metrics, allocators, and :func:`apply_masks` for
 
 from __future__ import annotations
 
+from purecompress._files import FileFormatError
 from purecompress._pytree import NAMESPACE, trees_equal
 from purecompress.graph import (
     CaptureInfo,
@@ -140,6 +141,7 @@ __all__ = [
     "ConfigError",
     "Counts",
     "DEFAULT_OP_TYPES",
+    "FileFormatError",
     "GradualState",
     "GraphCaptureError",
     "LayerShrink",

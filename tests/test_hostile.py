@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from torch import nn
 import purecompress as pc
 import purecompress.quant as pq
 from purecompress import compat
+from purecompress.graph import ShrinkError
 
 W8 = [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Conv2d"]}]
 P50 = [{"sparsity": 0.5, "op_types": ["Conv2d"]}]
@@ -233,3 +237,169 @@ def test_l1_norm_of_an_integer_weight_is_a_clear_error() -> None:
 def test_quant_params_refuse_a_range_of_one_code() -> None:
     with pytest.raises(ValueError, match="fewer than two codes"):
         pq.quant_params(torch.tensor(0.0), torch.tensor(0.0), qrange=(0, 0))
+
+
+def _shrinkable() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+
+
+SHRINK_X = torch.randn(2, 3, 8, 8)
+_KEEP4 = torch.tensor([True, False, True, True]).reshape(4, 1, 1, 1)
+
+
+@pytest.mark.parametrize(("masks", "match"), [
+    ({"9.weight": pc.Mask.dense((4, 3, 3, 3))}, "not parameters or buffers of the model: \\['9.weight'\\]"),
+    ({"0.weight": pc.Mask(_KEEP4, (4, 3, 1, 1))}, "'0.weight'.*does not fit the parameter's shape \\(4, 3, 3, 3\\)"),
+    ({"0.weight": pc.Mask(_KEEP4.reshape(4, 1), (4, 3, 3, 3))}, "'0.weight'.*does not fit"),
+    ({"0.weight": pc.Mask(torch.ones(3, 1, 1, 1, dtype=torch.bool), (4, 3, 3, 3))}, "'0.weight'.*does not fit"),
+    ({"0.weight": pc.Mask(_KEEP4.float() * 0.5, (4, 3, 3, 3))}, "'0.weight' must hold bools"),
+    ({"0.weight": torch.ones(4, 3, 3, 3)}, "'0.weight' is a Tensor, not a purecompress Mask"),
+])
+def test_shrink_checks_the_masks_against_the_model_first(masks: dict, match: str) -> None:
+    model = _shrinkable()
+    with pytest.raises(ShrinkError, match=match):
+        pc.shrink(model, masks, SHRINK_X)
+    with pytest.raises(ShrinkError, match="'0.weight' has shape"):
+        pc.shrink(model, {}, SHRINK_X, params={"0.weight": torch.ones(4, 3, 1, 1)})
+
+
+def _dense(value: float, shape: tuple[int, ...] = (4, 3, 3, 3)) -> torch.Tensor:
+    out = torch.ones(shape)
+    out[1] = value
+    return out
+
+
+@pytest.mark.parametrize(("masks", "error", "match"), [
+    ({"9": {"weight": torch.ones(4, 3, 3, 3)}}, ShrinkError, "\\['9.weight'\\]"),
+    ({"0": {"weight": torch.ones(4, 3, 1, 1)}}, ShrinkError, "'0.weight'.*does not fit"),
+    ({"0": {"weight": torch.ones(4, 3, 3, 3), "bias": torch.ones(3)}}, ShrinkError, "'0.bias'.*does not fit"),
+    ({"0": {"weight": _dense(0.5)}}, ValueError, "'0.weight' holds values other than 0 and 1"),
+    ({"0": {"weight": _dense(float("nan"))}}, ValueError, "'0.weight' holds values other than 0 and 1"),
+    ({"0": {"weight": "x"}}, ValueError, "'0.weight' must be a tensor or None"),
+    ({"0": torch.ones(4, 3, 3, 3)}, ValueError, "module '0' must be a"),
+])
+def test_model_speedup_checks_the_masks_against_the_model_first(masks: dict, error: type, match: str) -> None:
+    model = _shrinkable()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=match):
+        compat.ModelSpeedup(model, SHRINK_X, masks).speedup_model()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing half-done
+
+
+def test_model_speedup_with_valid_dense_masks_still_shrinks() -> None:
+    model = _shrinkable().eval()
+    masks = {"0": {"weight": _dense(0.0), "bias": torch.tensor([1.0, 0.0, 1.0, 1.0])}}
+    params = pc.apply_masks(pc.params_of(model), pc.masks_from_nni(masks))
+    expected = torch.func.functional_call(model, params, (SHRINK_X,))
+    compat.ModelSpeedup(model, SHRINK_X, masks).speedup_model()
+    assert model[0].out_channels == 3
+    assert torch.allclose(model(SHRINK_X), expected, atol=1e-5)
+
+
+OBSERVE_ALL = [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["Conv2d", "Linear"]}]
+
+
+@pytest.mark.parametrize("batches", [0, 1], ids=["no forward", "an empty batch"])
+def test_observer_compress_before_calibration_is_a_fast_clear_error(batches: int) -> None:
+    model = _net().eval()
+    quantizer = compat.ObserverQuantizer(model, OBSERVE_ALL)
+    for _ in range(batches):
+        model(torch.randn(0, 3, 8, 8))  # an empty batch used to give NaN scales after a 7 s search
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="before any calibration data: \\['0.input', '0.output', '3.input'"):
+        quantizer.compress()
+    assert time.perf_counter() - start < 0.5
+    assert not any(name.endswith("_scale") for name, _ in model.named_buffers())  # nothing half-done
+    model(torch.randn(2, 3, 8, 8))  # calibrating afterwards still works
+    quantizer.compress()
+    scales = [b for name, b in model.named_buffers() if name.endswith("_scale")]
+    assert len(scales) == 6 and all(bool(torch.isfinite(s).all() and (s > 0).all()) for s in scales)
+
+
+def test_observer_weight_only_needs_no_calibration() -> None:
+    model = _net().eval()
+    quantizer = compat.ObserverQuantizer(model, [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Conv2d"]}])
+    quantizer.compress()
+    assert bool(torch.isfinite(model[0].module.weight_scale).all() and (model[0].module.weight_scale > 0).all())
+
+
+def test_observer_export_before_compress_warns(tmp_path: object) -> None:
+    model = _net().eval()
+    quantizer = compat.ObserverQuantizer(model, OBSERVE_ALL)
+    with pytest.warns(UserWarning, match="export_model\\(\\) before compress\\(\\): nothing is calibrated"):
+        assert quantizer.export_model(f"{tmp_path}/model.pth") == {}
+
+
+def test_histogram_estimate_of_an_empty_histogram_is_a_fast_clear_error() -> None:
+    empty = pq.histogram_range(None, torch.empty(0))
+    assert empty.empty and not pq.histogram_range(empty, torch.ones(3)).empty
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="observed no values"):
+        pq.histogram_estimate(empty)
+    assert time.perf_counter() - start < 0.5
+
+
+# Found by properties/test_malformed_configs.py: the scheduler pruners and their task generators.
+
+_SCHEDULERS: dict[str, Callable[[nn.Module, object, str], object]] = {
+    "LinearPruner": lambda m, c, log: compat.LinearPruner(m, c, "level", 2, log_dir=log),
+    "AGPPruner": lambda m, c, log: compat.AGPPruner(m, c, "l1", 2, log_dir=log),
+    "LotteryTicketPruner": lambda m, c, log: compat.LotteryTicketPruner(m, c, "level", 2, log_dir=log),
+    "SimulatedAnnealingPruner": lambda m, c, log: compat.SimulatedAnnealingPruner(m, c, lambda _: 0.0, log_dir=log),
+    "AMCPruner": lambda m, c, log: compat.AMCPruner(2, m, c, torch.randn(2, 3, 8, 8), lambda _: 0.0, log_dir=log),
+}
+
+
+@pytest.mark.parametrize("config_list", [0.99, 32, [[]], [{"sparsity": 0.5, "op_types": {"Conv2d"}}],
+                                         [{"quant_types": ["output"], "quant_bits": 2}]])
+@pytest.mark.parametrize("name", list(_SCHEDULERS))
+def test_scheduler_pruners_reject_malformed_config_lists_with_a_config_error(
+        name: str, config_list: object, tmp_path: object) -> None:
+    # were TypeError ('float' object is not iterable), AttributeError ('Sequential' object has no
+    # attribute 'weight') or a JSON TypeError (set) after files were written
+    with pytest.raises(pc.ConfigError):
+        _SCHEDULERS[name](_net(), config_list, str(tmp_path))
+
+
+# the first group's layers all go to the second config, leaving the first with none
+EMPTY_GROUP = [{"total_sparsity": 0.5, "op_types": ["Conv2d", "Linear"]},
+               {"sparsity": 0.3, "op_names": ["3"], "op_partial_names": ["0"]}]
+
+
+@pytest.mark.parametrize("name", ["LinearPruner", "AGPPruner", "LotteryTicketPruner", "SimulatedAnnealingPruner"])
+def test_scheduler_pruners_accept_a_config_group_left_without_layers(name: str, tmp_path: object) -> None:
+    _SCHEDULERS[name](_net(), EMPTY_GROUP, str(tmp_path))  # were ZeroDivisionError / RuntimeError
+
+
+def test_compute_sparsity_of_a_group_without_layers_is_zero() -> None:
+    model = _net()
+    config = [{"op_types": ["BatchNorm2d"], "total_sparsity": 0.5}]  # the net has none
+    assert compat.compute_sparsity_compact2origin(model, model, config)[0]["total_sparsity"] == 0.0
+    assert compat.compute_sparsity_mask2compact(model, {}, config)[0]["total_sparsity"] == 0.0
+
+
+def test_simulated_annealing_counts_layers_selected_by_partial_names(tmp_path: object) -> None:
+    # op_partial_names selected '0' as well: its size was missing ('KeyError: 0')
+    pruner = compat.SimulatedAnnealingPruner(_net(), [{"sparsity": 0.3, "op_names": ["3"], "op_partial_names": ["0"]}],
+                                             lambda _: 0.0, log_dir=str(tmp_path))
+    assert sorted(pruner.task_generator.weights_numel) == ["0", "3"]
+
+
+@pytest.mark.parametrize("config_list", [[], [{"exclude": True, "op_names": ["3"]}]])
+def test_amc_without_a_layer_to_prune_is_a_config_error(config_list: list, tmp_path: object) -> None:
+    with pytest.raises(pc.ConfigError, match="AMC needs a config that selects layers"):  # was IndexError
+        _SCHEDULERS["AMCPruner"](_net(), config_list, str(tmp_path))
+
+
+def test_annealing_on_a_tiny_layer_falls_back_to_a_fresh_draw() -> None:
+    # a 4-weight layer at total 0.163: small perturbations of its sparsity never prune a whole
+    # weight, which raised "no per-layer sparsities reach total" (NNI loops forever)
+    from purecompress.search.annealing import Annealer
+
+    annealer = Annealer([{"0": 4}], (1 - 0.7 ** 0.5,), start_temperature=100, stop_temperature=1)
+    rng = random.Random(0)
+    state = annealer.init(rng)
+    while not state.done:
+        state = annealer.tell(state, rng.random(), rng)
+        assert 0 <= state.candidate[0][0] < 1

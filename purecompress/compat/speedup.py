@@ -11,7 +11,9 @@ folding of constants all come from :func:`purecompress.graph`. Differences from 
 - ``confidence`` and ``batch_dim`` are accepted and checked but not needed: the analysis is
   structural, not sampled, so ``dummy_input`` is used as given (batch first);
 - a dict ``dummy_input`` is passed as keyword inputs when its keys are parameters of
-  ``forward``, else as the single positional input (``torch.jit.trace``'s reading).
+  ``forward``, else as the single positional input (``torch.jit.trace``'s reading);
+- the masks are checked against the model first: unknown names, wrong shapes and values other
+  than 0/1 (0.5, NaN) are clear errors naming the layer, raised before the model is touched.
 
 After ``speedup_model()``, ``self.report`` holds the :class:`~purecompress.ShrinkReport`.
 """
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 
 from purecompress import graph
 from purecompress.graph import ChannelSlice, Replacement, ShrinkReport, replacement_for, shrink
-from purecompress.pruning import Mask, Masks
+from purecompress.pruning import Mask, masks_from_nni
 
 __all__ = [
     "EmptyLayerError",
@@ -88,16 +90,6 @@ class UnBalancedGroupError(SpeedupError, graph.UnbalancedGroupsError):
 
     def __init__(self, detail: str = "") -> None:
         super().__init__("The number remained filters in each group is different" + (f": {detail}" if detail else ""))
-
-
-def _core_masks(masks: Mapping[str, Mapping[str, Tensor | None]]) -> Masks:
-    """NNI's ``{module: {'weight': 0/1 tensor, 'bias': ...}}`` as core masks by parameter name."""
-    out: Masks = {}
-    for module, targets in masks.items():
-        for target, mask in (targets or {}).items():
-            if isinstance(mask, Tensor):
-                out[f"{module}.{target}" if module else target] = Mask.from_dense(mask.detach().cpu())
-    return out
 
 
 def _nni_adapter(fn: NniReplaceFn) -> Callable[[nn.Module, ChannelSlice], nn.Module]:
@@ -194,6 +186,12 @@ class ModelSpeedup:
 
         Returns:
             The same ``model`` object, now compact.
+
+        Raises:
+            ValueError: a mask holds values other than 0 and 1 (0.5, NaN) or is not a tensor
+                (:func:`~purecompress.masks_from_nni`); a :class:`~purecompress.graph.ShrinkError`
+                when a mask names no parameter of the model or has another shape. Both are raised
+                before the model is touched.
         """
         model = self.bound_model
         wrapped = [n for n, m in model.named_modules() if type(m).__name__ == "PrunerModuleWrapper"]
@@ -201,8 +199,9 @@ class ModelSpeedup:
             raise RuntimeError(f"modules {wrapped} are still wrapped by a pruner; call pruner._unwrap_model() "
                                "before ModelSpeedup")
         table = _custom_table(model, self.customized_replace_func)
+        masks = {name: Mask(mask.keep.cpu(), mask.shape) for name, mask in masks_from_nni(self.masks).items()}
         try:
-            compact, self.report = shrink(model, _core_masks(self.masks), _example_inputs(model, self.dummy_input),
+            compact, self.report = shrink(model, masks, _example_inputs(model, self.dummy_input),
                                           replacements=table, strict=True)
         except graph.EmptyLayerError as err:
             raise EmptyLayerError(str(err)) from err

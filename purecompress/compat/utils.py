@@ -97,7 +97,8 @@ def compute_sparsity_compact2origin(origin_model: nn.Module, compact_model: nn.M
     for config in config_list:
         total = sum(_weight_numel(m) for _, m in _matched(origin_model, config))
         left = sum(_weight_numel(m) for _, m in _matched(compact_model, config))
-        out.append({**copy.deepcopy(dict(config)), "total_sparsity": 1 - left / total})
+        # a group whose layers all went to later configs has no weights: nothing of it is pruned
+        out.append({**copy.deepcopy(dict(config)), "total_sparsity": 1 - left / total if total else 0.0})
     return out
 
 
@@ -112,7 +113,7 @@ def compute_sparsity_mask2compact(compact_model: nn.Module, compact_model_masks:
             total += numel
             mask = compact_model_masks.get(name, {}).get("weight")
             left += numel if mask is None else int(Mask.from_dense(mask).kept())
-        out.append({**copy.deepcopy(dict(config)), "total_sparsity": 1 - left / total})
+        out.append({**copy.deepcopy(dict(config)), "total_sparsity": 1 - left / total if total else 0.0})
     return out
 
 

@@ -827,12 +827,34 @@ def _propagated(
 
 
 
+def _check_masks(params: Mapping[str, Tensor], masks: Mapping[str, Mask], values: Mapping[str, Tensor]) -> None:
+    """Masks (and replacement values) that fit the model's parameters, before any graph work."""
+    unknown = sorted((set(masks) | set(values)) - set(params))
+    if unknown:
+        raise ShrinkError(f"masks or params for names that are not parameters or buffers of the model: {unknown}")
+    for name, mask in masks.items():
+        shape = tuple(params[name].shape)
+        if not isinstance(mask, Mask):
+            raise ShrinkError(f"the mask for {name!r} is a {type(mask).__name__}, not a purecompress Mask "
+                              "(convert NNI's dicts of 0/1 tensors with masks_from_nni)")
+        if not isinstance(mask.keep, Tensor) or mask.keep.dtype != torch.bool:
+            raise ShrinkError(f"the mask for {name!r} must hold bools (True = kept), got "
+                              f"{getattr(mask.keep, 'dtype', type(mask.keep).__name__)}")
+        grid = tuple(mask.keep.shape)
+        if mask.shape != shape or len(grid) != len(shape) or any(g < 1 or n % g for n, g in zip(shape, grid)):
+            raise ShrinkError(f"the mask for {name!r} (keep grid {grid}, shape {mask.shape}) does not fit the "
+                              f"parameter's shape {shape}")
+    for name, value in values.items():
+        if tuple(value.shape) != tuple(params[name].shape):
+            raise ShrinkError(f"the value given for {name!r} has shape {tuple(value.shape)}, the model's is "
+                              f"{tuple(params[name].shape)}")
+
+
+
 def _masked_copy(model: nn.Module, masks: Mapping[str, Mask], values: Mapping[str, Tensor] | None) -> nn.Module:
     work = copy.deepcopy(model).eval()
     params = params_of(work)
-    unknown = sorted((set(masks) | set(values or {})) - set(params))
-    if unknown:
-        raise KeyError(f"masks or params for names that are not parameters or buffers of the model: {unknown}")
+    _check_masks(params, masks, values or {})
     with torch.no_grad():
         for name, value in (values or {}).items():
             params[name].copy_(value)

@@ -166,8 +166,11 @@ def shrink(
         folded biases); the other modules are copies. Same training mode as ``model``.
 
     Raises:
-        ShrinkError: a layer would be empty, groups are unbalanced (``strict``), or the compact
-            model cannot run (e.g. a ``view`` with a channel count written as a literal).
+        ShrinkError: a mask (or a ``params`` value) does not fit the model (a name that is not a
+            parameter or buffer, a shape other than the parameter's, a keep tensor that is not bool;
+            checked before any graph work, naming the parameter), a layer would be empty, groups
+            are unbalanced (``strict``), or the compact model cannot run (e.g. a ``view`` with a
+            channel count written as a literal).
 
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
     >>> keep = torch.tensor([True, False, True, True]).reshape(4, 1, 1, 1)

@@ -41,11 +41,13 @@ API summary (stable names; everything is re-exported here except the ONNX export
   pairs) -> (params', extra_bias)``, ``folded_call(model, params, pairs, args)``.
 - Files (``export``; safetensors + JSON, nothing unpickled): ``save_quant_params(path, qparams, *,
   metadata=None)``, ``load_quant_params(path)``, ``save_calibration`` / ``load_calibration`` (NNI
-  calibration configs), ``load_nni_calibration`` (NNI's ``torch.save`` files, ``weights_only=True``).
+  calibration configs), ``load_nni_calibration`` (NNI's ``torch.save`` files, ``weights_only=True``);
+  a file that is not one of these raises ``FileFormatError`` (a ValueError naming the file and the tensor).
 """
 
 from __future__ import annotations
 
+from purecompress._files import FileFormatError
 from purecompress.quant.algorithms import (
     OBSERVER_ESTIMATORS,
     QAT_OP_TYPES,
@@ -124,6 +126,7 @@ __all__ = [
     "bnn_kernel",
     "DTYPES",
     "CalibrationConfig",
+    "FileFormatError",
     "load_calibration",
     "load_nni_calibration",
     "load_quant_params",

@@ -20,10 +20,10 @@ import os
 from collections.abc import Mapping
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
+from purecompress._files import FileFormatError, read_safetensors
 from purecompress.quant.qparams import QuantParams
 
 __all__ = [
@@ -75,26 +75,65 @@ def save_quant_params(
     save_file(tensors, os.fspath(path), metadata=meta)
 
 
-def _header(path: str | os.PathLike[str], key: str, what: str) -> dict:
-    with safe_open(os.fspath(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(key)
-    if raw is None:
-        raise ValueError(f"{os.fspath(path)!r} is not a purecompress {what} file (no {key!r} metadata)")
-    return json.loads(raw)
+_QP_FIELDS = {"qmin", "qmax", "axis", "group_size"}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_qparams(path: str, name: str, info: object, scale: Tensor, zero_point: Tensor) -> QuantParams:
+    """The :class:`QuantParams` of tensor ``name``, its header entry ``info`` checked against its tensors."""
+    where = f"{path!r}: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise FileFormatError(f"{where}: the header entry {info!r} is not a mapping")
+    missing, unknown = {"qmin", "qmax", "axis"} - set(info), set(info) - _QP_FIELDS
+    if missing or unknown:
+        raise FileFormatError(f"{where}: the header entry misses {sorted(missing)} "
+                              f"or has unknown keys {sorted(unknown)}")
+    qmin, qmax, axis, group_size = info["qmin"], info["qmax"], info["axis"], info.get("group_size")
+    if not (_is_int(qmin) and _is_int(qmax)) or not qmin < qmax:
+        raise FileFormatError(f"{where}: qmin={qmin!r}, qmax={qmax!r} must be ints with qmin < qmax")
+    if axis is not None and not (_is_int(axis) and axis >= 0):
+        raise FileFormatError(f"{where}: axis={axis!r} must be null (per tensor) or a non-negative int")
+    if group_size is not None and not (_is_int(group_size) and group_size > 0 and axis == 0):
+        raise FileFormatError(f"{where}: group_size={group_size!r} must be a positive int, with axis 0")
+    if not (scale.is_floating_point() and zero_point.is_floating_point()) or scale.shape != zero_point.shape:
+        raise FileFormatError(f"{where}: scale ({scale.dtype}, {tuple(scale.shape)}) and zero point "
+                              f"({zero_point.dtype}, {tuple(zero_point.shape)}) must be float tensors of one shape")
+    if scale.dim() != (0 if axis is None else 1):
+        raise FileFormatError(f"{where}: a scale of shape {tuple(scale.shape)} does not fit axis={axis!r} "
+                              "(0-d per tensor, 1-D per channel)")
+    if not bool(torch.isfinite(scale).all() and (scale > 0).all()):
+        raise FileFormatError(f"{where}: the scale must be finite and > 0")
+    codes = zero_point.double()
+    if not bool((codes == codes.round()).all() and (codes >= qmin).all() and (codes <= qmax).all()):
+        raise FileFormatError(f"{where}: the zero point must hold integers in [qmin, qmax] = [{qmin}, {qmax}]")
+    return QuantParams(scale, zero_point, qmin, qmax, axis, group_size)
 
 
 def load_quant_params(path: str | os.PathLike[str]) -> dict[str, QuantParams]:
-    """Read quantization parameters written by :func:`save_quant_params` (no unpickling)."""
-    header = _header(path, _QP_KEY, "quantization parameters")
-    tensors = load_file(os.fspath(path))
+    """Read quantization parameters written by :func:`save_quant_params` (no unpickling).
+
+    Raises:
+        FileFormatError: the file is not a safetensors file, or its header does not describe
+            valid parameters: a missing tensor or key, ``qmin``/``qmax`` that are not ints with
+            ``qmin < qmax``, an ``axis`` that is neither null nor a non-negative int, a
+            ``group_size`` that is not a positive int with axis 0, a scale that is not finite and
+            > 0 or whose rank does not fit ``axis``, a zero point outside ``[qmin, qmax]`` (the
+            message names the file and the tensor).
+    """
+    file = os.fspath(path)
+    header, tensors = read_safetensors(file, _QP_KEY, "quantization parameters")
+    if not isinstance(header, dict):
+        raise FileFormatError(f"{file!r}: the {_QP_KEY!r} header is not a mapping of tensor names")
     out = {}
     for name, info in header.items():
         try:
             scale, zero_point = tensors[f"{name}{_SEP}scale"], tensors[f"{name}{_SEP}zero_point"]
         except KeyError as err:
-            raise ValueError(f"{os.fspath(path)!r}: tensor {err.args[0]!r} named in the header is missing") from None
-        out[name] = QuantParams(scale, zero_point, int(info["qmin"]), int(info["qmax"]), info["axis"],
-                                info.get("group_size"))
+            raise FileFormatError(f"{file!r}: tensor {err.args[0]!r} named in the header is missing") from None
+        out[name] = _checked_qparams(file, name, info, scale, zero_point)
     return out
 
 
@@ -135,9 +174,12 @@ def save_calibration(path: str | os.PathLike[str], config: Mapping[str, Mapping[
 
 def load_calibration(path: str | os.PathLike[str]) -> CalibrationConfig:
     """Read a calibration config written by :func:`save_calibration` (no unpickling)."""
-    numbers = _header(path, _CAL_KEY, "calibration")
+    numbers, tensors = read_safetensors(path, _CAL_KEY, "calibration")
+    if not isinstance(numbers, dict) or not all(isinstance(v, dict) for v in numbers.values()):
+        raise FileFormatError(f"{os.fspath(path)!r}: the {_CAL_KEY!r} header is not a "
+                              "{layer: {key: value}} mapping")
     out: CalibrationConfig = {layer: dict(entries) for layer, entries in numbers.items()}
-    for name, tensor in load_file(os.fspath(path)).items():
+    for name, tensor in tensors.items():
         layer, _, key = name.partition(_SEP)
         out.setdefault(layer, {})[key] = tensor
     return out

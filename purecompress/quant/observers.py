@@ -119,6 +119,11 @@ class Histogram:
     min: Tensor
     max: Tensor
 
+    @property
+    def empty(self) -> bool:
+        """Whether no value has been observed (only empty batches: the range is ``[inf, -inf]``)."""
+        return not bool(self.counts.sum() > 0)
+
 
 def _histogram_observer(state: Histogram | None) -> torch.ao.quantization.HistogramObserver:
     with warnings.catch_warnings():  # torch's deprecation note on reduce_range (NNI's setting)
@@ -151,6 +156,12 @@ def histogram_estimate(h: Histogram) -> Range:
     >>> r = histogram_estimate(histogram_range(None, torch.arange(100.)))
     >>> 0.0 <= r.min.item() <= r.max.item() <= 99.0
     True
+
+    Raises:
+        ValueError: ``h`` is :attr:`~Histogram.empty` (fast, instead of a NaN range).
     """
+    if h.empty:  # torch's search would run for seconds on the range [inf, -inf] and give NaN
+        raise ValueError("the histogram has observed no values (only empty batches, or none): "
+                         "there is no range to estimate")
     lo, hi = _histogram_observer(h)._non_linear_param_search()
     return Range(lo.reshape(()), hi.reshape(()))

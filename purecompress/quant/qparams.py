@@ -116,6 +116,8 @@ class QuantParams:
         """``(scale, zero_point)`` reshaped to broadcast against a tensor of rank ``ndim``."""
         if self.axis is None:
             return self.scale, self.zero_point
+        if not 0 <= self.axis < ndim:
+            raise ValueError(f"per-channel parameters on axis {self.axis} applied to a tensor of rank {ndim}")
         shape = [1] * ndim
         shape[self.axis] = -1
         return self.scale.reshape(shape), self.zero_point.reshape(shape)

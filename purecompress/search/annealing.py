@@ -91,28 +91,32 @@ class Annealer:
         """Layer name -> sparsity for a candidate (all groups)."""
         return {n: s for g, c in enumerate(candidate) for n, s in zip(self.names(g), c)}
 
-    def _resample(self, group: int, draw: Callable[[], list[float]]) -> tuple[float, ...]:
+    def _resample(self, group: int, *draws: Callable[[], list[float]]) -> tuple[float, ...]:
+        """The first valid candidate from ``draws`` in turn (10 000 tries each)."""
         if self.totals[group] == 0:
             return tuple(0.0 for _ in self.groups[group])
         sizes = [self.groups[group][n] for n in self.names(group)]
-        for _ in range(10_000):
-            candidate = rescale_to_budget(draw(), sizes, self.totals[group])
-            if _valid(candidate):
-                return tuple(candidate)  # type: ignore[arg-type]
+        for draw in draws:
+            for _ in range(10_000):
+                candidate = rescale_to_budget(draw(), sizes, self.totals[group])
+                if _valid(candidate):
+                    return tuple(candidate)  # type: ignore[arg-type]
         raise RuntimeError(f"no per-layer sparsities reach total {self.totals[group]} for layer sizes {sizes}")
+
+    def _fresh_draw(self, group: int, rng: random.Random) -> Callable[[], list[float]]:
+        """NNI's first draw: uniform sparsities whose lower bound rises by 5% per failed draw."""
+        low = [0.0]
+
+        def draw() -> list[float]:
+            low[0] = (1 - low[0]) * 0.05 + low[0]
+            return sorted(rng.uniform(low[0], 1) for _ in self.groups[group])
+
+        return draw
 
     def init(self, rng: random.Random) -> AnnealState:
         """A random first candidate (NNI raises the lower bound by 5% per failed draw)."""
-        def first(group: int) -> tuple[float, ...]:
-            low = [0.0]
-
-            def draw() -> list[float]:
-                low[0] = (1 - low[0]) * 0.05 + low[0]
-                return sorted(rng.uniform(low[0], 1) for _ in self.groups[group])
-
-            return self._resample(group, draw)
-
-        return AnnealState(self.start_temperature, tuple(first(g) for g in range(len(self.groups))))
+        return AnnealState(self.start_temperature,
+                           tuple(self._resample(g, self._fresh_draw(g, rng)) for g in range(len(self.groups))))
 
     def tell(self, state: AnnealState, score: float, rng: random.Random) -> AnnealState:
         """Take the candidate's score; accept or reject, cool, propose the next candidate."""
@@ -132,7 +136,9 @@ class Annealer:
             def draw() -> list[float]:
                 return [max(0.0, s + rng.uniform(-magnitude, magnitude)) for s in base]
 
-            return self._resample(group, draw)
+            # a small perturbation of a tiny layer's sparsity may never prune a whole weight (int(n*s)
+            # stays 0): a fresh draw then (NNI loops forever there)
+            return self._resample(group, draw, self._fresh_draw(group, rng))
 
         candidate = tuple(perturbed(g, base) for g, base in enumerate(current))
         return AnnealState(temperature, candidate, current, best)

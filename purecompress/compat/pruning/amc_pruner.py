@@ -23,6 +23,7 @@ from purecompress.pruning import allocate_per_layer, l1_norm
 from purecompress.search.amc import amc_episodes, amc_layers
 from purecompress.search.counting import with_masks
 from purecompress.search.ddpg import DDPGConfig
+from purecompress.selectors import ConfigError
 
 __all__ = [
     "AMCPruner",
@@ -65,7 +66,9 @@ class AMCTaskGenerator(TaskGenerator):
 
     def init_pending_tasks(self) -> list[Task]:
         """Set up the layers and the agent; the first episode's task."""
-        canonical = config_list_canonical(self._origin_skeleton, self._config_list())
+        canonical = [c for c in config_list_canonical(self._origin_skeleton, self._config_list()) if c["op_names"]]
+        if not canonical:
+            raise ConfigError(None, None, "AMC needs a config that selects layers to prune (with 'total_sparsity')")
         self._entry = {name: c for c in canonical for name in c["op_names"]}
         total = canonical[0]["total_sparsity"]
         caps = canonical[0].get("max_sparsity_per_layer", 1.0)

@@ -23,7 +23,7 @@ from torch import nn
 
 from purecompress.compat.pruning.base import NniMasks
 from purecompress.compat.utils import compute_sparsity, config_list_canonical, get_model_weights_numel
-from purecompress.pruning import agp_schedule, linear_schedule, lottery_schedule, relative_sparsity
+from purecompress.pruning import agp_schedule, from_config_list, linear_schedule, lottery_schedule, relative_sparsity
 from purecompress.search.annealing import Annealer, AnnealState
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Task",
     "TaskGenerator",
     "TaskResult",
+    "checked_config_list",
     "load_model",
     "save_model",
 ]
@@ -46,6 +47,19 @@ _logger = logging.getLogger(__name__)
 
 
 PathLike = str | os.PathLike[str]
+
+
+
+def checked_config_list(config_list: object) -> list[dict]:
+    """``config_list`` as a list after the core's validation (None: ``[]``), before any file is written.
+
+    Raises:
+        ConfigError: not a list of valid pruning config dicts (naming the entry and the key).
+    """
+    if config_list is None:
+        return []
+    from_config_list(config_list)  # type: ignore[arg-type]
+    return list(config_list)  # type: ignore[call-overload]
 
 
 
@@ -175,14 +189,14 @@ class TaskGenerator:
         self._keep_intermediate_result = keep_intermediate_result
         self._best_result_mode = best_result_mode
         if origin_model is not None:
-            self.reset(origin_model, list(origin_config_list or []), dict(origin_masks or {}))
+            self.reset(origin_model, checked_config_list(origin_config_list), dict(origin_masks or {}))
 
     # -- life cycle ---------------------------------------------------------------------------
     def reset(self, model: nn.Module, config_list: list[dict] | None = None, masks: NniMasks | None = None) -> None:
         """Start a new run on ``model`` in a new ``<log_dir>/<timestamp>/``."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"Only a torch.nn.Module can be pruned, got {type(model).__name__}")
-        config_list, masks = list(config_list or []), dict(masks or {})
+        config_list, masks = checked_config_list(config_list), dict(masks or {})
         self._log_dir_root = Path(self._log_dir, datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f")).absolute()
         self._intermediate_result_dir = self._log_dir_root / "intermediate_result"
         self._intermediate_result_dir.mkdir(parents=True, exist_ok=True)
@@ -328,7 +342,7 @@ class FunctionBasedTaskGenerator(TaskGenerator):
     def reset(self, model: nn.Module, config_list: list[dict] | None = None, masks: NniMasks | None = None) -> None:
         """Restart at the first iteration."""
         self.current_iteration = max(self.first_iteration, 1 if self.skip_first_iteration else 0)
-        self.target_sparsity = config_list_canonical(model, config_list or [])
+        self.target_sparsity = config_list_canonical(model, checked_config_list(config_list))
         super().reset(model, config_list, masks)
 
     def init_pending_tasks(self) -> list[Task]:
@@ -420,12 +434,14 @@ class SimulatedAnnealingTaskGenerator(TaskGenerator):
 
     def reset(self, model: nn.Module, config_list: list[dict] | None = None, masks: NniMasks | None = None) -> None:
         """Restart the annealing from a random candidate."""
-        config_list, masks = list(config_list or []), dict(masks or {})
+        config_list, masks = checked_config_list(config_list), dict(masks or {})
         if any("sparsity" in c or "sparsity_per_layer" in c for c in config_list):
             _logger.debug("SimulatedAnnealing: 'sparsity' configs give each layer a fixed sparsity; "
                           "only 'total_sparsity' is distributed among layers")
-        self.weights_numel, self.masked_rate = get_model_weights_numel(model, config_list, masks)
-        self.target_sparsity_list = config_list_canonical(model, config_list)
+        # a group whose layers all went to later configs has no budget to distribute
+        self.target_sparsity_list = [c for c in config_list_canonical(model, config_list) if c["op_names"]]
+        # counted over the layers the canonical form names (op_partial_names, 'default' expanded)
+        self.weights_numel, self.masked_rate = get_model_weights_numel(model, self.target_sparsity_list, masks)
         for config in self.target_sparsity_list:  # the budget of the weights still unpruned
             config["total_sparsity"] = self._remaining_budget(config)
         self.annealer = Annealer([{n: self.weights_numel[n] for n in c["op_names"]} for c in self.target_sparsity_list],

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -544,7 +545,21 @@ class ObserverQuantizer(Quantizer):
         return self._observe(output, wrapper, "output")
 
     def compress(self) -> nn.Module:
-        """Fix scales and zero points from the calibration data; later forwards are quantized."""
+        """Fix scales and zero points from the calibration data; later forwards are quantized.
+
+        Raises:
+            RuntimeError: an input or output to quantize has seen no calibration data (no forward,
+                or only empty batches); nothing is changed. NNI warns once per observer and
+                quantizes with scale 1 and zero point 0, which zeroes a typical model's outputs.
+                Weights need no calibration.
+        """
+        missing = [f"{w.name}.{kind}" for w in self.modules_wrapper for kind in w.quant_config.specs
+                   if kind != "weight" and (kind not in self.histograms[w.name]
+                                            or self.histograms[w.name][kind].empty)]
+        if missing:
+            raise RuntimeError(f"ObserverQuantizer.compress() before any calibration data: {missing} have "
+                               "seen no values. Run the model (in eval mode) on calibration batches first, then "
+                               "call compress()")
         for w in self.modules_wrapper:
             for kind in w.quant_config.specs:
                 if kind == "weight" and w.name not in self.weight_ranges:
@@ -566,6 +581,8 @@ class ObserverQuantizer(Quantizer):
     def _calibration_config(self) -> dict[str, dict[str, Any]]:
         config: dict[str, dict[str, Any]] = {}
         if not self.compressed:  # nothing calibrated yet
+            warnings.warn("ObserverQuantizer.export_model() before compress(): nothing is calibrated, so the "
+                          "calibration config is empty and the weights are exported unquantized", stacklevel=3)
             return config
         for w in self.modules_wrapper:
             m, entry = w.module, {}
