@@ -8,6 +8,10 @@ import time
 from collections.abc import Callable
 
 import torch
+from zoo_import import install_import_hook
+
+# NNI imports Lightning, which imports torchmetrics and torchvision: make that import work on the CPU torch
+install_import_hook()
 
 __all__ = ["environment", "median_time", "paired_ratio", "table"]
 

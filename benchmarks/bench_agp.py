@@ -24,10 +24,13 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
+from zoo_import import install_import_hook  # benchmarks/ is sys.path[0]
 
 import purecompress as pc  # noqa: E402
 from purecompress.compat.pruning import AGPPruner
 from purecompress.pruning import agp_schedule, gradual
+
+install_import_hook()  # NNI -> Lightning -> torchvision on the CPU torch
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)

@@ -20,8 +20,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from zoo_import import install_import_hook  # benchmarks/ is sys.path[0]
 
 from purecompress.graph import capture, channel_dependency, group_dependency
+
+install_import_hook()  # NNI -> Lightning -> torchvision on the CPU torch
 
 REPEATS = 5
 
