@@ -172,3 +172,20 @@ def test_naive_and_observer_reject_other_bits() -> None:
     for factory in (pq.naive, pq.observer):
         with pytest.raises(pq.ConfigError if hasattr(pq, "ConfigError") else ValueError, match="quant_bits"):
             factory(model, [{"quant_types": ["weight"], "quant_bits": 4, "op_types": ["Conv2d"]}])
+
+
+@pytest.mark.parametrize("estimator", ["minmax", "histogram"])
+def test_observer_evaluated_before_calibration_quantizes_weights_and_says_so_for_activations(estimator: str) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    q = pq.observer(model, [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": ["Linear"]}],
+                    estimator=estimator)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = torch.randn(5, 4)
+    with pytest.warns(pq.UncalibratedWarning, match=r"0\.input saw no calibration batch"):
+        out, state = q(model, params, q.init(params), x, training=False)
+    w = state.tensors["0.weight"].qparams
+    assert w is not None and torch.isfinite(w.scale).all() and torch.isfinite(out).all()
+    expected = torch.nn.functional.linear(x, pq.fake_quantize(params["0.weight"], w), params["0.bias"])
+    torch.testing.assert_close(out, expected)
+    assert "0.input" not in state.tensors

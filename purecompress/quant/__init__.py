@@ -51,6 +51,7 @@ from purecompress._files import FileFormatError
 from purecompress.quant.algorithms import (
     OBSERVER_ESTIMATORS,
     QAT_OP_TYPES,
+    UncalibratedWarning,
     bnn,
     bnn_kernel,
     dorefa,
@@ -110,6 +111,7 @@ from purecompress.quant.transform import Kernel, KernelContext, QuantState, Quan
 
 __all__ = [
     "observer_qparams",
+    "UncalibratedWarning",
     "histogram_range",
     "histogram_estimate",
     "Histogram",

@@ -18,6 +18,7 @@ just several config entries with different ``quant_bits``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +42,7 @@ from purecompress.selectors import ConfigError
 from purecompress.transform import Params
 
 __all__ = [
+    "UncalibratedWarning",
     "OBSERVER_ESTIMATORS",
     "QAT_OP_TYPES",
     "bnn",
@@ -258,8 +260,24 @@ def observer_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> 
         rng = minmax_range(prev.range if prev is not None else None, x)
         return x, TensorState(rng, observer_qparams(ctx.kind, rng))
     if prev is None or prev.qparams is None:
-        return x, prev
+        return _uncalibrated(x, prev, ctx)
     return fake_quantize_ste(x, prev.qparams), prev
+
+
+def _uncalibrated(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    """Evaluation before any calibration batch: a weight is quantized with its own range (it needs
+    no data); an activation has no range, passes through unquantized, and the caller is told."""
+    if ctx.kind == "weight":
+        rng = minmax_range(None, x)
+        state = TensorState(rng, observer_qparams(ctx.kind, rng))
+        return fake_quantize_ste(x, state.qparams), state
+    warnings.warn(f"observer: {ctx.key} saw no calibration batch (call the transform with training=True on "
+                  "calibration data first); it is passed through unquantized", UncalibratedWarning, stacklevel=2)
+    return x, prev
+
+
+class UncalibratedWarning(UserWarning):
+    """An observer evaluated an activation it never calibrated (it passes through unquantized)."""
 
 
 def observer_histogram_kernel(x: Tensor, prev: TensorState | None,
@@ -273,7 +291,7 @@ def observer_histogram_kernel(x: Tensor, prev: TensorState | None,
     if ctx.training:
         return x, TensorState(histogram=histogram_range(prev.histogram if prev is not None else None, x))
     if prev is None or (prev.qparams is None and prev.histogram is None):
-        return x, prev
+        return _uncalibrated(x, prev, ctx)
     if prev.qparams is None:
         rng = histogram_estimate(prev.histogram)
         prev = TensorState(rng, observer_qparams(ctx.kind, rng), prev.histogram)
