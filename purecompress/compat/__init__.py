@@ -108,6 +108,7 @@ from purecompress.compat.quantization import (
     QuantizerModuleWrapper,
     QuantType,
 )
+from purecompress.compat.schema import SchemaError
 from purecompress.compat.sensitivity_analysis import SensitivityAnalysis
 from purecompress.compat.speedup import (
     EmptyLayerError,
@@ -132,9 +133,6 @@ from purecompress.compat.utils import (
     get_module_by_name,
 )
 from purecompress.selectors import ConfigError
-
-#: NNI raises ``schema.SchemaError`` for bad configs; purecompress raises ConfigError (a ValueError).
-SchemaError = ConfigError
 
 __all__ = [
     "SensitivityAnalysis",

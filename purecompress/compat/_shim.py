@@ -5,7 +5,8 @@ modules (searched in order) whose public names it serves. :class:`NniFinder`, fi
 ``sys.meta_path``, answers every ``nni`` import from the table, so NNI itself is never imported
 even when installed; a module or name not served fails with an error that says purecompress does
 not provide it yet, and which feature brings it when that is known. A missing *name* raises
-:class:`NotProvidedError` (an ImportError), so ``from nni.x import Name`` keeps the message.
+:class:`NotProvidedError` (an ImportError), so ``from nni.x import Name`` keeps the message. The
+served names are in each module's ``__dict__`` too (``module.__dict__['NaiveQuantizer']``).
 """
 
 from __future__ import annotations
@@ -154,7 +155,13 @@ class NniFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return NniModule(spec.name, MODULES[spec.name])
 
     def exec_module(self, module: types.ModuleType) -> None:
+        """Put every served name in the module's ``__dict__`` (scripts read ``vars(module)`` and
+        ``module.__dict__[name]``, which never reach ``__getattr__``); the first source wins, as there."""
         module.__file__ = __file__
+        if isinstance(module, NniModule):
+            for source, names in module._served():
+                for name in names:
+                    module.__dict__.setdefault(name, getattr(source, name))
 
 
 def install() -> NniFinder:

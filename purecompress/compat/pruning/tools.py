@@ -495,28 +495,80 @@ class EvaluatorBasedHookDataCollector(EvaluatorCollector):
 
 
 
-def _per_channel(value: Any, stat: Callable[[ActivationStats], Tensor]) -> Tensor:
-    if isinstance(value, ActivationStats):
-        return stat(value)
-    raise TypeError(f"expected ActivationStats from an activation hook, got {type(value).__name__}")
+def _hook_mean(module_name: str, target: str, value: Any) -> Tensor:
+    """NNI's hook data ``[count, accumulated]`` (what its activation collectors gather) -> ``accumulated / count``."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[1], Tensor):
+        return value[1] / value[0]
+    raise TypeError(f"{module_name}.{target}: expected ActivationStats or NNI's hook data [count, accumulated "
+                    f"tensor], got {type(value).__name__}")
 
 
 
-class APoZRankMetricsCalculator(MetricsCalculator):
-    """``1 - APoZ`` per output channel from activation statistics (:func:`purecompress.apoz`)."""
+class _ActivationMetricsCalculator(MetricsCalculator):
+    """Metrics of activation data: the core's :class:`~purecompress.ActivationStats` (one value per
+    output channel), or NNI's hook data ``[count, accumulated]``, reduced per block of the scalers
+    (abstract: leaves say how)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def from_stats(stats: ActivationStats) -> Tensor:
+        """``[C]`` metric of a layer's statistics."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def reduce(blocks: Tensor) -> Tensor:
+        """Metric of each block of ``accumulated / count`` (reduces the last dim)."""
 
     def calculate_metrics(self, data: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Tensor]]:
-        return {m: {t: (1 - _per_channel(v, ActivationStats.zero_fraction)).float() for t, v in targets.items()}
-                for m, targets in data.items()}
+        out: dict[str, dict[str, Tensor]] = {}
+        for module_name, targets in data.items():
+            out[module_name] = {}
+            for target, value in targets.items():
+                if isinstance(value, ActivationStats):
+                    out[module_name][target] = self.from_stats(value).float()
+                    continue
+                mean = {module_name: {target: _hook_mean(module_name, target, value)}}
+                metric = self._each(mean, lambda p, t, s: metric_by(p, t, self.reduce, block=s.block))
+                out[module_name][target] = metric[module_name][target]
+        return out
 
 
 
-class MeanRankMetricsCalculator(MetricsCalculator):
-    """Mean activation per output channel (:func:`purecompress.mean_activation`)."""
+class APoZRankMetricsCalculator(_ActivationMetricsCalculator):
+    """``1 - APoZ``: per output channel from activation statistics (:func:`purecompress.apoz`), or
+    ``1 - mean`` of each block of NNI's hook data (zero counts accumulated over ``count`` samples).
 
-    def calculate_metrics(self, data: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Tensor]]:
-        return {m: {t: _per_channel(v, ActivationStats.mean).float() for t, v in targets.items()}
-                for m, targets in data.items()}
+    >>> calc = APoZRankMetricsCalculator(Scaling([-1, 1], 'back'))
+    >>> calc.calculate_metrics({'fc': {'weight': [2, torch.tensor([[0., 0., 1.], [0., 0., 0.]])]}})
+    {'fc': {'weight': tensor([1.0000, 1.0000, 0.7500])}}
+    """
+
+    @staticmethod
+    def from_stats(stats: ActivationStats) -> Tensor:
+        return 1 - stats.zero_fraction()
+
+    @staticmethod
+    def reduce(blocks: Tensor) -> Tensor:
+        return 1 - blocks.mean(-1)
+
+
+
+class MeanRankMetricsCalculator(_ActivationMetricsCalculator):
+    """Mean activation: per output channel from activation statistics (:func:`purecompress.mean_activation`),
+    or the mean of each block of NNI's hook data (activations accumulated over ``count`` samples).
+
+    >>> calc = MeanRankMetricsCalculator(Scaling([-1, 1], 'back'))
+    >>> calc.calculate_metrics({'fc': {'weight': [2, torch.tensor([[0., 0., 1.], [0., 0., 0.]])]}})
+    {'fc': {'weight': tensor([0.0000, 0.0000, 0.2500])}}
+    """
+
+    @staticmethod
+    def from_stats(stats: ActivationStats) -> Tensor:
+        return stats.mean()
+
+    @staticmethod
+    def reduce(blocks: Tensor) -> Tensor:
+        return blocks.mean(-1)
 
 
 

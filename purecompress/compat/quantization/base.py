@@ -17,6 +17,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from purecompress.compat.schema import schema_errors
 from purecompress.graph import GraphCaptureError, capture
 from purecompress.quant import QUANT_TYPES, QuantConfig, QuantParams, from_quant_config_list
 from purecompress.quant.export import save_calibration
@@ -460,8 +461,13 @@ class Quantizer(_QuantizerExport):
         """Parse and check ``config_list`` with this algorithm's rules.
 
         Raises:
-            ConfigError: naming the entry index, the key and the reason.
+            SchemaError: a ConfigError naming the entry index, the key and the reason; also NNI's
+                ``schema.SchemaError``.
         """
+        with schema_errors():
+            return self._validate_config(model, config_list)
+
+    def _validate_config(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]]) -> tuple[QuantConfig, ...]:
         if not isinstance(config_list, (list, tuple)):
             raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
         for index, entry in enumerate(config_list):

@@ -502,6 +502,7 @@ class ObserverQuantizer(Quantizer):
 
     def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]],
                  optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.validate_config(model, config_list)  # a bad config is reported first, as NNI does
         if model.training:
             raise ValueError("ObserverQuantizer calibrates in evaluation mode: call model.eval() first")
         super().__init__(model, config_list, optimizer)
