@@ -63,6 +63,22 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni.algorithms.compression.v2.pytorch.pruning.auto_compress_pruner": (_P + "iterative_pruner",),
     "nni.algorithms.compression.v2.pytorch.pruning.amc_pruner": (_P + "amc_pruner",),
     "nni.algorithms.compression.v2.pytorch.pruning.tools.task_generator": (_P + "task_generator",),
+    "nni.algorithms.compression.v2.pytorch.pruning.tools.base": (
+        _P + "tools:DataCollector,HookCollectorInfo,TrainerBasedDataCollector,EvaluatorBasedDataCollector,"
+             "MetricsCalculator,SparsityAllocator", _P + "task_generator:TaskGenerator"),
+    "nni.algorithms.compression.v2.pytorch.pruning.tools.data_collector": (
+        _P + "tools:TargetDataCollector,EvaluatorBasedTargetDataCollector,EvaluatorBasedHookDataCollector,"
+             "WeightDataCollector,WeightTrainerBasedDataCollector,SingleHookTrainerBasedDataCollector",),
+    "nni.algorithms.compression.v2.pytorch.pruning.tools.metrics_calculator": (
+        _P + "tools:StraightMetricsCalculator,NormMetricsCalculator,HookDataNormMetricsCalculator,"
+             "DistMetricsCalculator,APoZRankMetricsCalculator,MeanRankMetricsCalculator",),
+    "nni.algorithms.compression.v2.pytorch.pruning.tools.sparsity_allocator": (
+        _P + "tools:NormalSparsityAllocator,ThresholdSparsityAllocator,BankSparsityAllocator,"
+             "GlobalSparsityAllocator,DependencyAwareAllocator",),
+    "nni.algorithms.compression.v2.pytorch.utils.evaluator": _EVALUATOR,
+    "nni.algorithms.compression.v2.pytorch.utils.constructor_helper": (
+        _C + "evaluator:OptimizerConstructHelper,LRSchedulerConstructHelper",),
+    "nni.algorithms.compression.v2.pytorch.utils.pruning": (_C + "utils",),
     "nni.algorithms.compression.v2.pytorch.base.scheduler": _SCHEDULER_BASE,
     "nni.compression.pytorch.utils.counter": (_C + "counter",),
     "nni.compression.pytorch.utils.sensitivity_analysis": (_C + "sensitivity_analysis",),

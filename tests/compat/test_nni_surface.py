@@ -29,6 +29,7 @@ from purecompress.selectors import ConfigError  # noqa: E402
 from tests.compat.models import QuantNet, build  # noqa: E402
 
 ROOT = Path(purecompress.__file__).resolve().parent.parent
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:Full backward hook:UserWarning")
 
 
 def _metrics(seed: int = 3) -> dict[str, dict[str, torch.Tensor]]:
@@ -145,3 +146,132 @@ def test_shim_modules_hold_their_names_in_their_dict(tmp_path: Path) -> None:
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["purecompress.compat.quantization.quantizers", "True True"]
+
+
+# NNI 2.10's old trainer-based data collectors (v2/test_pruning_tools_torch.py) -------------------
+
+def _nni_trainer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(5)
+    model.train()
+    for _ in range(3):
+        x, y = torch.randn(4, 3, 8, 8, generator=g), torch.arange(4) % 10
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        optimizer.step()
+
+
+def _helpers(model: torch.nn.Module) -> tuple[object, object]:
+    from nni.algorithms.compression.v2.pytorch.utils.constructor_helper import OptimizerConstructHelper as NHelper
+
+    def opt(trace):  # noqa: ANN001, ANN202
+        return trace(torch.optim.SGD)(model.parameters(), lr=0.1, momentum=0.9)
+
+    return NHelper.from_trace(model, opt(nni.trace)), C.OptimizerConstructHelper.from_trace(model, opt(C.trace))
+
+
+def test_weight_collectors_equal_nni_after_training() -> None:
+    config = [{"op_types": ["Conv2d"]}]
+    theirs, ours = build("conv_bn_linear"), build("conv_bn_linear")
+    p_nni, p_ours = NPruner(theirs, [dict(c) for c in config]), C.Pruner(ours, [dict(c) for c in config])
+    before = {n: {"weight": d["weight"].clone()} for n, d in C.WeightDataCollector(p_ours).collect().items()}
+    assert torch.equal(before["features.0"]["weight"], NT.WeightDataCollector(p_nni).collect()["features.0"]["weight"])
+    steps: list[str] = []
+    (h_nni, _), (_, h_ours) = _helpers(theirs), _helpers(ours)
+    crit = torch.nn.CrossEntropyLoss()
+    got_nni = NT.WeightTrainerBasedDataCollector(p_nni, _nni_trainer, h_nni, crit, 2).collect()
+    collector = C.WeightTrainerBasedDataCollector(p_ours, _nni_trainer, h_ours, crit, 2,
+                                                  opt_before_tasks=[lambda: steps.append("b")],
+                                                  opt_after_tasks=[lambda: steps.append("a")])
+    got = collector.collect()
+    assert steps == ["b", "a"] * 6  # 2 epochs of 3 steps, tasks around each step
+    assert list(got) == list(got_nni) == ["features.0", "features.3"]
+    for name in got:
+        assert not torch.equal(got[name]["weight"], before[name]["weight"])  # it trained
+        assert torch.allclose(got[name]["weight"], got_nni[name]["weight"], atol=1e-6), name
+
+
+@pytest.mark.parametrize("hook_type", ["tensor", "forward", "backward"])
+def test_single_hook_collector_fills_buffers_like_nni(hook_type: str) -> None:
+    from nni.algorithms.compression.v2.pytorch.base import LayerInfo as NLayerInfo
+    from nni.algorithms.compression.v2.pytorch.pruning.tools.base import HookCollectorInfo as NInfo
+
+    def tensor_collector(buffer: list, tensor: torch.Tensor):  # noqa: ANN202
+        return lambda grad: buffer.append(grad.clone()) if len(buffer) < 4 else None
+
+    def module_collector(buffer: list):  # noqa: ANN202
+        return lambda module, inputs, outputs: buffer.append(len(buffer))
+
+    out = []
+    for ns, info, layer_info, pruner_cls in ((NT, NInfo, NLayerInfo, NPruner), (C, C.HookCollectorInfo, C.LayerInfo,
+                                                                                C.Pruner)):
+        model = build("conv_bn_linear")
+        pruner = pruner_cls(model, [{"op_types": ["Conv2d"]}])
+        wrappers = pruner.get_modules_wrapper()
+        if hook_type == "tensor":
+            targets = {name: w.weight for name, w in wrappers.items()}
+            infos = [info(targets, "tensor", tensor_collector)]
+        else:
+            infos = [info([layer_info(name, w) for name, w in wrappers.items()], hook_type, module_collector)]
+        helper = _helpers(model)[0 if ns is NT else 1]
+        data = ns.SingleHookTrainerBasedDataCollector(pruner, _nni_trainer, helper, torch.nn.CrossEntropyLoss(), 2,
+                                                      collector_infos=infos).collect()
+        out.append(data)
+    theirs, ours = out
+    assert list(ours) == list(theirs) == ["features.0", "features.3"]
+    for name in ours:
+        assert len(ours[name]["weight"]) == len(theirs[name]["weight"]) == (4 if hook_type == "tensor" else 6)
+        if hook_type == "tensor":
+            assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours[name]["weight"], theirs[name]["weight"]))
+
+
+def test_hook_collector_info_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="hook_type must be"):
+        C.HookCollectorInfo({}, "activation", lambda buffer: None)
+    with pytest.raises(TypeError, match="'tensor' hooks need targets"):
+        C.HookCollectorInfo([torch.ones(1)], "tensor", lambda buffer, t: None)
+    with pytest.raises(ValueError, match="training_epochs"):
+        p = C.Pruner(build("conv_bn_linear"), [{"op_types": ["Conv2d"]}])
+        C.WeightTrainerBasedDataCollector(p, _nni_trainer, _helpers(p.bound_model)[1], torch.nn.MSELoss(), -1)
+
+
+# nni.algorithms.compression.v2.pytorch.utils.evaluator: NNI's v2/test_evaluator.py checks, on data we make ----
+
+def test_evaluator_patches_and_hooks_as_nni_test_evaluator_checks() -> None:
+    """NNI's test downloads MNIST (and its own run fails on torch 2's LR schedulers): the same
+    checks here on generated batches, against NNI's TorchEvaluator without a scheduler."""
+    from nni.algorithms.compression.v2.pytorch.utils import evaluator as n_evaluator
+
+    def training(model, optimizer, criterion, lr_schedulers=None, max_steps=None, max_epochs=None):  # noqa: ANN001, ANN202
+        g = torch.Generator().manual_seed(2)
+        for step in range(max_steps or 50):
+            optimizer.zero_grad()
+            criterion(model(torch.randn(2, 3, 8, 8, generator=g)), torch.tensor([1, 2])).backward()
+            optimizer.step()
+            del step
+
+    counts = []
+    for ns, trace in ((n_evaluator, nni.trace), (C, C.trace)):
+        model = build("conv_bn_linear")
+        optimizer = trace(torch.optim.SGD)(model.parameters(), lr=0.01)
+        evaluator = ns.TorchEvaluator(training, optimizer, torch.nn.functional.cross_entropy)
+        evaluator._init_optimizer_helpers(model)
+        evaluator.bind_model(model)
+        flags: list[str] = []
+        conv = model.features[0]
+
+        def factory(buffer: list):  # noqa: ANN202
+            return lambda *args: buffer.append(True)
+
+        hooks = [ns.TensorHook(conv.weight, "features.0.weight", factory),
+                 ns.ForwardHook(conv, "features.0", factory), ns.BackwardHook(conv, "features.0", factory)]
+        evaluator.patch_loss(lambda t, flags=flags: flags.append("loss") or t)
+        evaluator.patch_optimizer_step([lambda flags=flags: flags.append("before")],
+                                       [lambda flags=flags: flags.append("after")])
+        evaluator.register_hooks(hooks)
+        evaluator.train(max_steps=1)
+        after_train = ([len(h.buffer) for h in hooks], sorted(set(flags)))
+        evaluator.remove_all_hooks()
+        evaluator.register_hooks(hooks)
+        evaluator.finetune()
+        counts.append((after_train, [len(h.buffer) for h in hooks]))
+    assert counts[1] == counts[0] == (([1, 1, 1], ["after", "before", "loss"]), [50, 50, 50])
