@@ -86,6 +86,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni.compression.pytorch.speedup.error_code": (_C + (
         "speedup:SpeedupError,EmptyLayerError,ShapeMisMatchError,InputsNumberError,OutputTypeError,UnBalancedGroupError"),),
     "nni.compression.pytorch.compressor": (_P + "base:Pruner,PrunerModuleWrapper", _QUANT_BASE),
+    "nni.compression.pytorch.quantization.utils": (_C + "quantization.utils",),
+    "nni.compression.pytorch.quantization.settings": (_C + "quantization.settings",),
     "nni.compression.pytorch.quantization.literal": (_C + "quantization:QuantType,BN_FOLD_TAG",),
 }
 

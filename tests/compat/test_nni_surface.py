@@ -29,7 +29,8 @@ from purecompress.selectors import ConfigError  # noqa: E402
 from tests.compat.models import QuantNet, build  # noqa: E402
 
 ROOT = Path(purecompress.__file__).resolve().parent.parent
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:Full backward hook:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:Full backward hook:UserWarning",
+                                        "ignore::DeprecationWarning", "ignore:must run observer:UserWarning")
 
 
 def _metrics(seed: int = 3) -> dict[str, dict[str, torch.Tensor]]:
@@ -275,3 +276,79 @@ def test_evaluator_patches_and_hooks_as_nni_test_evaluator_checks() -> None:
         evaluator.finetune()
         counts.append((after_train, [len(h.buffer) for h in hooks]))
     assert counts[1] == counts[0] == (([1, 1, 1], ["after", "before", "loss"]), [50, 50, 50])
+
+
+# nni.compression.pytorch.quantization.utils / .settings; QAT's all_shapes and layer_quant_setting ----
+
+SCHEMES = ["per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric"]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("kind", ["weight", "input", "output"])
+def test_quantization_utils_equal_nni(kind: str, scheme: str) -> None:
+    from nni.compression.pytorch.quantization import utils as n_utils
+
+    from purecompress.compat.quantization import utils as c_utils
+
+    x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(4))
+    for bits in (2, 8):
+        for dtype in ("int", "uint"):
+            assert c_utils.calculate_qmin_qmax(bits, dtype) == n_utils.calculate_qmin_qmax(bits, dtype)
+    bits_config = {"quant_bits": {kind: 6}}
+    assert c_utils.get_bits_length(bits_config, kind) == n_utils.get_bits_length(bits_config, kind) == 6
+    assert c_utils.is_per_channel(scheme) == n_utils.is_per_channel(scheme)
+    assert c_utils.get_target_dim(kind, scheme) == n_utils.get_target_dim(kind, scheme)
+    assert c_utils.get_quant_shape(x.shape, kind, scheme) == n_utils.get_quant_shape(x.shape, kind, scheme)
+    for ours, theirs in zip(c_utils.get_min_max_value(x, kind, scheme), n_utils.get_min_max_value(x, kind, scheme)):
+        assert ours.shape == theirs.shape and torch.equal(ours, theirs)
+    for dim in (None, 0, 2):
+        assert torch.allclose(c_utils.get_mean_value(x, dim), n_utils.get_mean_value(x, dim))
+    with pytest.raises(ValueError, match="dtype must be 'int' or 'uint'"):
+        c_utils.calculate_qmin_qmax(8, "float")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("dtype", ["int", "uint"])
+def test_qat_layer_settings_and_shapes_equal_nni(dtype: str, scheme: str) -> None:
+    config = [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["Conv2d", "Linear"],
+               "quant_dtype": dtype, "quant_scheme": scheme}]
+    dummy = torch.randn(2, 1, 8, 8)
+    out = []
+    for ns in (NQ, C):
+        torch.manual_seed(1)
+        model = QuantNet()
+        quantizer = ns.QAT_Quantizer(model, [dict(c) for c in config], torch.optim.SGD(model.parameters(), lr=0.1),
+                                     dummy_input=dummy)
+        settings = {}
+        for layer, _ in quantizer.get_modules_to_compress():
+            module = layer.module
+            for kind in ("weight", "input", "output"):
+                s = getattr(module.layer_quant_setting, kind)
+                settings[layer.name, kind] = (s.quant_scheme, s.quant_dtype, s.bits, s.qmin, s.qmax,
+                                              list(getattr(module, f"{kind}_scale").shape))
+        out.append(({n: tuple(map(list, v)) for n, v in quantizer.all_shapes.items()}, settings))
+    assert out[1] == out[0]
+
+
+def test_uncalibrated_observer_quantizer_exports_like_nni(tmp_path: Path) -> None:
+    config = [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["Conv2d", "Linear"]}]
+    calibrations = []
+    for ns in (NQ, C):
+        torch.manual_seed(1)
+        model = QuantNet().eval()
+        quantizer = ns.ObserverQuantizer(model, [dict(c) for c in config])
+        quantizer.compress()  # no calibration batch at all
+        onnx_path = tmp_path / f"{ns.__name__}.onnx"
+        calibrations.append(quantizer.export_model(str(tmp_path / "m.pth"), str(tmp_path / "c.pth"), str(onnx_path),
+                                                   (1, 1, 8, 8)))
+        assert onnx_path.is_file()
+    theirs, ours = calibrations
+    assert sorted(ours) == sorted(theirs) == ["conv1", "fc"]
+    for layer, entry in theirs.items():
+        assert sorted(ours[layer]) == sorted(entry)
+        for key, value in entry.items():
+            if "weight" not in key:  # inputs/outputs: torch's default scale 1, zero point 0, as NNI
+                assert ours[layer][key] == value, (layer, key)
+    # Weights need no data: their range is read from them (NNI's unobserved weight gets scale 1 and
+    # rounds every weight to an integer, i.e. to 0 here).
+    assert 0 < ours["conv1"]["tracked_max_weight"] < theirs["conv1"]["tracked_max_weight"] == 127.0
