@@ -14,6 +14,10 @@ Every public name is also importable from here.
 
 from __future__ import annotations
 
+from purecompress.compat.apply_compression import (
+    apply_compression_results,
+    get_total_num_weights,
+)
 from purecompress.compat.counter import (
     count_flops_params,
 )
@@ -32,6 +36,9 @@ from purecompress.compat.evaluator import (
 )
 from purecompress.compat.lightning_evaluator import (
     LightningEvaluator,
+)
+from purecompress.compat.mask_conflict import (
+    fix_mask_conflict,
 )
 from purecompress.compat.pruning import (
     PRUNER_DICT,
@@ -118,6 +125,12 @@ from purecompress.compat.quantization import (
 )
 from purecompress.compat.schema import SchemaError
 from purecompress.compat.sensitivity_analysis import SensitivityAnalysis
+from purecompress.compat.shape_dependency import (
+    AttentionWeightDependency,
+    ChannelDependency,
+    GroupDependency,
+    InputChannelDependency,
+)
 from purecompress.compat.speedup import (
     EmptyLayerError,
     InputsNumberError,
@@ -151,6 +164,7 @@ __all__ = [
     "APoZRankMetricsCalculator",
     "ActivationAPoZRankPruner",
     "ActivationMeanRankPruner",
+    "AttentionWeightDependency",
     "AutoCompressPruner",
     "AutoCompressTaskGenerator",
     "BNNQuantizer",
@@ -159,6 +173,7 @@ __all__ = [
     "BankSparsityAllocator",
     "BasePruningScheduler",
     "BasicPruner",
+    "ChannelDependency",
     "ConfigError",
     "DataCollector",
     "DependencyAwareAllocator",
@@ -173,9 +188,11 @@ __all__ = [
     "ForwardHook",
     "FunctionBasedTaskGenerator",
     "GlobalSparsityAllocator",
+    "GroupDependency",
     "Hook",
     "HookCollectorInfo",
     "HookDataNormMetricsCalculator",
+    "InputChannelDependency",
     "InputsNumberError",
     "L1NormPruner",
     "L2NormPruner",
@@ -239,14 +256,17 @@ __all__ = [
     "UnBalancedGroupError",
     "WeightDataCollector",
     "WeightTrainerBasedDataCollector",
+    "apply_compression_results",
     "compute_sparsity",
     "compute_sparsity_compact2origin",
     "compute_sparsity_mask2compact",
     "config_list_canonical",
     "count_flops_params",
+    "fix_mask_conflict",
     "get_model_weights_numel",
     "get_module_by_name",
     "get_scaler",
+    "get_total_num_weights",
     "inner_pruner",
     "is_traceable",
     "load_model",

@@ -43,6 +43,14 @@ from purecompress.pruning._config import (
     PruneConfig,
     from_config_list,
 )
+from purecompress.pruning._conflict import (
+    channel_keep,
+    channel_mask,
+    channel_sparsity,
+    equalize_groups,
+    is_channel_mask,
+    unify_channels,
+)
 from purecompress.pruning._distributed import (
     Sync,
     all_reduce_stats,
@@ -233,4 +241,10 @@ __all__ = [
     "taylor_fo",
     "taylor_term",
     "unblock",
+    "channel_keep",
+    "channel_mask",
+    "channel_sparsity",
+    "equalize_groups",
+    "is_channel_mask",
+    "unify_channels",
 ]
