@@ -97,9 +97,7 @@ MODULES: dict[str, tuple[str, ...]] = {
 }
 
 #: What brings a compat module that does not exist yet (for the error message).
-COMING: dict[str, str] = {
-    _C + "pruning_v1": "NNI 1.x pruner names (not planned: use nni.compression.pytorch.pruning)",
-}
+COMING: dict[str, str] = {}
 
 
 def _import(name: str) -> types.ModuleType | None:

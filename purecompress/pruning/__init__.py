@@ -83,6 +83,7 @@ from purecompress.pruning._metrics import (
     mean_activation,
     metric_by,
     slim_penalty,
+    slim_penalty_grad,
     taylor_fo,
 )
 from purecompress.pruning._movement import (
@@ -234,6 +235,7 @@ __all__ = [
     "rewind",
     "save_masks",
     "slim_penalty",
+    "slim_penalty_grad",
     "simplify_mask",
     "sparsity_report",
     "straight_through",
