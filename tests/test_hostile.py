@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -301,20 +302,22 @@ OBSERVE_ALL = [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "
 
 
 @pytest.mark.parametrize("batches", [0, 1], ids=["no forward", "an empty batch"])
-def test_observer_compress_before_calibration_is_a_fast_clear_error(batches: int) -> None:
+def test_observer_compress_before_calibration_is_fast_finite_and_says_so(batches: int,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """NNI's behaviour (scale 1, zero point 0 for what saw no data), but fast, finite and logged:
+    an empty batch used to give NaN scales after a 7 s histogram search."""
     model = _net().eval()
     quantizer = compat.ObserverQuantizer(model, OBSERVE_ALL)
     for _ in range(batches):
-        model(torch.randn(0, 3, 8, 8))  # an empty batch used to give NaN scales after a 7 s search
+        model(torch.randn(0, 3, 8, 8))
     start = time.perf_counter()
-    with pytest.raises(RuntimeError, match="before any calibration data: \\['0.input', '0.output', '3.input'"):
+    with caplog.at_level(logging.WARNING):
         quantizer.compress()
     assert time.perf_counter() - start < 0.5
-    assert not any(name.endswith("_scale") for name, _ in model.named_buffers())  # nothing half-done
-    model(torch.randn(2, 3, 8, 8))  # calibrating afterwards still works
-    quantizer.compress()
-    scales = [b for name, b in model.named_buffers() if name.endswith("_scale")]
-    assert len(scales) == 6 and all(bool(torch.isfinite(s).all() and (s > 0).all()) for s in scales)
+    assert "no calibration batch reached 0.input, 0.output, 3.input" in caplog.text
+    scales = {name: b for name, b in model.named_buffers() if name.endswith("_scale")}
+    assert len(scales) == 6 and all(bool(torch.isfinite(s).all() and (s > 0).all()) for s in scales.values())
+    assert float(scales["0.module.input_scale"]) == 1.0
 
 
 def test_observer_weight_only_needs_no_calibration() -> None:

@@ -14,6 +14,10 @@ Every public name is also importable from here.
 
 from __future__ import annotations
 
+from purecompress.compat.apply_compression import (
+    apply_compression_results,
+    get_total_num_weights,
+)
 from purecompress.compat.counter import (
     count_flops_params,
 )
@@ -23,6 +27,8 @@ from purecompress.compat.evaluator import (
     ForwardHook,
     Hook,
     LegacyEvaluator,
+    LRSchedulerConstructHelper,
+    OptimizerConstructHelper,
     OptimizerRecipe,
     TensorHook,
     TorchEvaluator,
@@ -30,6 +36,9 @@ from purecompress.compat.evaluator import (
 )
 from purecompress.compat.lightning_evaluator import (
     LightningEvaluator,
+)
+from purecompress.compat.mask_conflict import (
+    fix_mask_conflict,
 )
 from purecompress.compat.pruning import (
     PRUNER_DICT,
@@ -50,11 +59,13 @@ from purecompress.compat.pruning import (
     DataCollector,
     DependencyAwareAllocator,
     DistMetricsCalculator,
+    EvaluatorBasedDataCollector,
     EvaluatorBasedHookDataCollector,
     EvaluatorBasedTargetDataCollector,
     FPGMPruner,
     FunctionBasedTaskGenerator,
     GlobalSparsityAllocator,
+    HookCollectorInfo,
     HookDataNormMetricsCalculator,
     L1NormPruner,
     L2NormPruner,
@@ -76,6 +87,7 @@ from purecompress.compat.pruning import (
     Scaling,
     SimulatedAnnealingPruner,
     SimulatedAnnealingTaskGenerator,
+    SingleHookTrainerBasedDataCollector,
     SlimPruner,
     SparsityAllocator,
     StraightMetricsCalculator,
@@ -85,6 +97,9 @@ from purecompress.compat.pruning import (
     TaskResult,
     TaylorFOWeightPruner,
     ThresholdSparsityAllocator,
+    TrainerBasedDataCollector,
+    WeightDataCollector,
+    WeightTrainerBasedDataCollector,
     get_scaler,
     inner_pruner,
     load_model,
@@ -108,7 +123,14 @@ from purecompress.compat.quantization import (
     QuantizerModuleWrapper,
     QuantType,
 )
+from purecompress.compat.schema import SchemaError
 from purecompress.compat.sensitivity_analysis import SensitivityAnalysis
+from purecompress.compat.shape_dependency import (
+    AttentionWeightDependency,
+    ChannelDependency,
+    GroupDependency,
+    InputChannelDependency,
+)
 from purecompress.compat.speedup import (
     EmptyLayerError,
     InputsNumberError,
@@ -133,11 +155,7 @@ from purecompress.compat.utils import (
 )
 from purecompress.selectors import ConfigError
 
-#: NNI raises ``schema.SchemaError`` for bad configs; purecompress raises ConfigError (a ValueError).
-SchemaError = ConfigError
-
 __all__ = [
-    "SensitivityAnalysis",
     "ADMMPruner",
     "AGPPruner",
     "AGPTaskGenerator",
@@ -146,6 +164,7 @@ __all__ = [
     "APoZRankMetricsCalculator",
     "ActivationAPoZRankPruner",
     "ActivationMeanRankPruner",
+    "AttentionWeightDependency",
     "AutoCompressPruner",
     "AutoCompressTaskGenerator",
     "BNNQuantizer",
@@ -154,6 +173,7 @@ __all__ = [
     "BankSparsityAllocator",
     "BasePruningScheduler",
     "BasicPruner",
+    "ChannelDependency",
     "ConfigError",
     "DataCollector",
     "DependencyAwareAllocator",
@@ -161,17 +181,22 @@ __all__ = [
     "DoReFaQuantizer",
     "EmptyLayerError",
     "Evaluator",
+    "EvaluatorBasedDataCollector",
     "EvaluatorBasedHookDataCollector",
     "EvaluatorBasedTargetDataCollector",
     "FPGMPruner",
     "ForwardHook",
     "FunctionBasedTaskGenerator",
     "GlobalSparsityAllocator",
+    "GroupDependency",
     "Hook",
+    "HookCollectorInfo",
     "HookDataNormMetricsCalculator",
+    "InputChannelDependency",
     "InputsNumberError",
     "L1NormPruner",
     "L2NormPruner",
+    "LRSchedulerConstructHelper",
     "LayerInfo",
     "LegacyEvaluator",
     "LevelPruner",
@@ -191,6 +216,7 @@ __all__ = [
     "NormalSparsityAllocator",
     "ObserverQuantizer",
     "OnnxPlan",
+    "OptimizerConstructHelper",
     "OptimizerRecipe",
     "OutputTypeError",
     "PRUNER_DICT",
@@ -207,9 +233,11 @@ __all__ = [
     "Scalers",
     "Scaling",
     "SchemaError",
+    "SensitivityAnalysis",
     "ShapeMisMatchError",
     "SimulatedAnnealingPruner",
     "SimulatedAnnealingTaskGenerator",
+    "SingleHookTrainerBasedDataCollector",
     "SlimPruner",
     "SparsityAllocator",
     "SpeedupError",
@@ -223,16 +251,22 @@ __all__ = [
     "TensorHook",
     "ThresholdSparsityAllocator",
     "TorchEvaluator",
+    "TrainerBasedDataCollector",
     "TransformersEvaluator",
     "UnBalancedGroupError",
+    "WeightDataCollector",
+    "WeightTrainerBasedDataCollector",
+    "apply_compression_results",
     "compute_sparsity",
     "compute_sparsity_compact2origin",
     "compute_sparsity_mask2compact",
     "config_list_canonical",
     "count_flops_params",
+    "fix_mask_conflict",
     "get_model_weights_numel",
     "get_module_by_name",
     "get_scaler",
+    "get_total_num_weights",
     "inner_pruner",
     "is_traceable",
     "load_model",

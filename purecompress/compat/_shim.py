@@ -5,7 +5,8 @@ modules (searched in order) whose public names it serves. :class:`NniFinder`, fi
 ``sys.meta_path``, answers every ``nni`` import from the table, so NNI itself is never imported
 even when installed; a module or name not served fails with an error that says purecompress does
 not provide it yet, and which feature brings it when that is known. A missing *name* raises
-:class:`NotProvidedError` (an ImportError), so ``from nni.x import Name`` keeps the message.
+:class:`NotProvidedError` (an ImportError), so ``from nni.x import Name`` keeps the message. The
+served names are in each module's ``__dict__`` too (``module.__dict__['NaiveQuantizer']``).
 """
 
 from __future__ import annotations
@@ -37,11 +38,16 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni": (_C + "tracing:trace",),
     "nni.compression": (),
     "nni.compression.pytorch": (_P + "base:Pruner", _C + "quantization:Quantizer", *_EVALUATOR,
-                                _C + "speedup:ModelSpeedup"),
+                                _C + "speedup:ModelSpeedup", _C + "apply_compression:apply_compression_results"),
     "nni.compression.pytorch.base": _BASE,
     "nni.compression.pytorch.pruning": _PRUNERS,
     "nni.compression.pytorch.pruning.tools": _TOOLS,
-    "nni.compression.pytorch.utils": (_C + "utils", _C + "counter"),
+    "nni.compression.pytorch.utils": (_C + "utils", _C + "counter", _C + "shape_dependency",
+                                      _C + "sensitivity_analysis:SensitivityAnalysis"),
+    "nni.compression.pytorch.utils.shape_dependency": (_C + "shape_dependency",),
+    "nni.compression.pytorch.utils.mask_conflict": (_C + "mask_conflict",),
+    "nni.compression.pytorch.utils.num_param_counter": (_C + "apply_compression:get_total_num_weights",),
+    "nni.compression.pytorch.utils.apply_compression": (_C + "apply_compression:apply_compression_results",),
     "nni.compression.pytorch.speedup": (_C + "speedup",),
     "nni.compression.pytorch.quantization": (_C + "quantization",),
     "nni.algorithms": (),
@@ -62,6 +68,22 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni.algorithms.compression.v2.pytorch.pruning.auto_compress_pruner": (_P + "iterative_pruner",),
     "nni.algorithms.compression.v2.pytorch.pruning.amc_pruner": (_P + "amc_pruner",),
     "nni.algorithms.compression.v2.pytorch.pruning.tools.task_generator": (_P + "task_generator",),
+    "nni.algorithms.compression.v2.pytorch.pruning.tools.base": (
+        _P + "tools:DataCollector,HookCollectorInfo,TrainerBasedDataCollector,EvaluatorBasedDataCollector,"
+             "MetricsCalculator,SparsityAllocator", _P + "task_generator:TaskGenerator"),
+    "nni.algorithms.compression.v2.pytorch.pruning.tools.data_collector": (
+        _P + "tools:TargetDataCollector,EvaluatorBasedTargetDataCollector,EvaluatorBasedHookDataCollector,"
+             "WeightDataCollector,WeightTrainerBasedDataCollector,SingleHookTrainerBasedDataCollector",),
+    "nni.algorithms.compression.v2.pytorch.pruning.tools.metrics_calculator": (
+        _P + "tools:StraightMetricsCalculator,NormMetricsCalculator,HookDataNormMetricsCalculator,"
+             "DistMetricsCalculator,APoZRankMetricsCalculator,MeanRankMetricsCalculator",),
+    "nni.algorithms.compression.v2.pytorch.pruning.tools.sparsity_allocator": (
+        _P + "tools:NormalSparsityAllocator,ThresholdSparsityAllocator,BankSparsityAllocator,"
+             "GlobalSparsityAllocator,DependencyAwareAllocator",),
+    "nni.algorithms.compression.v2.pytorch.utils.evaluator": _EVALUATOR,
+    "nni.algorithms.compression.v2.pytorch.utils.constructor_helper": (
+        _C + "evaluator:OptimizerConstructHelper,LRSchedulerConstructHelper",),
+    "nni.algorithms.compression.v2.pytorch.utils.pruning": (_C + "utils",),
     "nni.algorithms.compression.v2.pytorch.base.scheduler": _SCHEDULER_BASE,
     "nni.compression.pytorch.utils.counter": (_C + "counter",),
     "nni.compression.pytorch.utils.sensitivity_analysis": (_C + "sensitivity_analysis",),
@@ -69,13 +91,13 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni.compression.pytorch.speedup.error_code": (_C + (
         "speedup:SpeedupError,EmptyLayerError,ShapeMisMatchError,InputsNumberError,OutputTypeError,UnBalancedGroupError"),),
     "nni.compression.pytorch.compressor": (_P + "base:Pruner,PrunerModuleWrapper", _QUANT_BASE),
+    "nni.compression.pytorch.quantization.utils": (_C + "quantization.utils",),
+    "nni.compression.pytorch.quantization.settings": (_C + "quantization.settings",),
     "nni.compression.pytorch.quantization.literal": (_C + "quantization:QuantType,BN_FOLD_TAG",),
 }
 
 #: What brings a compat module that does not exist yet (for the error message).
-COMING: dict[str, str] = {
-    _C + "pruning_v1": "NNI 1.x pruner names (not planned: use nni.compression.pytorch.pruning)",
-}
+COMING: dict[str, str] = {}
 
 
 def _import(name: str) -> types.ModuleType | None:
@@ -154,7 +176,13 @@ class NniFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return NniModule(spec.name, MODULES[spec.name])
 
     def exec_module(self, module: types.ModuleType) -> None:
+        """Put every served name in the module's ``__dict__`` (scripts read ``vars(module)`` and
+        ``module.__dict__[name]``, which never reach ``__getattr__``); the first source wins, as there."""
         module.__file__ = __file__
+        if isinstance(module, NniModule):
+            for source, names in module._served():
+                for name in names:
+                    module.__dict__.setdefault(name, getattr(source, name))
 
 
 def install() -> NniFinder:

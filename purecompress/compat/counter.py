@@ -1,8 +1,9 @@
 """NNI's ``count_flops_params(model, x, custom_ops=None, verbose=True, mode='default')``.
 
 Same as NNI, but computed by :func:`purecompress.search.count_flops_params`: Conv and Linear
-layers, FLOPs per sample, pruned output channels (masks of a wrapped model, or a model pruned and
-unwrapped) not counted. ``custom_ops`` and ``mode='full'`` are not supported and say so.
+layers (``mode='full'``: with bias additions, norms, LeakyReLU, pools, upsampling), FLOPs per
+sample at every call of a module, pruned output channels (masks of a wrapped model) not counted.
+``custom_ops`` and RNN modules are not supported (``custom_ops`` says so).
 """
 
 from __future__ import annotations
@@ -38,19 +39,21 @@ def count_flops_params(model: nn.Module, x: Any, custom_ops: dict[Any, Any] | No
         x: an input tensor, a tuple of tensors, or an input shape tuple.
         custom_ops: not supported (NNI's per-module callbacks); must be None or empty.
         verbose: log the per-layer table (at INFO).
-        mode: only ``'default'`` (Conv and Linear).
+        mode: ``'default'`` (Conv and Linear) or ``'full'`` (also bias additions, BatchNorm, LeakyReLU,
+            average pools and upsampling, NNI's numbers).
 
     NNI counts a wrapped model's pruned FLOPs as if dense; here only kept output channels count
     (input channels whose producer was pruned still count: an upper bound, as NNI documents).
 
     Returns:
-        ``(flops, params, results)`` where each result has name, module_type, weight_shape, flops,
-        params, input_size, output_size.
+        ``(flops, params, results)``: one result per module call (a module called 5 times has 5),
+        each with name, module_type, weight_shape (0 without a weight), flops, params, input_size,
+        output_size; params count each module once.
     """
     if custom_ops:
         raise NotImplementedError("count_flops_params(custom_ops=...) is not supported by purecompress")
-    if mode != "default":
-        raise NotImplementedError(f"count_flops_params(mode={mode!r}): only mode='default' (Conv, Linear)")
+    if mode not in ("default", "full"):
+        raise ValueError(f"count_flops_params(mode={mode!r}): use 'default' (Conv, Linear) or 'full'")
     masks = {}
     for name, module in model.named_modules():
         if isinstance(module, PrunerModuleWrapper):
@@ -58,17 +61,18 @@ def count_flops_params(model: nn.Module, x: Any, custom_ops: dict[Any, Any] | No
                 mask = getattr(module, f"{target}_mask")
                 if mask is not None:
                     masks[f"{name}.module.{target}"] = Mask.from_dense(mask)
-    counts = _count(model, _example(model, x), masks)
+    counts = _count(model, _example(model, x), masks, mode=mode)  # type: ignore[arg-type]
     results = []
-    for name, layer in counts.layers.items():
+    for call in counts.calls:
+        weight = getattr(model.get_submodule(call.name), "weight", None)
         results.append({
-            "name": name.removesuffix(".module"),
-            "module_type": layer.type_name,
-            "weight_shape": list(model.get_submodule(name).weight.shape),
-            "flops": layer.flops,
-            "params": layer.params,
-            "input_size": list(layer.input_shape),
-            "output_size": list(layer.output_shape),
+            "name": call.name.removesuffix(".module"),
+            "module_type": call.type_name,
+            "weight_shape": list(weight.shape) if isinstance(weight, torch.Tensor) else 0,
+            "flops": call.flops,
+            "params": call.params,
+            "input_size": list(call.input_shape),
+            "output_size": list(call.output_shape),
         })
     if verbose:
         for r in results:

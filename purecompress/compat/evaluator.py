@@ -27,7 +27,9 @@ __all__ = [
     "Evaluator",
     "ForwardHook",
     "Hook",
+    "LRSchedulerConstructHelper",
     "LegacyEvaluator",
+    "OptimizerConstructHelper",
     "OptimizerRecipe",
     "SchedulerRecipe",
     "TensorHook",
@@ -216,7 +218,38 @@ class OptimizerRecipe:
 
 
 
+class OptimizerConstructHelper(OptimizerRecipe):
+    """NNI's name for an :class:`OptimizerRecipe` (``nni.algorithms.compression.v2.pytorch.utils``).
+
+    Same as :class:`OptimizerRecipe`, with NNI's ``from_trace`` constructor and ``call`` method;
+    a plain (untraced) optimizer is accepted too.
+
+    >>> import torch
+    >>> from purecompress.compat import trace
+    >>> model = nn.Linear(2, 2)
+    >>> helper = OptimizerConstructHelper.from_trace(model, trace(torch.optim.SGD)(model.parameters(), lr=0.1))
+    >>> helper.call(nn.Linear(2, 2)).defaults['lr']
+    0.1
+    """
+
+    @classmethod
+    def from_trace(cls, model: nn.Module, optimizer_trace: Optimizer) -> OptimizerConstructHelper:
+        """The recipe of ``optimizer_trace`` (built for ``model``)."""
+        return cls(model, optimizer_trace)
+
+    def call(self, wrapped_model: nn.Module, origin2wrapped_name_map: Mapping[str, str] | None = None) -> Optimizer:
+        """Same as :meth:`OptimizerRecipe.build`."""
+        return self.build(wrapped_model, origin2wrapped_name_map)
+
+
+
 class SchedulerRecipe:
+    """How to rebuild a traced LR scheduler for another optimizer: class and arguments.
+
+    Args:
+        scheduler: a scheduler built with ``trace(SchedulerClass)(optimizer, ...)``.
+    """
+
     def __init__(self, scheduler: LRScheduler) -> None:
         if not _traced(scheduler):
             raise TypeError(f"lr scheduler {type(scheduler).__name__} must be traced so it can be rebuilt for the "
@@ -227,12 +260,27 @@ class SchedulerRecipe:
         self.optimizer = scheduler.optimizer
 
     def build(self, optimizer: Optimizer) -> LRScheduler:
+        """A fresh scheduler of the recorded class and arguments over ``optimizer``."""
         args, kwargs = list(self.args), dict(self.kwargs)
         if "optimizer" in kwargs:
             kwargs["optimizer"] = optimizer
         else:
             args[0] = optimizer
         return self.cls(*args, **kwargs)
+
+
+
+class LRSchedulerConstructHelper(SchedulerRecipe):
+    """NNI's name for a :class:`SchedulerRecipe`: ``from_trace(scheduler)``, ``call(optimizer)``."""
+
+    @classmethod
+    def from_trace(cls, lr_scheduler_trace: LRScheduler) -> LRSchedulerConstructHelper:
+        """The recipe of a traced scheduler."""
+        return cls(lr_scheduler_trace)
+
+    def call(self, optimizer: Optimizer) -> LRScheduler:
+        """Same as :meth:`SchedulerRecipe.build`."""
+        return self.build(optimizer)
 
 
 
@@ -244,12 +292,13 @@ class _PatchingEvaluator(Evaluator):
     _scheduler_recipes: list[SchedulerRecipe]
     _scheduler_owner: list[int]
 
-    def _setup(self, optimizers: Optimizer | Sequence[Optimizer], lr_schedulers: Any, criterion: Callable) -> None:
+    def _setup(self, optimizers: Optimizer | OptimizerRecipe | Sequence[Optimizer | OptimizerRecipe],
+               lr_schedulers: Any, criterion: Callable) -> None:
         self._ori_criterion = criterion
         self._criterion = criterion
-        self._single_optimizer = isinstance(optimizers, Optimizer)
+        self._single_optimizer = isinstance(optimizers, (Optimizer, OptimizerRecipe))
         self._single_scheduler = isinstance(lr_schedulers, LRScheduler)
-        self._tmp_optimizers = [optimizers] if isinstance(optimizers, Optimizer) else list(optimizers)
+        self._tmp_optimizers = [optimizers] if self._single_optimizer else list(optimizers)  # type: ignore[arg-type]
         self._tmp_schedulers = [] if lr_schedulers is None else \
             [lr_schedulers] if isinstance(lr_schedulers, LRScheduler) else list(lr_schedulers)
         self.model: nn.Module | None = None
@@ -261,7 +310,8 @@ class _PatchingEvaluator(Evaluator):
     def _init_optimizer_helpers(self, pure_model: nn.Module) -> None:
         if self._initialization_complete:
             return
-        self._recipes = [OptimizerRecipe(pure_model, o) for o in self._tmp_optimizers]
+        self._recipes = [o if isinstance(o, OptimizerRecipe) else OptimizerRecipe(pure_model, o)
+                         for o in self._tmp_optimizers]
         self._scheduler_recipes = [SchedulerRecipe(s) for s in self._tmp_schedulers]
         ids = {id(o): i for i, o in enumerate(self._tmp_optimizers)}
         self._scheduler_owner = [ids[id(r.optimizer)] for r in self._scheduler_recipes]
@@ -382,9 +432,16 @@ class LegacyEvaluator(_PatchingEvaluator):
 
     ``train(max_steps, max_epochs)`` calls the trainer ``max_epochs`` times (once when None);
     ``max_steps`` cannot limit a legacy trainer, so pruners bound what their hooks count instead.
+
+    Args:
+        trainer: ``trainer(model, optimizer, criterion)``, one epoch.
+        optimizer: the optimizer (traced or plain), or its recipe (an :class:`OptimizerConstructHelper`,
+            what NNI's trainer-based data collectors take); rebuilt for the model at :meth:`bind_model`.
+        criterion: ``criterion(output, target) -> loss``.
+        dummy_input: example input for graph capture.
     """
 
-    def __init__(self, trainer: Callable[[nn.Module, Optimizer, Callable], Any], optimizer: Optimizer,
+    def __init__(self, trainer: Callable[[nn.Module, Optimizer, Callable], Any], optimizer: Optimizer | OptimizerRecipe,
                  criterion: Callable[..., Tensor], dummy_input: Any = None) -> None:
         if not callable(trainer):
             raise TypeError("trainer must be callable: trainer(model, optimizer, criterion)")

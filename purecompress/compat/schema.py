@@ -3,19 +3,60 @@
 NNI validates a ``config_list`` with ``schema``: each entry must fit one of a pruner's forms
 (normal, global, exclude, internal). Here a form is a :class:`Form` record; :func:`validate`
 finds the form an entry fits, then :func:`purecompress.from_config_list` checks the values.
-Every problem raises :class:`purecompress.selectors.ConfigError` naming the entry index and key.
+Every problem raises :class:`SchemaError`: the core's :class:`purecompress.selectors.ConfigError`
+(naming the entry index and key) that is also ``schema.SchemaError``, the type NNI scripts catch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import attrs
 
 from purecompress.pruning import PruneConfig, from_config_list
 from purecompress.selectors import ConfigError
 
-__all__ = ["EXCLUDE", "GLOBAL", "INTERNAL", "NORMAL", "Form", "validate"]
+__all__ = ["EXCLUDE", "GLOBAL", "INTERNAL", "NORMAL", "Form", "SchemaError", "schema_errors", "validate"]
+
+try:  # NNI's config error type: the ``schema`` package NNI depends on (not a purecompress dependency)
+    from schema import SchemaError as _NniSchemaError
+except ImportError:  # without it no script can catch schema.SchemaError: ConfigError alone is enough
+    class _NniSchemaError(Exception):  # type: ignore[no-redef]
+        """Stands in for ``schema.SchemaError`` when the ``schema`` package is not installed."""
+
+
+class SchemaError(ConfigError, _NniSchemaError):
+    """A bad config as compat raises it: a :class:`~purecompress.selectors.ConfigError` (a ValueError
+    naming the entry index and key) that is also ``schema.SchemaError`` when ``schema`` is installed,
+    so NNI scripts that catch ``schema.SchemaError`` keep working.
+
+    >>> err = SchemaError(0, 'sparsity', 'must be in [0, 1), got 1.5')
+    >>> isinstance(err, ConfigError), str(err)
+    (True, "config_list[0]['sparsity']: must be in [0, 1), got 1.5")
+    """
+
+    def __init__(self, index: int | None, key: str | None, reason: str) -> None:
+        ConfigError.__init__(self, index, key, reason)
+        self.autos, self.errors = [str(self)], [None]  # schema.SchemaError's fields (its ``code``)
+
+
+@contextlib.contextmanager
+def schema_errors() -> Iterator[None]:
+    """Re-raise a core :class:`~purecompress.selectors.ConfigError` raised inside as :class:`SchemaError`.
+
+    >>> with schema_errors():
+    ...     raise ConfigError(1, 'op_names', 'must be a list of strings')
+    Traceback (most recent call last):
+    ...
+    purecompress.compat.schema.SchemaError: config_list[1]['op_names']: must be a list of strings
+    """
+    try:
+        yield
+    except SchemaError:
+        raise
+    except ConfigError as err:
+        raise SchemaError(err.index, err.key, err.reason).with_traceback(err.__traceback__) from None
 
 _SELECT = ("op_types", "op_names", "op_partial_names")
 
@@ -76,6 +117,7 @@ def validate(
     *,
     forms: Sequence[Form] | None = None,
     op_types: Sequence[str] | None = None,
+    require_sparsity: bool = True,
 ) -> tuple[PruneConfig, ...]:
     """Check an NNI ``config_list`` the way NNI's pruner would, then parse it with the core.
 
@@ -83,15 +125,23 @@ def validate(
         config_list: the user's list of dicts.
         forms: the forms this pruner accepts (None: any combination of NNI pruning keys).
         op_types: the op types this pruner supports, in every entry (None: any).
+        require_sparsity: every entry (but exclusions) must give a sparsity; NNI's base ``Pruner``
+            takes entries without one.
 
     Raises:
-        ConfigError: naming the entry index and key (NNI raises ``schema.SchemaError``).
+        SchemaError: a ConfigError naming the entry index and key, also ``schema.SchemaError``.
 
     >>> validate([{'sparsity': 0.5, 'op_types': ['default'], 'exclude': True}], forms=[NORMAL, EXCLUDE])
     Traceback (most recent call last):
     ...
-    purecompress.selectors.ConfigError: config_list[0]['exclude']: not allowed in a normal config (accepted forms: ...
+    purecompress.compat.schema.SchemaError: config_list[0]['exclude']: not allowed in a normal config ...
     """
+    with schema_errors():
+        return _validate(config_list, forms, op_types, require_sparsity)
+
+
+def _validate(config_list: object, forms: Sequence[Form] | None, op_types: Sequence[str] | None,
+              require_sparsity: bool) -> tuple[PruneConfig, ...]:
     if not isinstance(config_list, Sequence) or isinstance(config_list, (str, bytes, Mapping)):
         raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
     for index, entry in enumerate(config_list):
@@ -111,4 +161,4 @@ def validate(
             bad = [t for t in types if t not in op_types]
             if bad:
                 raise ConfigError(index, "op_types", f"{bad} not supported by this pruner; supported: {list(op_types)}")
-    return from_config_list(config_list)  # type: ignore[arg-type]
+    return from_config_list(config_list, require_sparsity=require_sparsity)  # type: ignore[arg-type]

@@ -3,7 +3,8 @@ mask propagation and shrinking.
 
 The modules behind this package are private; every public name is re-exported here:
 :func:`capture` (:func:`capture_info` says which method ran), :func:`channel_dependency` /
-:func:`group_dependency` (NNI's dependency sets),
+:func:`input_channel_dependency` / :func:`group_dependency` / :func:`attention_dependency` (NNI's
+dependency sets),
 :func:`propagate` / :func:`channel_plan` (which channels the masks kill), :func:`shrink` (a compact
 model equal to the masked one) and the replacement table (:class:`Replacement`, :class:`ChannelSlice`).
 """
@@ -22,8 +23,11 @@ from purecompress.graph._capture import (
 )
 from purecompress.graph._dependency import (
     Kind,
+    attention_dependency,
     channel_dependency,
+    group_constraints,
     group_dependency,
+    input_channel_dependency,
 )
 from purecompress.graph._propagate import (
     EXACT_TOL,
@@ -80,12 +84,15 @@ __all__ = [
     "Track",
     "UnbalancedGroupsError",
     "analyse",
+    "attention_dependency",
     "bind_inputs",
     "capture",
     "capture_info",
     "channel_dependency",
     "channel_plan",
+    "group_constraints",
     "group_dependency",
+    "input_channel_dependency",
     "is_captured",
     "kind_of",
     "liveness",

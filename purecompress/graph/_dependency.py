@@ -25,8 +25,11 @@ from purecompress.graph._capture import PRODUCER_TYPES, Method, capture, is_capt
 
 __all__ = [
     "Kind",
+    "attention_dependency",
     "channel_dependency",
+    "group_constraints",
     "group_dependency",
+    "input_channel_dependency",
 ]
 
 
@@ -183,8 +186,9 @@ def _graph(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[Any], m
 
 
 
-def _producer(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    if node.op == "call_module" and isinstance(modules[node.target], PRODUCER_TYPES):
+def _producer(node: fx.Node, modules: dict[str, nn.Module],
+              types: tuple[type[nn.Module], ...] = PRODUCER_TYPES) -> str | None:
+    if node.op == "call_module" and isinstance(modules[node.target], types):
         return str(node.target)
     return None
 
@@ -204,6 +208,7 @@ def channel_dependency(
     *,
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     capture_method: Method = "auto",
+    producer_types: tuple[type[nn.Module], ...] = PRODUCER_TYPES,
 ) -> list[tuple[str, ...]]:
     """Sets of layers whose output channels must share one mask (NNI's ``ChannelDependency``).
 
@@ -214,12 +219,13 @@ def channel_dependency(
         leaf_modules: passed to :func:`capture`.
         capture_method: passed to :func:`capture` as ``method`` (``"auto"``: torch.fx, or a
             recording of the run when fx cannot trace the forward).
+        producer_types: the layers whose channels are pruned (default :data:`PRODUCER_TYPES`;
+            ``(nn.BatchNorm2d,)`` for channels pruned at the norms, NNI's ``prune_type='Batchnorm'``).
 
     Returns:
-        A partition of the producer layers (Conv*, ConvTranspose*, Linear) called in the graph,
-        by module name: a layer with no dependency is a 1-tuple, as in NNI's
-        ``dependency_sets``. Sets are ordered by the graph position of their first member,
-        members by graph position.
+        A partition of the producer layers called in the graph, by module name: a layer with no
+        dependency is a 1-tuple, as in NNI's ``dependency_sets``. Sets are ordered by the graph
+        position of their first member, members by graph position.
 
     >>> import torch
     >>> class Residual(nn.Module):
@@ -238,7 +244,7 @@ def channel_dependency(
     rank: dict[str, int] = {}  # graph position of each producer's first call
     sources: dict[fx.Node, frozenset[str]] = {}  # nearest producers whose channels reach a node
     for node in gm.graph.nodes:
-        name = _producer(node, modules)
+        name = _producer(node, modules, producer_types)
         if name is not None:
             parent.setdefault(name, name)
             rank.setdefault(name, len(rank))
@@ -248,14 +254,157 @@ def channel_dependency(
         sources[node] = frozenset().union(*(sources[x] for x in _FLOW[kind](node)))
         joins = _JOINS.get(kind)
         if joins is not None:
-            met = frozenset().union(*(sources[x] for x in joins(node)))
-            roots = sorted({_find(parent, x) for x in met}, key=rank.__getitem__)
-            for root in roots[1:]:
-                parent[root] = roots[0]
+            _union(parent, rank, frozenset().union(*(sources[x] for x in joins(node))))
+    return _partition(parent)
+
+
+def _union(parent: dict[str, str], rank: dict[str, int], met: Iterable[str]) -> None:
+    """Merge the sets of ``met`` (the earliest member's root wins)."""
+    roots = sorted({_find(parent, x) for x in met}, key=rank.__getitem__)
+    for root in roots[1:]:
+        parent[root] = roots[0]
+
+
+def _partition(parent: dict[str, str]) -> list[tuple[str, ...]]:
     groups: dict[str, list[str]] = {}
     for name in parent:
         groups.setdefault(_find(parent, name), []).append(name)
     return [tuple(members) for members in groups.values()]
+
+
+
+def input_channel_dependency(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    capture_method: Method = "auto",
+) -> list[tuple[str, ...]]:
+    """Sets of layers whose *input* channels must share one mask (NNI's ``InputChannelDependency``).
+
+    Layers that read the same tensor, directly or through ops that keep its channels (activations,
+    norms, element-wise ops, views that keep dim 1), see the same input channels: pruning an input
+    channel of one of them prunes it for all.
+
+    Args:
+        model: the model (not modified), or a graph returned by :func:`capture`.
+        example_inputs: inputs for :func:`capture`; omit when ``model`` is a captured graph.
+        leaf_modules: passed to :func:`capture`.
+
+    Returns:
+        A partition of the producer layers (:data:`PRODUCER_TYPES`) called in the graph, as
+        :func:`channel_dependency` returns it.
+
+    >>> import torch
+    >>> class Fork(nn.Module):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.stem, self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+    ...     def forward(self, x):
+    ...         y = self.stem(x).relu()
+    ...         return self.a(y) + self.b(y)
+    >>> input_channel_dependency(Fork(), torch.zeros(1, 3, 4, 4))
+    [('stem',), ('a', 'b')]
+    """
+    gm = _graph(model, example_inputs, leaf_modules, capture_method)
+    modules = dict(gm.named_modules())
+    nodes = list(gm.graph.nodes)
+    readers: dict[fx.Node, frozenset[str]] = {}  # nearest layers reading a node's channels
+    for node in reversed(nodes):
+        found: set[str] = set()
+        for user in node.users:
+            name = _producer(user, modules)
+            if name is not None:
+                if user.args and user.args[0] is node:
+                    found.add(name)
+            elif node in _FLOW[_kind(user, modules)](user):
+                found |= readers[user]
+        readers[node] = frozenset(found)
+    parent: dict[str, str] = {}
+    rank: dict[str, int] = {}
+    for node in nodes:
+        name = _producer(node, modules)
+        if name is not None:
+            parent.setdefault(name, name)
+            rank.setdefault(name, len(rank))
+    for node in nodes:
+        _union(parent, rank, readers[node])
+    return _partition(parent)
+
+
+
+def _is_matmul(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target == "matmul"
+    return node.op == "call_function" and getattr(node.target, "__name__", "") == "matmul"
+
+
+
+def _nearest_linears(start: fx.Node, modules: dict[str, nn.Module], step: Callable[[fx.Node], Iterable[fx.Node]]
+                     ) -> list[str]:
+    """The Linear layers first met walking from ``start`` by ``step``; LayerNorm ends a path (NNI's rule)."""
+    found: list[str] = []
+    queue, seen = list(step(start)), set()
+    while queue:
+        node = queue.pop(0)
+        if node in seen:
+            continue
+        seen.add(node)
+        module = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(module, nn.Linear):
+            if str(node.target) not in found:
+                found.append(str(node.target))
+            continue
+        if isinstance(module, nn.LayerNorm):
+            continue
+        queue.extend(step(node))
+    return found
+
+
+
+def attention_dependency(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    capture_method: Method = "auto",
+) -> dict[str, tuple[str, ...]]:
+    """The four Linear layers of each attention block (NNI's ``AttentionWeightDependency``).
+
+    For every ``matmul`` in the graph, the nearest Linear layers before it (walking back through
+    any op, stopping at LayerNorm) and after it; a matmul with three before (the Q, K and V
+    projections, in walk order) and one after (the output projection) is an attention block.
+
+    Args:
+        model: the model (not modified), or a graph returned by :func:`capture`.
+        example_inputs: inputs for :func:`capture`; omit when ``model`` is a captured graph.
+        leaf_modules: passed to :func:`capture`.
+
+    Returns:
+        ``{matmul node name: (q, k, v, out)}`` (in the walk's order), in graph order.
+
+    >>> import torch
+    >>> class Attention(nn.Module):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+    ...     def forward(self, x):
+    ...         scores = torch.matmul(self.q(x), self.k(x).transpose(-1, -2)).softmax(-1)
+    ...         return self.o(torch.matmul(scores, self.v(x)))
+    >>> attention_dependency(Attention(), torch.zeros(1, 5, 8))
+    {'matmul_1': ('v', 'q', 'k', 'o')}
+    """
+    gm = _graph(model, example_inputs, leaf_modules, capture_method)
+    modules = dict(gm.named_modules())
+    out: dict[str, tuple[str, ...]] = {}
+    for node in gm.graph.nodes:
+        if not _is_matmul(node):
+            continue
+        before = _nearest_linears(node, modules, lambda n: n.all_input_nodes)
+        after = _nearest_linears(node, modules, lambda n: list(n.users))
+        if len(before) == 3 and len(after) == 1:
+            out[node.name] = (*before, *after)
+    return out
 
 
 
@@ -269,6 +418,43 @@ def _group_count(module: nn.Module) -> int:
     if module.out_channels == module.groups:  # depthwise: no extra constraint (NNI)
         return 1
     return module.groups
+
+
+
+def group_constraints(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    capture_method: Method = "auto",
+) -> dict[str, tuple[int, ...]]:
+    """Per layer, every group count its output channels must stay divisible by (before the lcm
+    :func:`group_dependency` takes); see there.
+
+    >>> import torch
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=4))
+    >>> group_constraints(net, torch.zeros(1, 3, 4, 4))
+    {'0': (1, 4), '2': (4,)}
+    """
+    gm = _graph(model, example_inputs, leaf_modules, capture_method)
+    modules = dict(gm.named_modules())
+    sources: dict[fx.Node, frozenset[str]] = {}
+    counts: dict[str, list[int]] = {}
+    for node in gm.graph.nodes:
+        feeding = frozenset().union(*(sources[x] for x in node.all_input_nodes))
+        name = _producer(node, modules)
+        if name is not None:
+            sources[node] = frozenset((name,))
+        else:  # like NNI, through any op, but not through shape arithmetic (x.size(), ...)
+            sources[node] = feeding if "tensor_meta" in node.meta else frozenset()
+        if node.op != "call_module" or not isinstance(modules[node.target], _GROUPED):
+            continue
+        groups = _group_count(modules[node.target])
+        counts.setdefault(str(node.target), []).append(groups)
+        if groups > 1:
+            for parent in sorted(feeding):
+                counts.setdefault(parent, []).append(groups)
+    return {name: tuple(values) for name, values in counts.items()}
 
 
 
@@ -302,22 +488,5 @@ def group_dependency(
     >>> group_dependency(net, torch.zeros(1, 3, 4, 4))
     {'0': 4, '2': 4}
     """
-    gm = _graph(model, example_inputs, leaf_modules, capture_method)
-    modules = dict(gm.named_modules())
-    sources: dict[fx.Node, frozenset[str]] = {}
-    counts: dict[str, list[int]] = {}
-    for node in gm.graph.nodes:
-        feeding = frozenset().union(*(sources[x] for x in node.all_input_nodes))
-        name = _producer(node, modules)
-        if name is not None:
-            sources[node] = frozenset((name,))
-        else:  # like NNI, through any op, but not through shape arithmetic (x.size(), ...)
-            sources[node] = feeding if "tensor_meta" in node.meta else frozenset()
-        if node.op != "call_module" or not isinstance(modules[node.target], _GROUPED):
-            continue
-        groups = _group_count(modules[node.target])
-        counts.setdefault(str(node.target), []).append(groups)
-        if groups > 1:
-            for parent in sorted(feeding):
-                counts.setdefault(parent, []).append(groups)
-    return {name: math.lcm(*values) for name, values in counts.items()}
+    constraints = group_constraints(model, example_inputs, leaf_modules=leaf_modules, capture_method=capture_method)
+    return {name: math.lcm(*values) for name, values in constraints.items()}

@@ -43,6 +43,14 @@ from purecompress.pruning._config import (
     PruneConfig,
     from_config_list,
 )
+from purecompress.pruning._conflict import (
+    channel_keep,
+    channel_mask,
+    channel_sparsity,
+    equalize_groups,
+    is_channel_mask,
+    unify_channels,
+)
 from purecompress.pruning._distributed import (
     Sync,
     all_reduce_stats,
@@ -75,6 +83,7 @@ from purecompress.pruning._metrics import (
     mean_activation,
     metric_by,
     slim_penalty,
+    slim_penalty_grad,
     taylor_fo,
 )
 from purecompress.pruning._movement import (
@@ -226,6 +235,7 @@ __all__ = [
     "rewind",
     "save_masks",
     "slim_penalty",
+    "slim_penalty_grad",
     "simplify_mask",
     "sparsity_report",
     "straight_through",
@@ -233,4 +243,10 @@ __all__ = [
     "taylor_fo",
     "taylor_term",
     "unblock",
+    "channel_keep",
+    "channel_mask",
+    "channel_sparsity",
+    "equalize_groups",
+    "is_channel_mask",
+    "unify_channels",
 ]

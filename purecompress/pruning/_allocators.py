@@ -215,14 +215,19 @@ def allocate_per_layer(metrics: Metrics, sparsity: Sparsity, *, prior: Masks | N
 
 
 def allocate_global(metrics: Metrics, sparsity: float | Tensor, *, max_sparsity: Sparsity = 0.99,
-                    prior: Masks | None = None) -> Masks:
+                    prior: Masks | None = None, below_target: bool = False) -> Masks:
     """Pool all layers and prune ``sparsity`` of all their elements, lowest scores first.
 
     Each block weighs its element count. Each layer's top ``kept_count(blocks, cap)`` blocks are
     protected (``max_sparsity``, default 0.99 as NNI). Blocks are pruned in ascending score order
     until at least ``int(sparsity * N)`` elements are pruned: exactly that many at element
     granularity, at most one block more otherwise (NNI's threshold rule, without its over-pruning
-    on ties).
+    on ties). With ``below_target`` only the blocks that end strictly below ``int(sparsity * N)``
+    pruned elements are pruned (NNI 1.x's ``global_sort``: scores strictly below the target's).
+
+    >>> m = {'a': Metric(torch.tensor([[1.], [2.]]), (2, 2)), 'b': Metric(torch.tensor([[3.], [4.]]), (2, 3))}
+    >>> [allocate_global(m, 0.5, max_sparsity=1.0, below_target=b)['b'].keep.flatten().tolist() for b in (False, True)]
+    [[False, True], [True, True]]
     """
     if not metrics:
         return {}
@@ -238,8 +243,10 @@ def allocate_global(metrics: Metrics, sparsity: float | Tensor, *, max_sparsity:
     score = torch.cat(flat)
     size = torch.cat([torch.full((f.numel(),), b, dtype=torch.long) for f, b in zip(flat, sizes)])
     if isinstance(sparsity, Tensor) or is_traced(score):  # no data-dependent int under transforms
+        if below_target:
+            raise ValueError("below_target needs a float sparsity (not a tensor, not under a transform)")
         keep = _global_keep_ranked(score, size, torch.as_tensor(sparsity, dtype=torch.float64))
-    elif len(set(sizes)) == 1:
+    elif len(set(sizes)) == 1 and not below_target:
         n = min(int(sparsity * int(size.sum())), int(size[score != math.inf].sum()))
         keep = _keep_top(score, score.numel() - math.ceil(n / sizes[0]), -1)
     else:
@@ -247,7 +254,7 @@ def allocate_global(metrics: Metrics, sparsity: float | Tensor, *, max_sparsity:
         order = torch.sort(score, descending=True, stable=True).indices
         after = size[order].flip(0).cumsum(0).flip(0) - size[order]  # elements ranked below each
         keep = torch.empty_like(score, dtype=torch.bool)
-        keep[order] = after >= n
+        keep[order] = after + size[order] >= n if below_target else after >= n
     masks, start = {}, 0
     for name, f in zip(names, flat):
         masks[name] = Mask(keep[start:start + f.numel()].reshape(metrics[name].score.shape),

@@ -72,7 +72,7 @@ class PruneConfig:
 
 
 def _prune_entry(index: int, entry: Mapping[str, object], extra_keys: Sequence[str],
-                 allowed_op_types: Sequence[str] | None) -> PruneConfig:
+                 allowed_op_types: Sequence[str] | None, require_sparsity: bool) -> PruneConfig:
     if not isinstance(entry, Mapping):
         raise ConfigError(index, None, f"each entry must be a dict, got {type(entry).__name__}")
     unknown = [k for k in entry if k not in SELECTOR_KEYS + _PRUNE_KEYS + tuple(extra_keys)]
@@ -119,7 +119,8 @@ def _prune_entry(index: int, entry: Mapping[str, object], extra_keys: Sequence[s
                               f"layer, not {key!r} {per_layer!r}: drop {key!r} or make it {implied}")
         kwargs["n_m"] = n_m
         kwargs.setdefault("sparsity_per_layer", implied)
-    if not selector.exclude and "sparsity_per_layer" not in kwargs and "total_sparsity" not in kwargs:
+    if require_sparsity and not selector.exclude and "sparsity_per_layer" not in kwargs \
+            and "total_sparsity" not in kwargs:
         raise ConfigError(index, None, "needs 'sparsity' (or 'sparsity_per_layer') or 'total_sparsity'")
     kwargs["options"] = {k: entry[k] for k in extra_keys if k in entry}
     return PruneConfig(**kwargs)  # type: ignore[arg-type]
@@ -131,6 +132,7 @@ def from_config_list(
     *,
     extra_keys: Sequence[str] = (),
     allowed_op_types: Sequence[str] | None = None,
+    require_sparsity: bool = True,
 ) -> tuple[PruneConfig, ...]:
     """Parse an NNI pruning ``config_list`` into :class:`PruneConfig` records.
 
@@ -138,6 +140,8 @@ def from_config_list(
         config_list: NNI dicts, e.g. ``[{'sparsity': 0.5, 'op_types': ['Conv2d']}]``.
         extra_keys: algorithm-specific keys to accept into ``options`` (e.g. ``('rho',)``).
         allowed_op_types: the op types this algorithm supports; others are rejected.
+        require_sparsity: every entry but exclusions must give a sparsity (False: an entry may only
+            select modules, its sparsity is None; NNI's base ``Pruner`` takes such entries).
 
     Raises:
         ConfigError: naming the entry index, the key and the reason.
@@ -151,4 +155,4 @@ def from_config_list(
     """
     if not isinstance(config_list, (list, tuple)):
         raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
-    return tuple(_prune_entry(i, e, extra_keys, allowed_op_types) for i, e in enumerate(config_list))
+    return tuple(_prune_entry(i, e, extra_keys, allowed_op_types, require_sparsity) for i, e in enumerate(config_list))

@@ -258,3 +258,15 @@ def slim_penalty(params: Mapping[str, Tensor], targets: Plan | Iterable[str], sc
     if not names:
         return torch.zeros(())
     return scale * torch.stack([params[n].abs().sum() for n in names]).sum()
+
+
+
+def slim_penalty_grad(params: Mapping[str, Tensor], targets: Plan | Iterable[str], scale: float = 1e-4
+                      ) -> dict[str, Tensor]:
+    """The gradient of :func:`slim_penalty`, ``scale * sign(gamma)`` per target, for loops that add
+    it to the gradients instead of the loss (NNI 1.x's SlimPruner does).
+
+    >>> slim_penalty_grad({'bn.weight': torch.tensor([-2., 0., 1.])}, ['bn.weight'], scale=0.5)['bn.weight']
+    tensor([-0.5000,  0.0000,  0.5000])
+    """
+    return {n: scale * torch.sign(params[n].detach()) for n in _target_names(params, targets)}

@@ -16,7 +16,7 @@ API summary (stable names; everything is re-exported here except the ONNX export
 - Other straight-through estimators (``estimators``): ``straight_through(x, y)``,
   ``binarize(x, *, clip=False)`` (BNN), ``lsq_fake_quantize(x, scale, qmin, qmax)``,
   ``lsq_init_scale(x, qmax)``.
-- Observers (``observers``): ``Range(min, max)`` record, ``current_range(x, *, axis=None)``,
+- Observers (``observers``): ``Range(min, max)`` record, ``current_range(x, *, axis=None)``, ``current_mean``,
   ``minmax_range(prev, x, *, axis=None)``, ``ema_range(prev, x, *, decay=0.99, axis=None,
   first=None, current=None)``, ``EMA_DECAY``; ``Histogram(counts, min, max)``, ``histogram_range(prev, x)``,
   ``histogram_estimate(h) -> Range`` (torch's HistogramObserver as data).
@@ -86,6 +86,7 @@ from purecompress.quant.observers import (
     EMA_DECAY,
     Histogram,
     Range,
+    current_mean,
     current_range,
     ema_range,
     histogram_estimate,
@@ -150,6 +151,7 @@ __all__ = [
     "TensorState",
     "binarize",
     "bnn",
+    "current_mean",
     "current_range",
     "dequantize",
     "dorefa",

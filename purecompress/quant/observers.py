@@ -49,6 +49,18 @@ def current_range(x: Tensor, *, axis: int | None = None) -> Range:
     return Range(lo, hi)
 
 
+def current_mean(x: Tensor, *, axis: int | None = None) -> Tensor:
+    """Mean of ``x``: over everything (``axis=None``, a scalar) or per channel along ``axis`` (``[C]``).
+
+    >>> current_mean(torch.tensor([[1., -2.], [3., 4.]]), axis=1)
+    tensor([2., 1.])
+    """
+    x = x.detach()
+    if axis is None:
+        return x.mean()
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1).mean(dim=1)
+
+
 def minmax_range(prev: Range | None, x: Tensor, *, axis: int | None = None) -> Range:
     """Running min/max: the union of ``prev`` and the range of ``x`` (first call: ``x``'s range).
 

@@ -4,13 +4,12 @@ through ``get_modules_wrapper()``).
 
 The wrapper keeps NNI's names and buffers (``weight`` moves to the wrapper so ``conv1.weight``
 keeps its name; ``weight_mask``/``bias_mask`` buffers); every mask it holds comes from the core as a
-:class:`~purecompress.Mask`. Errors are :class:`~purecompress.ConfigError` (NNI's
-``schema.SchemaError`` is the same class under ``purecompress.compat.SchemaError``).
+:class:`~purecompress.Mask`. Config errors are :class:`purecompress.compat.SchemaError`: a
+:class:`~purecompress.ConfigError` that is also NNI's ``schema.SchemaError``.
 """
 
 from __future__ import annotations
 
-import abc
 import logging
 import os
 import threading
@@ -21,7 +20,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from purecompress.compat.schema import Form, validate
+from purecompress.compat.schema import Form, schema_errors, validate
 from purecompress.compat.utils import canonical_from, get_module_by_name
 from purecompress.pruning import Mask, Masks, output_mask, simplify_mask
 from purecompress.selectors import ConfigError, select
@@ -236,8 +235,14 @@ def _setattr(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 
-class Pruner(abc.ABC):
-    """Abstract pruner bound to ``model``: subclasses implement :meth:`reset_tools` and :meth:`compress`.
+class Pruner:
+    """A pruner bound to ``model``; subclasses implement :meth:`reset_tools` and :meth:`compress`.
+
+    Concrete, as NNI 2.10's base: ``Pruner(model, config_list)`` wraps the selected modules, its
+    :meth:`compress` computes nothing (returns ``(model, {})``) and tools such as the sparsity
+    allocators and data collectors can be bound to it. Without ``config_forms`` (this base) an entry
+    may leave out the sparsity, as NNI's base takes it; an allocator asked for masks then says which
+    module has none.
 
     Args:
         model: the model to prune (wrapped in place), or None to bind later with :meth:`reset`.
@@ -269,8 +274,10 @@ class Pruner(abc.ABC):
         """Bind ``model`` and ``config_list`` (validated), wrap the selected modules, reset the tools."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"Only a torch.nn.Module can be pruned, got {type(model).__name__}")
-        with _WRAPPING:  # two threads wrapping one model: the second sees the first's wrappers, not a torn dict
-            configs = validate(config_list, forms=self.config_forms, op_types=self.supported_op_types)
+        # _WRAPPING: two threads wrapping one model: the second sees the first's wrappers, not a torn dict
+        with _WRAPPING, schema_errors():
+            configs = validate(config_list, forms=self.config_forms, op_types=self.supported_op_types,
+                               require_sparsity=self.config_forms is not None)
             modules = dict(model.named_modules())
             if any(isinstance(m, PrunerModuleWrapper) for m in modules.values()) and model is not self.bound_model:
                 raise ValueError("the model is already wrapped by another pruner; call that pruner's _unwrap_model() "
@@ -318,13 +325,15 @@ class Pruner(abc.ABC):
             order.update(ordered)
         self.is_wrapped = False
 
-    @abc.abstractmethod
     def reset_tools(self) -> None:
-        """Create (or reset) the tools :meth:`compress` uses."""
+        """Create (or reset) the tools :meth:`compress` uses (the base has none)."""
 
-    @abc.abstractmethod
     def compress(self) -> tuple[nn.Module, NniMasks]:
-        """Compute masks, load them into the wrappers; return ``(bound_model, masks)``."""
+        """Compute masks, load them into the wrappers; return ``(bound_model, masks)``.
+
+        The base computes none: ``(bound_model, {})``, as NNI's base ``Pruner``.
+        """
+        return self._bound(), {}
 
     def _bound(self) -> nn.Module:
         if self.bound_model is None or self.modules_wrapper is None:
@@ -399,6 +408,9 @@ class Pruner(abc.ABC):
         for name, wrapper in self.get_modules_wrapper().items():
             caps = wrapper.config.get("max_sparsity_per_layer") or {}
             bias = wrapper.bias
+            if "total_sparsity" not in wrapper.config:
+                raise ConfigError(None, "total_sparsity", f"module {name!r} was selected by a config without a "
+                                  f"sparsity ({wrapper.config}); give its entry 'sparsity' or 'total_sparsity'")
             out[f"{name}.weight"] = Target(tuple(wrapper.weight.shape), float(wrapper.config["total_sparsity"]),
                                            float(caps.get(name, 0.99)), None if bias is None else tuple(bias.shape))
         return out

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from purecompress.compat.pruning.base import NniMasks, sparsities
 from purecompress.compat.pruning.basic_pruner import TrainingPruner, check_mode
-from purecompress.compat.pruning.tools import EvaluatorCollector
+from purecompress.compat.pruning.tools import EvaluatorBasedDataCollector
 from purecompress.compat.schema import EXCLUDE, INTERNAL, NORMAL
 from purecompress.pruning import (
     Mask,
@@ -33,7 +33,7 @@ from purecompress.transform import Transform
 __all__ = ["MovementPruner"]
 
 
-class _ScoreCollector(EvaluatorCollector):
+class _ScoreCollector(EvaluatorBasedDataCollector):
     """Trains (the movement updates run in the optimizer patch), then returns the scores."""
 
     def collect(self) -> dict[str, dict[str, Tensor]]:

@@ -15,9 +15,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
-from purecompress.compat.evaluator import Evaluator, Hook
+from purecompress.compat.evaluator import (
+    BackwardHook,
+    Evaluator,
+    ForwardHook,
+    Hook,
+    LegacyEvaluator,
+    OptimizerRecipe,
+    TensorHook,
+)
 from purecompress.compat.pruning.base import NniMasks, Pruner, Target, sparsities
 from purecompress.pruning import (
     ActivationStats,
@@ -48,9 +57,11 @@ __all__ = [
     "DataCollector",
     "DependencyAwareAllocator",
     "DistMetricsCalculator",
+    "EvaluatorBasedDataCollector",
     "EvaluatorBasedHookDataCollector",
     "EvaluatorBasedTargetDataCollector",
     "GlobalSparsityAllocator",
+    "HookCollectorInfo",
     "HookDataNormMetricsCalculator",
     "MeanRankMetricsCalculator",
     "MetricsCalculator",
@@ -58,11 +69,15 @@ __all__ = [
     "NormalSparsityAllocator",
     "Scalers",
     "Scaling",
+    "SingleHookTrainerBasedDataCollector",
     "SparsityAllocator",
     "StraightMetricsCalculator",
     "Target",
     "TargetDataCollector",
     "ThresholdSparsityAllocator",
+    "TrainerBasedDataCollector",
+    "WeightDataCollector",
+    "WeightTrainerBasedDataCollector",
     "get_scaler",
     "normalize_scalers",
 ]
@@ -171,8 +186,8 @@ class DataCollector(abc.ABC):
         """Forget collected state."""
 
     @abc.abstractmethod
-    def collect(self) -> dict[str, dict[str, Tensor]]:
-        """``{module: {target: data}}``."""
+    def collect(self) -> dict[str, dict[str, Any]]:
+        """``{module: {target: data}}`` (tensors, statistics records or hook buffers)."""
 
 
 
@@ -189,6 +204,125 @@ class TargetDataCollector(DataCollector):
     def collect(self) -> dict[str, dict[str, Tensor]]:
         return {name: {"weight": wrapper.weight.detach()}
                 for name, wrapper in self.compressor.get_modules_wrapper().items()}
+
+
+class WeightDataCollector(TargetDataCollector):
+    """NNI's old name of :class:`TargetDataCollector` (kept by NNI 2.10 until 3.0); the same collector."""
+
+
+
+class HookCollectorInfo:
+    """Which hooks NNI's old trainer-based collectors place, and where.
+
+    Args:
+        targets: ``{name: tensor}`` for ``'tensor'`` hooks; layers (with ``.name`` and ``.module``,
+            e.g. ``LayerInfo``) for ``'forward'`` / ``'backward'`` hooks.
+        hook_type: ``'forward'``, ``'backward'`` or ``'tensor'``.
+        collector: ``buffer -> hook`` (module hooks) or ``(buffer, tensor) -> hook`` (tensor hooks);
+            the hook fills ``buffer``, an empty list per target.
+    """
+
+    def __init__(self, targets: Mapping[str, Tensor] | Sequence[Any], hook_type: str,
+                 collector: Callable[..., Callable]) -> None:
+        if hook_type not in ("forward", "backward", "tensor"):
+            raise ValueError(f"hook_type must be 'forward', 'backward' or 'tensor', got {hook_type!r}")
+        if hook_type == "tensor" and not (isinstance(targets, Mapping)
+                                          and all(isinstance(t, Tensor) for t in targets.values())):
+            raise TypeError("'tensor' hooks need targets {name: tensor}")
+        if hook_type != "tensor" and not all(hasattr(t, "name") and isinstance(getattr(t, "module", None), nn.Module)
+                                             for t in targets):
+            raise TypeError(f"{hook_type!r} hooks need a list of layers with .name and .module (LayerInfo)")
+        self.targets = targets
+        self.hook_type = hook_type
+        self.collector = collector
+
+    def hooks(self) -> dict[str, Hook]:
+        """One evaluator :class:`~purecompress.compat.evaluator.Hook` per target, keyed by its name."""
+        if self.hook_type == "tensor":
+            collector = self.collector
+            return {name: TensorHook(t, name, lambda buffer, t=t: collector(buffer, t))  # type: ignore[misc]
+                    for name, t in self.targets.items()}  # type: ignore[union-attr]
+        kind = ForwardHook if self.hook_type == "forward" else BackwardHook
+        return {layer.name: kind(layer.module, layer.name, self.collector) for layer in self.targets}
+
+
+
+class TrainerBasedDataCollector(DataCollector):
+    """NNI's old trainer-based collection: ``trainer(model, optimizer, criterion)`` called
+    ``training_epochs`` times, with tasks around each optimizer step and hooks (abstract: leaves
+    say what to return).
+
+    It runs through a :class:`~purecompress.compat.evaluator.LegacyEvaluator`: the optimizer is
+    rebuilt from ``optimizer_helper`` for the wrapped model at every :meth:`reset`.
+
+    Args:
+        compressor: the pruner (its model wrapped).
+        trainer: ``trainer(model, optimizer, criterion)``.
+        optimizer_helper: an :class:`~purecompress.compat.evaluator.OptimizerConstructHelper`.
+        criterion: ``criterion(output, target) -> loss``.
+        training_epochs: how many times the trainer is called per :meth:`collect`.
+        opt_before_tasks, opt_after_tasks: called before / after each ``optimizer.step()``.
+        collector_infos: the hooks to place (:class:`HookCollectorInfo`).
+        criterion_patch: ``criterion -> new criterion``.
+    """
+
+    def __init__(self, compressor: Pruner, trainer: Callable[[nn.Module, Optimizer, Callable], Any],
+                 optimizer_helper: OptimizerRecipe, criterion: Callable[..., Tensor], training_epochs: int,
+                 opt_before_tasks: Sequence[Callable] = (), opt_after_tasks: Sequence[Callable] = (),
+                 collector_infos: Sequence[HookCollectorInfo] = (),
+                 criterion_patch: Callable[[Callable], Callable] | None = None) -> None:
+        super().__init__(compressor)
+        if not isinstance(training_epochs, int) or training_epochs < 0:
+            raise ValueError(f"training_epochs must be an int >= 0, got {training_epochs!r}")
+        self.trainer, self.optimizer_helper, self.training_epochs = trainer, optimizer_helper, training_epochs
+        self._origin_criterion, self._criterion_patch = criterion, criterion_patch
+        self._opt_before_tasks, self._opt_after_tasks = list(opt_before_tasks), list(opt_after_tasks)
+        self.evaluator: LegacyEvaluator | None = None
+        self._hooks: list[dict[str, Hook]] = []
+        self.reset(collector_infos)
+
+    def reset(self, collector_infos: Sequence[HookCollectorInfo] = ()) -> None:
+        """Rebuild the optimizer for the wrapped model, patch its step and the criterion, replace the hooks."""
+        if self.evaluator is not None:
+            self.evaluator.unbind_model()
+        model = self.compressor.bound_model
+        if model is None:
+            raise RuntimeError("the pruner has no model bound; call its reset(model, config_list) first")
+        criterion = self._origin_criterion if self._criterion_patch is None else \
+            self._criterion_patch(self._origin_criterion)
+        evaluator = LegacyEvaluator(self.trainer, self.optimizer_helper, criterion)
+        evaluator._init_optimizer_helpers(model)
+        evaluator.bind_model(model, self.compressor.get_origin2wrapped_parameter_name_map())
+        if self._opt_before_tasks or self._opt_after_tasks:
+            evaluator.patch_optimizer_step(self._opt_before_tasks, self._opt_after_tasks)
+        self._hooks = [info.hooks() for info in collector_infos]
+        evaluator.register_hooks([h for hooks in self._hooks for h in hooks.values()])
+        self.evaluator = evaluator
+
+    def _train(self) -> None:
+        if self.evaluator is None:
+            raise RuntimeError("call reset() first")
+        if self.training_epochs:
+            self.evaluator.train(max_epochs=self.training_epochs)
+
+
+
+class WeightTrainerBasedDataCollector(TrainerBasedDataCollector):
+    """Trains (old API), then returns copies of the wrapped weights ``{module: {'weight': tensor}}``."""
+
+    def collect(self) -> dict[str, dict[str, Tensor]]:
+        self._train()
+        return {name: {"weight": w.weight.detach().clone()}
+                for name, w in self.compressor.get_modules_wrapper().items()}
+
+
+
+class SingleHookTrainerBasedDataCollector(TrainerBasedDataCollector):
+    """Trains (old API), then returns each hook's buffer ``{module: {'weight': buffer}}`` (one hook per module)."""
+
+    def collect(self) -> dict[str, dict[str, list]]:
+        self._train()
+        return {name: {"weight": hook.buffer} for hooks in self._hooks for name, hook in hooks.items()}
 
 
 NniData = Mapping[str, Mapping[str, Tensor]]
@@ -426,7 +560,7 @@ class ThresholdSparsityAllocator(SparsityAllocator):
         return allocate_threshold(metrics, sparsities(targets), squash="sigmoid", prior=prior)
 
 
-class EvaluatorCollector(DataCollector):
+class EvaluatorBasedDataCollector(DataCollector):
     """Trains through an evaluator with patches and hooks (abstract: leaves say what to return)."""
 
     def __init__(self, compressor: Pruner, evaluator: Evaluator,
@@ -456,7 +590,7 @@ class EvaluatorCollector(DataCollector):
 
 
 
-class EvaluatorBasedTargetDataCollector(EvaluatorCollector):
+class EvaluatorBasedTargetDataCollector(EvaluatorBasedDataCollector):
     """Trains, then returns the wrapped weights ``{module: {'weight': tensor}}`` (copies)."""
 
     def collect(self) -> dict[str, dict[str, Tensor]]:
@@ -466,7 +600,7 @@ class EvaluatorBasedTargetDataCollector(EvaluatorCollector):
 
 
 
-class EvaluatorBasedHookDataCollector(EvaluatorCollector):
+class EvaluatorBasedHookDataCollector(EvaluatorBasedDataCollector):
     """Trains, then returns what each hook gathered ``{module: {target: record}}``.
 
     Under ``torch.distributed`` the records the core knows (``ActivationStats``, ``TaylorStats``)
@@ -495,28 +629,80 @@ class EvaluatorBasedHookDataCollector(EvaluatorCollector):
 
 
 
-def _per_channel(value: Any, stat: Callable[[ActivationStats], Tensor]) -> Tensor:
-    if isinstance(value, ActivationStats):
-        return stat(value)
-    raise TypeError(f"expected ActivationStats from an activation hook, got {type(value).__name__}")
+def _hook_mean(module_name: str, target: str, value: Any) -> Tensor:
+    """NNI's hook data ``[count, accumulated]`` (what its activation collectors gather) -> ``accumulated / count``."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[1], Tensor):
+        return value[1] / value[0]
+    raise TypeError(f"{module_name}.{target}: expected ActivationStats or NNI's hook data [count, accumulated "
+                    f"tensor], got {type(value).__name__}")
 
 
 
-class APoZRankMetricsCalculator(MetricsCalculator):
-    """``1 - APoZ`` per output channel from activation statistics (:func:`purecompress.apoz`)."""
+class _ActivationMetricsCalculator(MetricsCalculator):
+    """Metrics of activation data: the core's :class:`~purecompress.ActivationStats` (one value per
+    output channel), or NNI's hook data ``[count, accumulated]``, reduced per block of the scalers
+    (abstract: leaves say how)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def from_stats(stats: ActivationStats) -> Tensor:
+        """``[C]`` metric of a layer's statistics."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def reduce(blocks: Tensor) -> Tensor:
+        """Metric of each block of ``accumulated / count`` (reduces the last dim)."""
 
     def calculate_metrics(self, data: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Tensor]]:
-        return {m: {t: (1 - _per_channel(v, ActivationStats.zero_fraction)).float() for t, v in targets.items()}
-                for m, targets in data.items()}
+        out: dict[str, dict[str, Tensor]] = {}
+        for module_name, targets in data.items():
+            out[module_name] = {}
+            for target, value in targets.items():
+                if isinstance(value, ActivationStats):
+                    out[module_name][target] = self.from_stats(value).float()
+                    continue
+                mean = {module_name: {target: _hook_mean(module_name, target, value)}}
+                metric = self._each(mean, lambda p, t, s: metric_by(p, t, self.reduce, block=s.block))
+                out[module_name][target] = metric[module_name][target]
+        return out
 
 
 
-class MeanRankMetricsCalculator(MetricsCalculator):
-    """Mean activation per output channel (:func:`purecompress.mean_activation`)."""
+class APoZRankMetricsCalculator(_ActivationMetricsCalculator):
+    """``1 - APoZ``: per output channel from activation statistics (:func:`purecompress.apoz`), or
+    ``1 - mean`` of each block of NNI's hook data (zero counts accumulated over ``count`` samples).
 
-    def calculate_metrics(self, data: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Tensor]]:
-        return {m: {t: _per_channel(v, ActivationStats.mean).float() for t, v in targets.items()}
-                for m, targets in data.items()}
+    >>> calc = APoZRankMetricsCalculator(Scaling([-1, 1], 'back'))
+    >>> calc.calculate_metrics({'fc': {'weight': [2, torch.tensor([[0., 0., 1.], [0., 0., 0.]])]}})
+    {'fc': {'weight': tensor([1.0000, 1.0000, 0.7500])}}
+    """
+
+    @staticmethod
+    def from_stats(stats: ActivationStats) -> Tensor:
+        return 1 - stats.zero_fraction()
+
+    @staticmethod
+    def reduce(blocks: Tensor) -> Tensor:
+        return 1 - blocks.mean(-1)
+
+
+
+class MeanRankMetricsCalculator(_ActivationMetricsCalculator):
+    """Mean activation: per output channel from activation statistics (:func:`purecompress.mean_activation`),
+    or the mean of each block of NNI's hook data (activations accumulated over ``count`` samples).
+
+    >>> calc = MeanRankMetricsCalculator(Scaling([-1, 1], 'back'))
+    >>> calc.calculate_metrics({'fc': {'weight': [2, torch.tensor([[0., 0., 1.], [0., 0., 0.]])]}})
+    {'fc': {'weight': tensor([0.0000, 0.0000, 0.2500])}}
+    """
+
+    @staticmethod
+    def from_stats(stats: ActivationStats) -> Tensor:
+        return stats.mean()
+
+    @staticmethod
+    def reduce(blocks: Tensor) -> Tensor:
+        return blocks.mean(-1)
 
 
 

@@ -10,9 +10,9 @@ Scripts written for NNI 2.10 run with their imports changed::
     calibration = quantizer.export_model('model.pth', 'calibration.pth', onnx_path='model.onnx',
                                          input_shape=(1, 3, 32, 32))
 
-Config errors are :class:`purecompress.selectors.ConfigError` (a ``ValueError``; also exported here
-as ``SchemaError`` for scripts that catch NNI's name). The NNI bugs not copied are listed in each
-implementation module's docstring.
+Config errors are :class:`SchemaError`: a :class:`purecompress.selectors.ConfigError` (a
+``ValueError``) that is also ``schema.SchemaError``, the type NNI scripts catch. The NNI bugs not
+copied are listed in each implementation module's docstring.
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ from purecompress.compat.quantization.quantizers import (
     ObserverQuantizer,
     QAT_Quantizer,
 )
+from purecompress.compat.schema import SchemaError
 from purecompress.selectors import ConfigError
-
-SchemaError = ConfigError
 
 __all__ = [
     "BN_FOLD_TAG",

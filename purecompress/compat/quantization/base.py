@@ -17,6 +17,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from purecompress.compat.quantization.utils import get_bits_length
+from purecompress.compat.schema import schema_errors
 from purecompress.graph import GraphCaptureError, capture
 from purecompress.quant import QUANT_TYPES, QuantConfig, QuantParams, from_quant_config_list
 from purecompress.quant.export import save_calibration
@@ -193,9 +195,8 @@ class QuantGrad(torch.autograd.Function):
 
     @classmethod
     def get_bits_length(cls, config: Mapping[str, Any], quant_type: str) -> int | None:
-        """Bits of ``quant_type`` in an NNI config (``quant_bits`` int or per-type dict)."""
-        bits = config["quant_bits"]
-        return bits if isinstance(bits, int) else bits.get(quant_type)
+        """Bits of ``quant_type`` in an NNI config (:func:`purecompress.compat.quantization.utils.get_bits_length`)."""
+        return get_bits_length(config, quant_type)
 
     @staticmethod
     def quant_backward(tensor: Tensor, grad_output: Tensor, quant_type: str, scale: Tensor | None,
@@ -403,6 +404,32 @@ def _restore_module_state(model: nn.Module, snapshot: list[tuple[nn.Module, dict
     del model
 
 
+def record_shapes(model: nn.Module, dummy_input: Any, names: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+    """``{module: (first input's shape, output's shape)}`` of one forward of ``dummy_input`` (NNI's
+    ``all_shapes``; empty without it). The forward runs on a copy, so BatchNorm statistics stay."""
+    if dummy_input is None or not names:
+        return {}
+    copied = copy.deepcopy(model)
+    shapes: dict[str, tuple[Any, Any]] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(_: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            first = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+            shapes.setdefault(name, (None if first is None else first.shape,
+                                     output.shape if isinstance(output, Tensor) else None))
+        return record
+
+    handles = [copied.get_submodule(name).register_forward_hook(hook(name)) for name in names]
+    try:
+        with torch.no_grad():
+            copied(*dummy_input) if isinstance(dummy_input, tuple) else copied(dummy_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+
 class Quantizer(_QuantizerExport):
     """Base of the NNI-style quantizers: wraps the selected modules of ``model`` in place.
 
@@ -411,7 +438,8 @@ class Quantizer(_QuantizerExport):
         config_list: NNI quantization configs (``quant_types``, ``quant_bits``, ``op_types`` ...).
         optimizer: patched so that ``step()`` also calls :meth:`step_with_optimizer`; the new
             ``old_weight`` Parameters are added to it.
-        dummy_input: example inputs; enables Conv2d-BatchNorm2d folding (NNI semantics).
+        dummy_input: example inputs; enables Conv2d-BatchNorm2d folding (NNI semantics) and records
+            each selected module's input and output shapes in ``all_shapes``.
     """
 
     #: Op types / bits / quant types / config keys the algorithm accepts (None: any).
@@ -439,6 +467,7 @@ class Quantizer(_QuantizerExport):
         try:  # all or nothing: on any exception (Ctrl-C included) the model is as it was
             self.find_conv_bn_patterns(model, dummy_input)
             self.modules_to_compress = self._detect_modules_to_compress()
+            self.all_shapes = record_shapes(model, dummy_input, [layer.name for layer, _ in self.modules_to_compress])
             self.modules_wrapper = [self._wrap_modules(layer, config) for layer, config in self.modules_to_compress]
             if not self.modules_wrapper:
                 logger.warning("nothing is configured to quantize; check the model and config_list")
@@ -460,8 +489,13 @@ class Quantizer(_QuantizerExport):
         """Parse and check ``config_list`` with this algorithm's rules.
 
         Raises:
-            ConfigError: naming the entry index, the key and the reason.
+            SchemaError: a ConfigError naming the entry index, the key and the reason; also NNI's
+                ``schema.SchemaError``.
         """
+        with schema_errors():
+            return self._validate_config(model, config_list)
+
+    def _validate_config(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]]) -> tuple[QuantConfig, ...]:
         if not isinstance(config_list, (list, tuple)):
             raise ConfigError(None, None, f"config_list must be a list of dicts, got {type(config_list).__name__}")
         for index, entry in enumerate(config_list):

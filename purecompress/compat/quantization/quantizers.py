@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from purecompress.compat.quantization.base import OnnxPlan, QuantForward, Quantizer, QuantizerModuleWrapper
+from purecompress.compat.quantization.settings import LayerQuantSetting
+from purecompress.compat.quantization.utils import get_quant_shape
 from purecompress.quant import (
     EMA_DECAY,
     SCALE_EPS,
@@ -97,7 +99,8 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
     allowed_op_types = ("Conv2d", "Linear", "ReLU", "ReLU6")
     simulated_attrs = ("old_weight", "old_bias", "ema_decay", "tracked_min_output", "tracked_max_output",
                        "tracked_min_input", "tracked_max_input", "weight_scale", "weight_zero_point",
-                       "input_scale", "input_zero_point", "output_scale", "output_zero_point")
+                       "input_scale", "input_zero_point", "output_scale", "output_zero_point",
+                       "layer_quant_setting")
 
     def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]], optimizer: torch.optim.Optimizer,
                  dummy_input: Any = None) -> None:
@@ -114,13 +117,15 @@ class QAT_Quantizer(Quantizer):  # noqa: N801 (NNI's name)
                 axis = _axis(kind, spec)
                 if kind == "weight":
                     shape = _nni_shape(module.weight, axis) if wrapper.quantizes_weight else [1]
-                else:  # activation shapes are known at the first forward (per channel: resized there)
-                    shape = [1]
+                else:  # from dummy_input's shapes (NNI's), else known at the first forward (resized there)
+                    seen = self.all_shapes.get(wrapper.name, (None, None))[0 if kind == "input" else 1]
+                    shape = [1] if seen is None else get_quant_shape(seen, kind, spec.scheme)
                     module.register_buffer(f"tracked_min_{kind}", torch.zeros(shape, device=device))
                     module.register_buffer(f"tracked_max_{kind}", torch.zeros(shape, device=device))
                 module.register_buffer(f"{kind}_scale", torch.zeros(shape, device=device))
                 module.register_buffer(f"{kind}_zero_point", torch.zeros(shape, device=device))
             module.ema_decay = EMA_DECAY
+            module.layer_quant_setting = LayerQuantSetting.from_config(wrapper.quant_config, EMA_DECAY)
 
     @property
     def steps(self) -> int:
@@ -503,6 +508,7 @@ class ObserverQuantizer(Quantizer):
 
     def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]],
                  optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.validate_config(model, config_list)  # a bad config is reported first, as NNI does
         if model.training:
             raise ValueError("ObserverQuantizer calibrates in evaluation mode: call model.eval() first")
         super().__init__(model, config_list, optimizer)
@@ -517,7 +523,13 @@ class ObserverQuantizer(Quantizer):
                 setattr(w.module, f"{kind}_qmin", qmin)
                 setattr(w.module, f"{kind}_qmax", qmax)
 
+    def _unseen(self, name: str, kind: str) -> bool:
+        return kind not in self.histograms[name] or self.histograms[name][kind].empty
+
     def _qparams(self, name: str, kind: str) -> QuantParams:
+        if kind != "weight" and self._unseen(name, kind):
+            # Never observed (no calibration batch reached it): torch's observers' default, as NNI exports.
+            return QuantParams(torch.tensor(1.0), torch.tensor(0.0), 0, 127)
         rng = self.weight_ranges[name] if kind == "weight" else histogram_estimate(self.histograms[name][kind])
         return observer_qparams(kind, rng)
 
@@ -547,19 +559,17 @@ class ObserverQuantizer(Quantizer):
     def compress(self) -> nn.Module:
         """Fix scales and zero points from the calibration data; later forwards are quantized.
 
-        Raises:
-            RuntimeError: an input or output to quantize has seen no calibration data (no forward,
-                or only empty batches); nothing is changed. NNI warns once per observer and
-                quantizes with scale 1 and zero point 0, which zeroes a typical model's outputs.
-                Weights need no calibration.
+        Weights need no data (their range is read from them when no forward observed them). An
+        input or output no calibration batch reached (no forward, or only empty batches) gets
+        torch's default observer parameters, scale 1 and zero point 0, as NNI gives it; a warning
+        names them.
         """
-        missing = [f"{w.name}.{kind}" for w in self.modules_wrapper for kind in w.quant_config.specs
-                   if kind != "weight" and (kind not in self.histograms[w.name]
-                                            or self.histograms[w.name][kind].empty)]
-        if missing:
-            raise RuntimeError(f"ObserverQuantizer.compress() before any calibration data: {missing} have "
-                               "seen no values. Run the model (in eval mode) on calibration batches first, then "
-                               "call compress()")
+        unseen = [f"{w.name}.{kind}" for w in self.modules_wrapper for kind in w.quant_config.specs
+                  if kind != "weight" and self._unseen(w.name, kind)]
+        if unseen:
+            logger.warning("ObserverQuantizer.compress(): no calibration batch reached %s; they get scale 1.0 and "
+                           "zero point 0 (run the model on calibration data in eval mode before compress())",
+                           ", ".join(unseen))
         for w in self.modules_wrapper:
             for kind in w.quant_config.specs:
                 if kind == "weight" and w.name not in self.weight_ranges:
