@@ -290,6 +290,7 @@ def input_channel_dependency(
         model: the model (not modified), or a graph returned by :func:`capture`.
         example_inputs: inputs for :func:`capture`; omit when ``model`` is a captured graph.
         leaf_modules: passed to :func:`capture`.
+        capture_method: passed to :func:`capture` as ``method``.
 
     Returns:
         A partition of the producer layers (:data:`PRODUCER_TYPES`) called in the graph, as
@@ -379,6 +380,7 @@ def attention_dependency(
         model: the model (not modified), or a graph returned by :func:`capture`.
         example_inputs: inputs for :func:`capture`; omit when ``model`` is a captured graph.
         leaf_modules: passed to :func:`capture`.
+        capture_method: passed to :func:`capture` as ``method``.
 
     Returns:
         ``{matmul node name: (q, k, v, out)}`` (in the walk's order), in graph order.

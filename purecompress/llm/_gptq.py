@@ -99,7 +99,12 @@ def gptq(model: nn.Module, batches: Sequence[Any], *, bits: int = 4, group_size:
     Args:
         model: a decoder (:class:`TinyDecoder`, or a Llama-style model with ``model.layers``).
         batches: calibration batches.
-        bits, group_size, symmetric, act_order, block_size, damp: as :func:`gptq_quantize`.
+        bits: code width (2-8), as :func:`gptq_quantize`.
+        group_size: one scale per this many input columns (None: per output channel).
+        symmetric: symmetric codes (zero point in the middle) instead of affine.
+        act_order: quantize columns in order of decreasing Hessian diagonal.
+        block_size: columns updated together (the lazy-batch block of the paper).
+        damp: dampening added to the Hessian diagonal, relative to its mean.
         blocks: block module names; default :func:`decoder_blocks`.
         params: start from these params instead of the model's (never written).
         progress: tqdm over the blocks (default: when stderr is a terminal).

@@ -54,9 +54,9 @@ def channel_mask(keep: Tensor, shape: Sequence[int], dim: int = 0) -> Mask:
 
 
 def is_channel_mask(mask: Mask, dim: int = 0) -> bool:
-    """Whether ``mask`` keeps or prunes whole channels along ``dim`` (no finer pattern inside).
+    r"""Whether ``mask`` keeps or prunes whole channels along ``dim`` (no finer pattern inside).
 
-    >>> is_channel_mask(Mask.from_dense(torch.tensor([[1., 1.], [0., 0.]]))), \\
+    >>> is_channel_mask(Mask.from_dense(torch.tensor([[1., 1.], [0., 0.]]))), \
     ...     is_channel_mask(Mask.from_dense(torch.tensor([[1., 0.], [0., 0.]])))
     (True, False)
     """

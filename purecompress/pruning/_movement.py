@@ -148,6 +148,9 @@ def movement(
         warm_up: steps before pruning starts (NNI ``warm_up_step``).
         cool_down: step at which sparsity stops growing (NNI ``cool_down_beginning_step``).
         mode: ``'hard'`` (exact top-k per layer) or ``'soft'`` (threshold on ``sigmoid(S)``).
+        lr: learning rate of the Adam update of the scores.
+        betas: Adam's moment coefficients for the scores.
+        eps: Adam's epsilon for the scores.
         regular_scale: weight of :func:`movement_regularizer` (times the cubic factor) in the
             scores' gradient; None adds nothing.
         lr, betas, eps: Adam on the scores.

@@ -182,6 +182,7 @@ def dorefa_weight(w: Tensor, bits: int) -> Tensor:
 
 
 def dorefa_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    """:func:`dorefa` per tensor: DoReFa weights, straight-through gradient (no state)."""
     return straight_through(x, dorefa_weight(x.detach(), ctx.spec.bits)), None
 
 
@@ -192,6 +193,7 @@ def dorefa(model: nn.Module, config_list: ConfigList, *, warn: bool = True) -> Q
 
 
 def bnn_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    """:func:`bnn` per tensor: sign (0 -> +1), outputs with a clipped straight-through gradient."""
     return binarize(x, clip=ctx.kind == "output"), None
 
 
@@ -208,6 +210,7 @@ def _lsq_range(spec: TensorSpec) -> tuple[int, int]:
 
 
 def lsq_kernel(x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+    """:func:`lsq` per tensor: fake quantization with the learnable step ``'<key>_scale'`` of the params."""
     name = f"{ctx.key}_scale"
     if name not in ctx.params:
         raise KeyError(f"lsq: params has no learnable step {name!r}; add lsq_scales(...) to the params")

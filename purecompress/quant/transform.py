@@ -102,6 +102,7 @@ class Kernel(Protocol):
     """How an algorithm quantizes one tensor: ``(x, previous state, ctx) -> (x_q, new state)``."""
 
     def __call__(self, x: Tensor, prev: TensorState | None, ctx: KernelContext) -> tuple[Tensor, TensorState | None]:
+        """Quantize ``x`` given its previous state; return the result and the new state (None: drop it)."""
         ...
 
 

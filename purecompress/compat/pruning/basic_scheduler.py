@@ -106,8 +106,11 @@ def parse_evaluator_args(owner: str, new_api: dict[str, Any], old_api: dict[str,
 
     Args:
         owner: class name for error messages.
-        new_api / old_api: argument name -> default (``...`` for required), in positional order.
-        args, kwargs: what the caller passed after the fixed arguments.
+        new_api: the evaluator form's argument name -> default (``...`` for required), in
+            positional order.
+        old_api: the same for the finetuner form.
+        args: what the caller passed positionally after the fixed arguments.
+        kwargs: what the caller passed by keyword.
 
     Returns:
         ``(using_evaluator, {name: value})``.
