@@ -123,3 +123,39 @@ def test_compat_allocator_takes_dependencies_by_hand_and_explains_trace_failures
         DependencyAwareAllocator(pruner, torch.ones(1, 4, 8, 8))
     assert info.value.module == "stem"
     assert pruner.is_wrapped
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: pointwise expand -> depthwise -> pointwise project."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand, self.bn1 = nn.Conv2d(4, 16, 1), nn.BatchNorm2d(16)
+        self.dw, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16)
+        self.project = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.expand(x)))
+        return self.project(torch.relu(self.bn2(self.dw(x))))
+
+
+@pytest.mark.parametrize("couple", [False, True])
+def test_depthwise_coupled_to_its_producer_keeps_what_was_asked(couple: bool) -> None:
+    torch.manual_seed(0)
+    model, x = InvertedResidual().eval(), torch.randn(2, 4, 8, 8)
+    sets = channel_dependency(model, x, couple_depthwise=couple)
+    assert (("expand", "dw") in sets) == couple
+    plan = pc.select(model, pc.from_config_list([{"sparsity": 0.5, "op_names": ["expand", "dw"]}]))
+    metrics = pc.l1_norm(pc.params_of(model), plan)
+    masks = allocate_dependency_aware(metrics, 0.5, channel_sets=sets, groups=group_dependency(model, x))
+    compact, report = pc.shrink(model, masks, x)
+    kept = compact.dw.out_channels
+    if couple:  # one choice of 8 channels for both: the block keeps half, as asked
+        assert kept == compact.expand.out_channels == 8
+        assert torch.equal(masks["expand.weight"].keep.flatten(), masks["dw.weight"].keep.flatten())
+        assert report.inexact == {}
+        masked = torch.func.functional_call(model, pc.apply_masks(pc.params_of(model), masks), (x,))
+        torch.testing.assert_close(compact(x), masked, rtol=1e-5, atol=1e-5)  # the user's masks, constants folded
+    else:  # NNI's rule: two independent choices, shrink removes their union, and the depthwise
+        # channels whose input was pruned emit a constant that a zero-padded conv makes inexact
+        assert kept < 8 and report.inexact

@@ -194,6 +194,11 @@ def _producer(node: fx.Node, modules: dict[str, nn.Module],
 
 
 
+def _is_depthwise(module: nn.Module) -> bool:
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
+
+
 def _find(parent: dict[str, str], x: str) -> str:
     while parent[x] != x:
         parent[x] = parent[parent[x]]
@@ -209,6 +214,7 @@ def channel_dependency(
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     capture_method: Method = "auto",
     producer_types: tuple[type[nn.Module], ...] = PRODUCER_TYPES,
+    couple_depthwise: bool = False,
 ) -> list[tuple[str, ...]]:
     """Sets of layers whose output channels must share one mask (NNI's ``ChannelDependency``).
 
@@ -221,6 +227,13 @@ def channel_dependency(
             recording of the run when fx cannot trace the forward).
         producer_types: the layers whose channels are pruned (default :data:`PRODUCER_TYPES`;
             ``(nn.BatchNorm2d,)`` for channels pruned at the norms, NNI's ``prune_type='Batchnorm'``).
+        couple_depthwise: also put every depthwise conv (``groups == in_channels ==
+            out_channels``) in the set of the layers that produce its input, since its channel
+            ``i`` is computed from input channel ``i`` alone. NNI (the default, False) chooses the
+            two independently, so that shrinking removes their union: 50% asked of a pointwise ->
+            depthwise -> pointwise block removes up to 75% of its channels. With True, the
+            dependency-aware allocator keeps the same channels in both and the block keeps what
+            was asked.
 
     Returns:
         A partition of the producer layers called in the graph, by module name: a layer with no
@@ -249,6 +262,9 @@ def channel_dependency(
             parent.setdefault(name, name)
             rank.setdefault(name, len(rank))
             sources[node] = frozenset((name,))
+            if couple_depthwise and _is_depthwise(modules[str(node.target)]) and node.args:
+                feeding = node.args[0]
+                _union(parent, rank, {name} | set(sources.get(feeding, ())) if isinstance(feeding, fx.Node) else {name})
             continue
         kind = _kind(node, modules)
         sources[node] = frozenset().union(*(sources[x] for x in _FLOW[kind](node)))
