@@ -61,7 +61,13 @@ class ShrinkReport:
         output_error: relative error ``|compact - masked| / |masked|`` on the example inputs.
         inexact: layers whose folded constants deviate (zero-padded convs), with the deviation.
         replaced: names of the modules that were rebuilt.
-        masks: the propagated masks (fine-tune with them; the compact model matches them exactly).
+        masks: the propagated masks: every parameter the user's masks kill, BatchNorm included.
+            Two models, both exact: the compact model returned with this report equals the model
+            with the *user's* masks applied (``output_error``; a pruned channel's constant, e.g.
+            BatchNorm's beta through ReLU, is folded into the next layer's bias), while these
+            masks zero that constant, so applied to the dense model they can differ from it.
+            Fine-tune with these masks, then ``shrink(model, report.masks, x)``: that compact
+            model equals the model with them applied (``tests/test_shrink.py`` checks both).
     """
 
     layers: tuple[LayerShrink, ...]
