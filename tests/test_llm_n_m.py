@@ -130,3 +130,16 @@ def test_semi_structured_weights_match_the_masked_dense_model() -> None:
     torch.testing.assert_close(sparse, dense, rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match="not 2:4"):
         llm.to_semi_structured(params, llm.magnitude_masks(params, ["0.weight"], n_m="1:4"))
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 8])
+def test_pairwise_n_m_selection_equals_keep_top_with_ties_and_nan(m: int) -> None:
+    from purecompress.pruning._allocators import keep_top
+    from purecompress.pruning._n_m import _keep_top_pairwise
+
+    torch.manual_seed(m)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        groups = torch.randint(0, 3, (64, 32, m)).to(dtype)  # many ties
+        groups[torch.rand(groups.shape) < 0.05] = float("nan")
+        for n in range(1, m + 1):
+            assert torch.equal(_keep_top_pairwise(groups, n), keep_top(groups, n, -1))

@@ -111,7 +111,31 @@ def n_m_keep(score: Tensor, n: int, m: int) -> Tensor:
         raise ValueError(f"N:M with M={m} needs the input dim ({width} for shape {tuple(score.shape)}) "
                          f"to be a multiple of {m}")
     groups = score.reshape(score.shape[0], width // m, m)
-    return keep_top(groups, n, -1).reshape(score.shape)
+    if m > _PAIRWISE_MAX_M:
+        return keep_top(groups, n, -1).reshape(score.shape)
+    return _keep_top_pairwise(groups, n).reshape(score.shape)
+
+
+#: Up to this group size, :func:`n_m_keep` ranks by pairwise comparison (m * (m - 1) elementwise
+#: passes, each over 1/m of the weight): 2:4 on a 4096x4096 weight in about twice the time of one
+#: pass over it, against 12x for a ``kthvalue`` over the 4-element groups.
+_PAIRWISE_MAX_M = 8
+
+
+def _keep_top_pairwise(groups: Tensor, n: int) -> Tensor:
+    """:func:`keep_top` over the last dim of ``groups`` (small): the rank of each entry is the number
+    of entries above it plus the equal ones at lower indices, so ties keep the lower index and NaN
+    counts as the smallest value, as :func:`keep_top` does."""
+    score = torch.nan_to_num(groups.to(torch.promote_types(groups.dtype, torch.float32)), nan=-math.inf)
+    cols = score.unbind(-1)
+    ranks = []
+    for i, col in enumerate(cols):
+        rank = torch.zeros(col.shape, dtype=torch.int8, device=col.device)
+        for j, other in enumerate(cols):
+            if j != i:
+                rank = rank + ((other >= col) if j < i else (other > col))
+        ranks.append(rank)
+    return torch.stack(ranks, -1) < n
 
 
 def allocate_n_m(metrics: Metrics, n: int | Mapping[str, int], m: int, *,
