@@ -54,6 +54,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "nni.algorithms.compression": (),
     "nni.algorithms.compression.pytorch": (),
     "nni.algorithms.compression.pytorch.pruning": (_C + "pruning_v1",),
+    "nni.algorithms.compression.pytorch.pruning.weight_masker": (_C + "pruning_v1:WeightMasker",),
+    "nni.algorithms.compression.pytorch.pruning.dependency_aware_pruner": (_C + "pruning_v1:DependencyAwarePruner",),
     "nni.algorithms.compression.pytorch.quantization": (_C + "quantization",),
     "nni.algorithms.compression.v2": (),
     "nni.algorithms.compression.v2.pytorch": _EVALUATOR,

@@ -59,6 +59,7 @@ __all__ = [
     "AGPPruner",
     "ActivationAPoZRankFilterPruner",
     "ActivationMeanRankFilterPruner",
+    "DependencyAwarePruner",
     "FPGMPruner",
     "L1FilterPruner",
     "L2FilterPruner",
@@ -66,6 +67,7 @@ __all__ = [
     "NOT_PROVIDED",
     "SlimPruner",
     "TaylorFOWeightFilterPruner",
+    "WeightMasker",
     # 1.x names that raise the error naming their 2.x counterpart:
     "ADMMPruner",
     "AMCPruner",
@@ -544,6 +546,77 @@ class _MaskingPruner(Pruner):
                     w.if_calculated = True
         if isinstance(self.scorer, _ActivationScorer) and all(w.if_calculated for w in self.modules_wrapper):
             self.scorer.detach()
+
+
+class WeightMasker:
+    """NNI 1.x's masker plug-in (``pruning.weight_masker.WeightMasker``): a user's own mask rule.
+
+    Subclass it, override :meth:`calc_mask`, and set an instance as ``pruner.masker`` of a
+    :class:`DependencyAwarePruner`; the pruner then asks it for every wrapper's masks.
+
+    Args:
+        model: the model being pruned.
+        pruner: the pruner that will call this masker.
+        **kwargs: kept for the subclass (NNI passes algorithm options this way).
+    """
+
+    def __init__(self, model: nn.Module, pruner: Pruner, **kwargs: Any) -> None:
+        self.model, self.pruner, self.kwargs = model, pruner, kwargs
+
+    def calc_mask(self, sparsity: float, wrapper: PrunerModuleWrapper,
+                  wrapper_idx: int | None = None) -> NniMaskDict | None:
+        """``{'weight_mask': tensor, 'bias_mask': tensor or None}`` for ``wrapper`` at ``sparsity``."""
+        raise NotImplementedError(f"{type(self).__name__}.calc_mask(sparsity, wrapper, wrapper_idx) computes the "
+                                  "masks: override it")
+
+
+class DependencyAwarePruner(_MaskingPruner):
+    """NNI 1.x's ``pruning.dependency_aware_pruner.DependencyAwarePruner``: a 1.x pruner whose masks
+    come from ``pruning_algorithm`` (``'level'``, ``'l1'``, ``'l2'``, ``'fpgm'``: the core metrics,
+    as the named pruners above) or from the :class:`WeightMasker` a script sets as ``self.masker``.
+
+    Args:
+        model, config_list, optimizer: see :class:`Pruner`.
+        pruning_algorithm: the built-in rule used while ``masker`` is None.
+        dependency_aware: channel masks shared by dependent layers (built-in rules only).
+        dummy_input: example input for the dependency analysis.
+        **algo_kwargs: none are accepted (the built-in rules take no options).
+
+    Attributes:
+        masker: a :class:`WeightMasker` that replaces the built-in rule, or None.
+    """
+
+    _ALGORITHMS = ("level", "l1", "l2", "fpgm")
+
+    def __init__(self, model: nn.Module, config_list: list[dict], optimizer: torch.optim.Optimizer | None = None,
+                 pruning_algorithm: str = "level", dependency_aware: bool = False, dummy_input: Any = None,
+                 **algo_kwargs: Any) -> None:
+        if pruning_algorithm not in self._ALGORITHMS:
+            raise ValueError(f"pruning_algorithm must be one of {self._ALGORITHMS} (or set a WeightMasker as "
+                             f"pruner.masker), got {pruning_algorithm!r}")
+        if algo_kwargs:
+            raise TypeError(f"DependencyAwarePruner: the built-in rules take no options, got {sorted(algo_kwargs)}")
+        super().__init__(model, config_list, optimizer, _scorer(pruning_algorithm), dependency_aware, dummy_input)
+        self.masker: WeightMasker | None = None
+
+    def calc_mask(self, wrapper: PrunerModuleWrapper, wrapper_idx: int | None = None) -> NniMaskDict | None:
+        if self.masker is None:
+            return super().calc_mask(wrapper, wrapper_idx)
+        if wrapper.if_calculated:
+            return None
+        masks = self.masker.calc_mask(sparsity=self._sparsity(wrapper), wrapper=wrapper, wrapper_idx=wrapper_idx)
+        if masks is not None:
+            wrapper.if_calculated = True
+        return masks
+
+    def update_mask(self) -> None:
+        if self.masker is not None and self.dependency_aware:
+            raise ValueError("DependencyAwarePruner: dependency_aware=True shares masks across layers, which a "
+                             "per-wrapper WeightMasker cannot do; use dependency_aware=False with a masker")
+        if self.masker is None:
+            super().update_mask()
+        else:
+            Pruner.update_mask(self)
 
 
 class LevelPruner(_MaskingPruner):

@@ -188,3 +188,51 @@ def test_other_1x_names_say_what_to_use(name: str) -> None:
     expected = "no counterpart" if name in ("NetAdaptPruner", "SensitivityPruner", "TransformerHeadPruner") else \
         f"nni.compression.pytorch.pruning.{name}"
     assert expected in V1.NOT_PROVIDED[name]
+
+
+def _masker_and_pruner(ns_masker: type, ns_pruner: type) -> tuple[type, type]:
+    """A script's own 1.x masker (half the input channels by L1) and pruner, on either namespace."""
+
+    class InputChannelMasker(ns_masker):  # type: ignore[misc, valid-type]
+        def calc_mask(self, sparsity, wrapper, wrapper_idx=None):  # noqa: ANN001, ANN201
+            weight = wrapper.module.weight.data
+            score = weight.abs().sum([d for d in range(weight.dim()) if d != 1])
+            if int(score.numel() * sparsity) < 1:
+                return {"weight_mask": torch.ones_like(weight)}
+            threshold = torch.topk(score, int(score.numel() * sparsity), largest=False)[0].max()
+            shape = [1, -1] + [1] * (weight.dim() - 2)
+            return {"weight_mask": torch.gt(score, threshold).reshape(shape).expand_as(weight).type_as(weight)}
+
+    class Pruner(ns_pruner):  # type: ignore[misc, valid-type]
+        def __init__(self, model, config_list, algorithm):  # noqa: ANN001
+            super().__init__(model, config_list, pruning_algorithm=algorithm)
+
+        def validate_config(self, model, config_list):  # noqa: ANN001, ANN201
+            pass
+
+    return InputChannelMasker, Pruner
+
+
+@pytest.mark.parametrize("custom", [False, True], ids=["built-in l1", "script's masker"])
+def test_dependency_aware_pruner_and_weight_masker_as_nni_1x(custom: bool) -> None:
+    from nni.algorithms.compression.pytorch.pruning.dependency_aware_pruner import DependencyAwarePruner
+    from nni.algorithms.compression.pytorch.pruning.weight_masker import WeightMasker
+
+    results = []
+    pairs = ((WeightMasker, DependencyAwarePruner), (V1.WeightMasker, V1.DependencyAwarePruner))
+    for masker_base, pruner_base in pairs:
+        masker_cls, pruner_cls = _masker_and_pruner(masker_base, pruner_base)
+        model = _net()
+        pruner = pruner_cls(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], "l1")
+        if custom:
+            pruner.masker = masker_cls(model, pruner)
+        pruner.compress()
+        results.append(_masks(pruner))
+    _assert_same(results[1], results[0])
+
+
+def test_dependency_aware_pruner_refuses_what_it_cannot_do() -> None:
+    with pytest.raises(ValueError, match="pruning_algorithm must be one of"):
+        V1.DependencyAwarePruner(_net(), [{"sparsity": 0.5, "op_types": ["Conv2d"]}], pruning_algorithm="netadapt")
+    with pytest.raises(NotImplementedError, match="override it"):
+        V1.WeightMasker(_net(), None).calc_mask(0.5, None)  # type: ignore[arg-type]
