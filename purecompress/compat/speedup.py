@@ -21,6 +21,7 @@ After ``speedup_model()``, ``self.report`` holds the :class:`~purecompress.Shrin
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,6 +46,8 @@ __all__ = [
 
 NniReplaceFn = Callable[[nn.Module, tuple[list[Tensor], Tensor, dict[str, Tensor]]], nn.Module]
 
+
+_logger = logging.getLogger(__name__)
 
 class SpeedupError(Exception):
     """NNI's base class of speedup errors (``error_code.SpeedupError``)."""
@@ -194,6 +197,15 @@ class ModelSpeedup:
                 before the model is touched.
         """
         model = self.bound_model
+        wrappers = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "PrunerModuleWrapper"]
+        pruners = {id(p): p for _, m in wrappers for p in getattr(m, "pruner", [])[:1]}
+        if wrappers and all(getattr(m, "pruner", None) for _, m in wrappers):
+            # NNI 1.x scripts speed up the model their pruner still wraps (the masks come from the file):
+            # unwrap it, as NNI's export leaves the weights on the inner modules, and say so
+            _logger.warning("ModelSpeedup: modules %s were still wrapped by a 1.x pruner; they are unwrapped "
+                            "first (that pruner no longer controls the model)", [n for n, _ in wrappers])
+            for pruner in pruners.values():
+                pruner._unwrap_model()
         wrapped = [n for n, m in model.named_modules() if type(m).__name__ == "PrunerModuleWrapper"]
         if wrapped:
             raise RuntimeError(f"modules {wrapped} are still wrapped by a pruner; call pruner._unwrap_model() "

@@ -101,3 +101,22 @@ def test_customized_replace_func() -> None:
     ModelSpeedup(model, torch.randn(2, 3, 4, 4), channel_masks([0, 3]),
                  customized_replace_func={"BatchNorm2d": replace_bn}).speedup_model()
     assert calls == [6] and model[1].num_features == 6
+
+
+def test_speedup_of_a_model_a_1x_pruner_still_wraps_unwraps_it_and_says_so(tmp_path, caplog) -> None:  # noqa: ANN001
+    import logging
+
+    from purecompress.compat.pruning_v1 import L1FilterPruner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}])
+    pruner.compress()
+    expected = model(x)
+    pruner.export_model(tmp_path / "model.pth", tmp_path / "mask.pth")
+    with caplog.at_level(logging.WARNING):
+        ModelSpeedup(model, x, str(tmp_path / "mask.pth")).speedup_model()
+    assert "were still wrapped by a 1.x pruner" in caplog.text
+    assert model[0].out_channels == 4 and model[2].in_channels == 4
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
