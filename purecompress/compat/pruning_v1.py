@@ -736,33 +736,32 @@ class TaylorFOWeightFilterPruner(_TrainingPruner):
                          sparsifying_training_batches), 1, dependency_aware, dummy_input)
 
 
-class ActivationAPoZRankFilterPruner(_TrainingPruner):
-    """Conv filters whose outputs are most often zero after ``activation`` (:func:`purecompress.apoz`)."""
+class _ActivationRankPruner(_TrainingPruner):
+    """1.x's activation-statistics filter pruners (the leaves name the statistic)."""
 
     op_types = ("Conv2d",)
+    _algorithm = ""
 
     def __init__(self, model: nn.Module, config_list: list[dict], optimizer: torch.optim.Optimizer | None,
                  trainer: Callable[..., Any] | None, criterion: Callable[..., Tensor] | None,
                  activation: str = "relu", sparsifying_training_batches: int = 1, dependency_aware: bool = False,
                  dummy_input: Any = None) -> None:
         super().__init__(model, config_list, optimizer, trainer, criterion,
-                         _scorer("apoz", sparsifying_training_batches, activation), 1, dependency_aware, dummy_input)
-        self.patch_optimizer(self.update_mask)  # 1.x: the masks are set after the first steps that see enough
-
-
-class ActivationMeanRankFilterPruner(_TrainingPruner):
-    """Conv filters with the smallest mean activation (:func:`purecompress.mean_activation`)."""
-
-    op_types = ("Conv2d",)
-
-    def __init__(self, model: nn.Module, config_list: list[dict], optimizer: torch.optim.Optimizer | None,
-                 trainer: Callable[..., Any] | None, criterion: Callable[..., Tensor] | None,
-                 activation: str = "relu", sparsifying_training_batches: int = 1, dependency_aware: bool = False,
-                 dummy_input: Any = None) -> None:
-        super().__init__(model, config_list, optimizer, trainer, criterion,
-                         _scorer("mean_activation", sparsifying_training_batches, activation), 1, dependency_aware,
+                         _scorer(self._algorithm, sparsifying_training_batches, activation), 1, dependency_aware,
                          dummy_input)
         self.patch_optimizer(self.update_mask)  # 1.x: the masks are set after the first steps that see enough
+
+
+class ActivationAPoZRankFilterPruner(_ActivationRankPruner):
+    """Conv filters whose outputs are most often zero after ``activation`` (:func:`purecompress.apoz`)."""
+
+    _algorithm = "apoz"
+
+
+class ActivationMeanRankFilterPruner(_ActivationRankPruner):
+    """Conv filters with the smallest mean activation (:func:`purecompress.mean_activation`)."""
+
+    _algorithm = "mean_activation"
 
 
 class AGPPruner(_TrainingPruner):
