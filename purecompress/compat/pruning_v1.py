@@ -44,6 +44,7 @@ from purecompress.pruning import (
     bias_masks,
     bn_scale,
     channel_dim_of,
+    channel_keep,
     fpgm,
     l1_norm,
     l2_norm,
@@ -430,9 +431,7 @@ class Pruner:
         """Log (and return) ``{module: (kept, total)}`` slices along ``dim`` of each weight mask."""
         out = {}
         for w in self.modules_wrapper:
-            mask = Mask.from_dense(w.weight_mask)
-            keep = mask.keep if mask.keep.dim() <= 1 else mask.keep.any(dim=[d for d in range(mask.keep.dim())
-                                                                              if d != dim])
+            keep = channel_keep(Mask.from_dense(w.weight_mask), dim)
             out[w.name] = (int(keep.sum()), int(w.weight_mask.shape[dim]))
             _logger.info("simulated prune %s remain/total: %d/%d", w.name, *out[w.name])
         return out

@@ -254,3 +254,11 @@ def test_allocators_receive_their_sparsity_as_an_argument() -> None:
     assert masks["0.weight"].keep.flatten().tolist() == [False, False, True, True, True, True]
     assert pruner.get_modules_wrapper()["0"].config["total_sparsity"] == 0.5  # read by NNI's generate_sparsity only
     assert pruner.sparsity_allocator.generate_sparsity(metric)["0"]["weight"].sum() == 12
+
+
+def test_show_pruned_weights_counts_every_slice_of_a_layer_without_masks() -> None:
+    """Before compress() no layer has a mask record: every filter is kept, as NNI reports it."""
+    pruner = L1NormPruner(build("conv_bn_linear"), [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]}])
+    shapes = {name: w.weight_mask.shape for name, w in pruner.get_modules_wrapper().items()}
+    assert pruner.show_pruned_weights() == {name: (s[0], s[0]) for name, s in shapes.items()}
+    assert pruner.show_pruned_weights(dim=1) == {name: (s[1], s[1]) for name, s in shapes.items()}

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from purecompress.compat.schema import Form, schema_errors, validate
 from purecompress.compat.utils import canonical_from, get_module_by_name
-from purecompress.pruning import Mask, Masks, output_mask, simplify_mask
+from purecompress.pruning import Mask, Masks, channel_keep, output_mask, simplify_mask
 from purecompress.selectors import ConfigError, select
 
 __all__ = [
@@ -439,9 +439,7 @@ class Pruner:
         out = {}
         for name, wrapper in self.get_modules_wrapper().items():
             mask = wrapper.mask_record("weight") or Mask.dense(tuple(wrapper.weight_mask.shape))
-            keep = mask.keep if mask.keep.dim() <= 1 else \
-                mask.keep.any(dim=[d for d in range(mask.keep.dim()) if d != dim])
-            out[name] = (int(keep.sum()), int(wrapper.weight_mask.shape[dim]))
+            out[name] = (int(channel_keep(mask, dim).sum()), int(wrapper.weight_mask.shape[dim]))
             _logger.info("simulated prune %s remain/total: %d/%d", name, *out[name])
         return out
 
