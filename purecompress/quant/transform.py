@@ -18,6 +18,7 @@ State keys are ``'<module>.weight'``, ``'<module>.input'``, ``'<module>.output'`
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -232,11 +233,8 @@ def quantized_call(
             return run(x, key, kind, config)
 
         inputs = {k: v for k, v in call_params.items() if k in graph.names}
-        if torch.compiler.is_compiling():
+        with _serial(graph.lock):
             out = torch.func.functional_call(graph.gm, inputs, (site, *args), kwargs)
-        else:
-            with graph.lock:
-                out = torch.func.functional_call(graph.gm, inputs, (site, *args), kwargs)
     else:
         hooks: list[tuple[nn.Module, str, Callable[..., Any]]] = []
         for key, (kind, config) in specs.items():
@@ -263,18 +261,18 @@ _HOOK_LOCK = threading.RLock()
 
 def _hooked_call(model: nn.Module, call_params: dict[str, Tensor], args: tuple[Any, ...], kwargs: dict[str, Any],
                  hooks: list[tuple[nn.Module, str, Callable[..., Any]]]) -> Any:
-    if torch.compiler.is_compiling():
+    with _serial(_HOOK_LOCK):
         handles = _install(hooks)
         try:
             return torch.func.functional_call(model, call_params, args, kwargs)
         finally:
             _remove(handles)
-    with _HOOK_LOCK:
-        handles = _install(hooks)
-        try:
-            return torch.func.functional_call(model, call_params, args, kwargs)
-        finally:
-            _remove(handles)
+
+
+def _serial(lock: threading.RLock) -> contextlib.AbstractContextManager[Any]:
+    """``lock`` in eager calls; nothing inside a compiled region (a lock cannot be traced, and the
+    compiled graph swaps no module tensors at run time)."""
+    return contextlib.nullcontext() if torch.compiler.is_compiling() else lock
 
 
 @torch.compiler.disable
