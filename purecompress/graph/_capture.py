@@ -69,6 +69,13 @@ PRODUCER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
 )  # fmt: skip
 
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise conv: output channel ``i`` is computed from input channel ``i`` alone."""
+    return (isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
+
+
 #: Layers of other libraries kept whole, by ``module.qualname`` of the class (or a base class).
 _FOREIGN_LEAVES = frozenset({"transformers.pytorch_utils.Conv1D"})
 

@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from purecompress.graph._capture import PRODUCER_TYPES, Method, capture, is_captured
+from purecompress.graph._capture import PRODUCER_TYPES, Method, capture, is_captured, is_depthwise
 
 __all__ = [
     "Kind",
@@ -194,11 +194,6 @@ def _producer(node: fx.Node, modules: dict[str, nn.Module],
 
 
 
-def _is_depthwise(module: nn.Module) -> bool:
-    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
-            and module.groups == module.in_channels == module.out_channels)
-
-
 def _find(parent: dict[str, str], x: str) -> str:
     while parent[x] != x:
         parent[x] = parent[parent[x]]
@@ -262,7 +257,7 @@ def channel_dependency(
             parent.setdefault(name, name)
             rank.setdefault(name, len(rank))
             sources[node] = frozenset((name,))
-            if couple_depthwise and _is_depthwise(modules[str(node.target)]) and node.args:
+            if couple_depthwise and is_depthwise(modules[str(node.target)]) and node.args:
                 feeding = node.args[0]
                 _union(parent, rank, {name} | set(sources.get(feeding, ())) if isinstance(feeding, fx.Node) else {name})
             continue

@@ -23,7 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from purecompress.graph._capture import SIZE_ARGS, Method, bind_inputs, capture
+from purecompress.graph._capture import SIZE_ARGS, Method, bind_inputs, capture, is_depthwise
 from purecompress.graph._replace import ChannelSlice, Replacement, replacement_for
 from purecompress.pruning import Mask, Masks, params_of
 
@@ -688,11 +688,7 @@ def trace_channels(
             if tin is not None and tin.cd != cd_in:
                 classes.block(tin.ids)
                 tin = None
-            depthwise = (
-                isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-                and module.groups > 1
-                and module.groups == module.in_channels == module.out_channels
-            )
+            depthwise = is_depthwise(module)
             if entry.kind == "producer":
                 consumers.append((first, cd_in, tin))
                 tout = tin if depthwise else Track(cd_out, classes.new(value.shape[cd_out]))

@@ -106,7 +106,7 @@ class SiteGraph:
         self.model = model
         self.sites = dict(sites)
         self._entries: dict[Key, _Entry | None] = {}
-        self._modules = tuple(m for _, m in model.named_modules(remove_duplicate=False))
+        self._modules = tuple(_all(model))
         # the module tree as built: (parent, child name, child) for every edge
         self._edges = tuple((parent, name, child) for parent in self._modules
                             for name, child in parent._modules.items())
