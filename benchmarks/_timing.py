@@ -13,7 +13,7 @@ from zoo_import import install_import_hook
 # NNI imports Lightning, which imports torchmetrics and torchvision: make that import work on the CPU torch
 install_import_hook()
 
-__all__ = ["environment", "median_time", "paired_ratio", "table"]
+__all__ = ["environment", "interleaved_medians", "median_time", "paired_ratio", "table"]
 
 
 def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, budget_s: float = 30.0) -> float:
@@ -28,6 +28,30 @@ def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, 
         if sum(times) > budget_s:
             break
     return statistics.median(times)
+
+
+def interleaved_medians(steps: dict[str, Callable[[], object]], *, repeats: int, inner: int, warmup: int = 0,
+                        sync: Callable[[], object] | None = None) -> dict[str, float]:
+    """Median seconds per call of each step, the steps' rounds interleaved (drift hits all alike).
+
+    ``warmup`` untimed calls of each first (compilation); ``sync`` (e.g. ``torch.cuda.synchronize``)
+    runs before and after each timed round.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if sync is not None:
+                sync()
+            start = time.perf_counter()
+            for _ in range(inner):
+                step()
+            if sync is not None:
+                sync()
+            times[name].append((time.perf_counter() - start) / inner)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def paired_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, repeats: int = 15,

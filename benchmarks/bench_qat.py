@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import statistics
 import sys
 import time
 import warnings
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import environment, table  # noqa: E402
+from _timing import environment, interleaved_medians, table  # noqa: E402
 
 import purecompress.quant as pq  # noqa: E402
 
@@ -105,18 +104,6 @@ def nni_like_step(module_path: str, model: nn.Module, x: Tensor, y: Tensor) -> S
     return step
 
 
-def measure(steps: dict[str, Step], repeats: int, inner: int) -> dict[str, float]:
-    """Median seconds per step of each variant, rounds interleaved."""
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(inner):
-                step()
-            times[name].append((time.perf_counter() - start) / inner)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def run(name: str, make: Callable[[], nn.Module], x: Tensor, y: Tensor, *, repeats: int, inner: int,
         use_compile: bool, use_nni: bool) -> list[list[str]]:
     """Time every variant on one model; rows of the table."""
@@ -149,7 +136,7 @@ def run(name: str, make: Callable[[], nn.Module], x: Tensor, y: Tensor, *, repea
             steps[label] = step
     for step in steps.values():  # warm up
         step()
-    medians = measure(steps, repeats, inner)
+    medians = interleaved_medians(steps, repeats=repeats, inner=inner)
     plain, plain_c = medians["plain (eager)"], medians.get("plain (torch.compile)")
     rows = []
     for label, t in medians.items():

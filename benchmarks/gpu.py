@@ -20,9 +20,7 @@ seconds (the test suite does, so the script cannot rot between device sessions):
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import vgg  # noqa: E402
-from _timing import environment, table  # noqa: E402
+from _timing import environment, interleaved_medians, table  # noqa: E402
 
 import purecompress as pc  # noqa: E402
 import purecompress.quant as pq  # noqa: E402
@@ -42,21 +40,9 @@ Step = Callable[[], object]
 
 
 def timed(steps: dict[str, Step], device: torch.device, repeats: int, inner: int) -> dict[str, float]:
-    """Median seconds per call of each step, rounds interleaved (device-synchronized)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for step in steps.values():  # warm up (and compile)
-        step()
-        step()
-    for _ in range(repeats):
-        for name, step in steps.items():
-            sync()
-            start = time.perf_counter()
-            for _ in range(inner):
-                step()
-            sync()
-            times[name].append((time.perf_counter() - start) / inner)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds per call of each step, rounds interleaved, after two warm-up (compiling) calls."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    return interleaved_medians(steps, repeats=repeats, inner=inner, warmup=2, sync=sync)
 
 
 def training_steps(device: torch.device, width: int, batch: int, compiled: bool) -> dict[str, Step]:
