@@ -70,6 +70,19 @@ class Dependency:
         self.model = model
         self.dummy_input = dummy_input
 
+    #: NNI's CSV header of :meth:`export`.
+    _csv_header: tuple[str, str] = ("", "")
+
+    def _csv_rows(self) -> list[list[Any]]:
+        raise NotImplementedError
+
+    def export(self, filepath: str | os.PathLike[str]) -> None:
+        """Write NNI's CSV: the analysis' two-column header, then one row per set, layer or block."""
+        with open(filepath, "w", newline="") as f:
+            writer = csv.writer(f, delimiter=",")
+            writer.writerow(list(self._csv_header))
+            writer.writerows(self._csv_rows())
+
 
 class _SetDependency(Dependency):
     """Dependencies given as a partition of layers (abstract: leaves say which analysis)."""
@@ -91,13 +104,10 @@ class _SetDependency(Dependency):
         """Every analysed layer in one set, layers without a dependency alone, in graph order."""
         return [set(members) for members in self._sets]
 
-    def export(self, filepath: str | os.PathLike[str]) -> None:
-        """NNI's CSV: a header ``Dependency Set,Layers``, then ``Set i,layer,...`` per set."""
-        with open(filepath, "w", newline="") as f:
-            writer = csv.writer(f, delimiter=",")
-            writer.writerow(["Dependency Set", "Layers"])
-            for index, members in enumerate(self._sets, 1):
-                writer.writerow([f"Set {index}", *members])
+    _csv_header = ("Dependency Set", "Layers")
+
+    def _csv_rows(self) -> list[list[Any]]:
+        return [[f"Set {index}", *members] for index, members in enumerate(self._sets, 1)]
 
 
 class ChannelDependency(_SetDependency):
@@ -178,13 +188,10 @@ class GroupDependency(Dependency):
         """Same as :attr:`dependency` (NNI's name)."""
         return self.dependency
 
-    def export(self, filepath: str | os.PathLike[str]) -> None:
-        """NNI's CSV: a header ``Conv Layer Name,Group``, then one ``layer,groups`` row per layer."""
-        with open(filepath, "w", newline="") as f:
-            writer = csv.writer(f, delimiter=",")
-            writer.writerow(["Conv Layer Name", "Group"])
-            for name, groups in self.dependency.items():
-                writer.writerow([name, groups])
+    _csv_header = ("Conv Layer Name", "Group")
+
+    def _csv_rows(self) -> list[list[Any]]:
+        return [[name, groups] for name, groups in self.dependency.items()]
 
 
 class AttentionWeightDependency(Dependency):
@@ -208,10 +215,7 @@ class AttentionWeightDependency(Dependency):
         """The 4-layer lists ``[q, k, v, out]`` (Q, K, V in walk order), in graph order."""
         return list(self.dependency.values())
 
-    def export(self, filepath: str | os.PathLike[str]) -> None:
-        """NNI's CSV: a header ``Attention layer matmul op,Group``, then ``node,[layers]`` rows."""
-        with open(filepath, "w", newline="") as f:
-            writer = csv.writer(f, delimiter=",")
-            writer.writerow(["Attention layer matmul op", "Group"])
-            for node, layers in self.dependency.items():
-                writer.writerow([node, layers])
+    _csv_header = ("Attention layer matmul op", "Group")
+
+    def _csv_rows(self) -> list[list[Any]]:
+        return [[node, layers] for node, layers in self.dependency.items()]

@@ -119,6 +119,18 @@ def test_attention_weight_dependency_matches_nni() -> None:
         [(frozenset(s[:3]), s[3]) for s in theirs.dependency_sets]
 
 
+def test_attention_weight_dependency_export_is_nnis_csv(tmp_path: Path) -> None:
+    import csv
+
+    model, x = Attention().eval(), torch.randn(2, 5, 8)
+    ours = C.AttentionWeightDependency(model, x)
+    ours.export(tmp_path / "attention.csv")
+    with open(tmp_path / "attention.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Attention layer matmul op", "Group"]
+    assert rows[1:] == [[node, str(layers)] for node, layers in ours.dependency.items()] and len(rows) == 3
+
+
 # fix_mask_conflict ---------------------------------------------------------------------------------
 
 def _random_channel_masks(model: nn.Module, seed: int, dim: int = 0) -> dict[str, dict[str, torch.Tensor | None]]:
