@@ -119,10 +119,12 @@ def test_whole_compiled_qat_training_step_is_one_graph() -> None:
         torch.testing.assert_close(c, e, rtol=0, atol=1e-6)
 
 
-def test_concurrent_calls_from_two_threads_give_the_single_thread_results() -> None:
+@pytest.mark.parametrize("path", ["graph", "hooks"])
+def test_concurrent_calls_from_two_threads_give_the_single_thread_results(path: str) -> None:
     torch.manual_seed(0)
     model = _mlp()
-    q, _, params = _setup(model)
+    graph_q, hook_q, params = _setup(model)
+    q = graph_q if path == "graph" else hook_q  # the hook fallback serializes its calls
     xs = [[torch.randn(8, 16) for _ in range(3)] for _ in range(2)]
     expected = [_steps(q, model, params, x) for x in xs]
     results: list[object] = [None, None]
