@@ -84,12 +84,18 @@ def test_depthwise_conv_follows_its_input() -> None:
     assert compact[2].groups == 4 and compact[3].in_channels == 4
 
 
-def test_unbalanced_groups_keep_channels_or_raise() -> None:
+def test_unbalanced_groups_keep_channels_back_or_raise() -> None:
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1, groups=2), nn.Conv2d(4, 2, 1))
     masks = {"0.weight": rows((4, 3, 1, 1), [0])}
     x = torch.randn(1, 3, 3, 3)
     plan = channel_plan(net, masks, x)
-    assert "0" not in plan.slices
+    assert "0" not in plan.slices  # group 0 keeps channel 0 back: as many as group 1
+    wide = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1, groups=2), nn.Conv2d(4, 2, 1))
+    padded = channel_plan(wide, {"0.weight": rows((8, 3, 1, 1), [0, 1, 4])}, x)
+    # group 0 keeps 2 of 4, group 1 keeps 3: the first removed channel of group 0 comes back
+    assert padded.slices["0"].keep_out.tolist() == [True, False, True, True, False, True, True, True]
+    compact, report = shrink(wide, {"0.weight": rows((8, 3, 1, 1), [0, 1, 4])}, x)
+    assert compact[2].in_channels == 6 and report.output_error < 1e-5
     with pytest.raises(UnbalancedGroupsError):
         channel_plan(net, masks, x, strict=True)
     balanced = channel_plan(net, {"0.weight": rows((4, 3, 1, 1), [0, 2])}, x)

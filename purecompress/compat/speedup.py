@@ -214,7 +214,7 @@ class ModelSpeedup:
         masks = {name: Mask(mask.keep.cpu(), mask.shape) for name, mask in masks_from_nni(self.masks).items()}
         try:
             compact, self.report = shrink(model, masks, _example_inputs(model, self.dummy_input),
-                                          replacements=table, strict=True)
+                                          replacements=table)
         except graph.EmptyLayerError as err:
             raise EmptyLayerError(str(err)) from err
         except graph.UnbalancedGroupsError as err:

@@ -990,8 +990,9 @@ def channel_plan(
         example_inputs: a tensor, tuple or dict of inputs, e.g. ``[2, 3, 32, 32]``.
         leaf_modules: passed to :func:`~purecompress.graph`.
         replacements: extra replacement-table entries (custom channel-wise or producer modules).
-        strict: raise :class:`UnbalancedGroupsError` instead of keeping the channels of an
-            unbalanced grouped conv.
+        strict: raise :class:`UnbalancedGroupsError` for a grouped conv whose groups keep
+            different channel counts, instead of keeping channels back until every group that
+            keeps any keeps as many as the fullest (NNI 2.10's rule).
         exact: keep the channels whose constant cannot be folded exactly (behind zero-padded
             convs), so that the compact model equals the masked one everywhere.
         params: parameter (and buffer) values to use instead of the model's own, e.g. the
@@ -1065,10 +1066,32 @@ def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mappin
             if not _balanced(keep_in, keep_out, groups) and not (keep_in.all() and keep_out.all()):
                 if strict:
                     raise UnbalancedGroupsError(f"layer {name!r}: the channels kept in its {groups} groups differ")
-                for t in (call.tin, call.tout):
-                    if t is not None:
-                        classes.block(t.ids)
+                if not _pad_groups(classes, call, keep_in, keep_out, groups):
+                    for t in (call.tin, call.tout):  # nothing to pad (no group keeps an output): keep all
+                        if t is not None:
+                            classes.block(t.ids)
                 changed = True
+
+
+def _pad_groups(classes: Classes, call: Call, keep_in: Tensor, keep_out: Tensor, groups: int) -> bool:
+    """Keep channels back until every group that keeps any keeps as many as the fullest one (NNI's rule).
+
+    Groups that lose all their input and output channels go; in the others, the first removed
+    channels of a group come back, input and output side alike.
+    """
+    ins, outs = keep_in.reshape(groups, -1), keep_out.reshape(groups, -1)
+    live = ins.any(1) | outs.any(1)
+    padded = False
+    for track, chunks in ((call.tin, ins), (call.tout, outs)):
+        if track is None:
+            continue
+        target = int(chunks[live].sum(1).max())
+        width = chunks.shape[1]
+        back = [g * width + int(i) for g in live.nonzero().flatten().tolist()
+                for i in (~chunks[g]).nonzero().flatten()[: target - int(chunks[g].sum())]]
+        classes.block(track.ids[torch.tensor(back, dtype=torch.long)])
+        padded = padded or bool(back)
+    return padded
 
 
 

@@ -159,7 +159,8 @@ def shrink(
         example_inputs: a tensor, tuple or dict of inputs (e.g. ``[2, 3, 32, 32]``).
         leaf_modules: passed to :func:`~purecompress.graph`.
         replacements: extra replacement-table entries for custom modules.
-        strict: raise on unbalanced grouped convs instead of keeping their channels.
+        strict: raise on unbalanced grouped convs instead of keeping channels back until the
+            groups balance (see :func:`~purecompress.graph.channel_plan`).
         exact: keep the channels whose constants cannot be folded exactly (behind zero-padded
             convs): the compact model then equals the masked one everywhere, a little larger.
         params: parameter (and buffer) values to use instead of the model's own (e.g. the

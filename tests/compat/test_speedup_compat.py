@@ -80,8 +80,41 @@ def test_nni_errors() -> None:
     grouped = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1, groups=2), nn.Flatten(), nn.Linear(4, 2))
     keep = torch.tensor([0.0, 1.0, 1.0, 1.0])
     masks = {"0": {"weight": keep.reshape(4, 1, 1, 1).expand(4, 3, 1, 1).clone(), "bias": keep}}
-    with pytest.raises(UnBalancedGroupError):
-        ModelSpeedup(grouped, torch.randn(1, 3, 1, 1), masks).speedup_model()
+    # NNI 2.10 balances the groups instead of raising (checked on NNI 2.10.1): group 0 keeps 1 of
+    # 2 channels, group 1 both, so group 0 keeps both back and nothing shrinks
+    ModelSpeedup(grouped, torch.randn(1, 3, 1, 1), masks).speedup_model()
+    assert grouped[0].out_channels == grouped[2].in_channels == 4
+    assert issubclass(UnBalancedGroupError, SpeedupError)  # NNI's name, for scripts that catch it
+
+
+def test_unbalanced_grouped_conv_transpose_keeps_the_fullest_groups_count() -> None:
+    # NNI's v1 TransposeModel: L1 on conv1 keeps 7 channels in group 0 of the grouped
+    # ConvTranspose2d behind it and 3 in group 1; NNI 2.10.1 speeds it up to 14 input channels
+    class Transpose(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 20, 5), nn.BatchNorm2d(20)
+            self.conv2, self.bn2 = nn.ConvTranspose2d(20, 50, 5, groups=2), nn.BatchNorm2d(50)
+            self.fc = nn.Linear(8 * 8 * 50, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+            return self.fc(x.flatten(1))
+
+    model = Transpose().eval()
+    kept = [0, 1, 2, 3, 5, 6, 9, 11, 14, 15]
+    keep = torch.zeros(20)
+    keep[kept] = 1.0
+    masks = {"conv1": {"weight": keep.reshape(20, 1, 1, 1).expand(20, 3, 5, 5).clone(), "bias": keep.clone()}}
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        model.bn1.bias.zero_()  # pruned channels then carry nothing, as in NNI's test
+        model.conv1.weight.mul_(masks["conv1"]["weight"])
+        model.conv1.bias.mul_(keep)
+        expected = model(x)
+    ModelSpeedup(model, x, masks).speedup_model()
+    assert (model.conv1.out_channels, model.conv2.in_channels, model.conv2.groups) == (14, 14, 2)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(Exception, match="Please provide the mask"):
         ModelSpeedup(net(), torch.randn(1, 3, 4, 4), "/no/such/file.pth")
 
