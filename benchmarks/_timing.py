@@ -8,7 +8,11 @@ import time
 from collections.abc import Callable
 
 import torch
-from zoo_import import install_import_hook
+
+try:  # a script in benchmarks/ (benchmarks/ is sys.path[0]) or the benchmarks package (tests)
+    from zoo_import import install_import_hook
+except ModuleNotFoundError:
+    from benchmarks.zoo_import import install_import_hook
 
 # NNI imports Lightning, which imports torchmetrics and torchvision: make that import work on the CPU torch
 install_import_hook()

@@ -25,7 +25,11 @@ Get the tree from a clone of microsoft/nni at tag v2.10 (tests are the same at v
 
 NNI's MNIST helpers (``assets/simple_mnist``) read ``data/mnist`` relative to the working directory
 and download it when absent: put MNIST's raw files in ``DIR/data/mnist/MNIST/raw/`` to run those
-tests offline (a ``data/`` folder beside ``algo/`` is copied into every scratch copy).
+tests offline (a ``data/`` folder beside ``algo/`` is copied into every scratch copy), or pass
+``--synthetic-mnist``: MNIST-format files (60,000 training and 2,000 test images of 28x28, the
+counts NNI's Lightning data module splits) made from scikit-learn's bundled 8x8 digits, upscaled,
+shifted and noised, so the tests that train and evaluate on MNIST run offline under both backends
+(accuracies are not MNIST's; the tests check behaviour, not accuracy).
 
 Run::
 
@@ -170,7 +174,38 @@ def find_test_files(root: Path, suites: Sequence[str]) -> list[str]:
     return files
 
 
-def _copy_tree(root: Path, dest: Path) -> None:
+def write_synthetic_mnist(raw: Path, *, train: int = 60_000, test: int = 2_000, seed: int = 0) -> None:
+    """MNIST's four raw IDX files in ``raw`` (``MNIST/raw``), from scikit-learn's bundled digits.
+
+    Each image is a digit upscaled from 8x8 to 20x20, placed at a random offset in a 28x28 frame
+    (MNIST's layout) with a little noise, as uint8 0-255; labels are the digits' own.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)  # [1797, 1, 8, 8] in 0-1
+    big = F.interpolate(images, size=(20, 20), mode="bilinear", align_corners=False).squeeze(1)
+    rng = np.random.default_rng(seed)
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("t10k", test)):
+        pick = rng.integers(0, len(big), count)
+        frames = np.zeros((count, 28, 28), dtype=np.float32)
+        dy, dx = rng.integers(0, 9, count), rng.integers(0, 9, count)
+        for i, (k, y, x) in enumerate(zip(pick, dy, dx)):
+            frames[i, y:y + 20, x:x + 20] = big[k].numpy()
+        frames = np.clip(frames + rng.normal(0.0, 0.05, frames.shape), 0.0, 1.0)
+        pixels = (frames * 255).astype(np.uint8)
+        labels = digits.target[pick].astype(np.uint8)
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(
+            np.array([0x0803, count, 28, 28], dtype=">i4").tobytes() + pixels.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(np.array([0x0801, count], dtype=">i4").tobytes()
+                                                         + labels.tobytes())
+
+
+def _copy_tree(root: Path, dest: Path, data: Path | None = None) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "data", "lightning_logs", "junit")
     dest.mkdir(parents=True)
     shutil.copytree(root / "algo" / "compression", dest / "algo" / "compression", ignore=ignore)
@@ -180,6 +215,9 @@ def _copy_tree(root: Path, dest: Path) -> None:
         shutil.copytree(root / "ut", dest / "ut", ignore=ignore)
     if (root / "data").is_dir():  # NNI's MNIST helpers read ./data/mnist (and download it when absent)
         shutil.copytree(root / "data", dest / "data")
+    if data is not None:  # --synthetic-mnist: linked, not copied (60,000 images per scratch copy)
+        (dest / "data").mkdir(exist_ok=True)
+        (dest / "data" / "mnist").symlink_to(data / "mnist", target_is_directory=True)
     (dest / "pytest.ini").write_text(PYTEST_INI)  # NNI's own adds --cov options (pytest-cov)
 
 
@@ -205,12 +243,12 @@ def _parse(result: FileResult, lines: Iterable[str]) -> None:
 
 
 def run_file(root: Path, rel: str, backend: str, timeout: float, python: str, threads: int,
-             extra_paths: Sequence[str] = ()) -> FileResult:
+             extra_paths: Sequence[str] = (), data: Path | None = None) -> FileResult:
     """Run one test file under ``backend`` in a fresh scratch copy of the tree; return its outcomes."""
     result = FileResult(rel)
     with tempfile.TemporaryDirectory(prefix="nni-suite-") as tmp:
         work, plugin_dir = Path(tmp) / "test", Path(tmp) / "plugin"
-        _copy_tree(root, work)
+        _copy_tree(root, work, data)
         plugin_dir.mkdir()
         (plugin_dir / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
         results = Path(tmp) / "results.jsonl"
@@ -241,11 +279,11 @@ def run_file(root: Path, rel: str, backend: str, timeout: float, python: str, th
 
 
 def run_backend(root: Path, files: Sequence[str], backend: str, timeout: float, python: str,
-                threads: int, extra_paths: Sequence[str] = ()) -> dict[str, FileResult]:
+                threads: int, extra_paths: Sequence[str] = (), data: Path | None = None) -> dict[str, FileResult]:
     """Run every file under one backend, one after another, printing progress to stderr."""
     out = {}
     for rel in files:
-        res = run_file(root, rel, backend, timeout, python, threads, extra_paths)
+        res = run_file(root, rel, backend, timeout, python, threads, extra_paths, data)
         out[rel] = res
         print(f"[{backend}] {rel}: {res.count('passed')}/{len(res.tests)} passed in {res.seconds:.0f}s"
               f"{' (' + res.note + ')' if res.note else ''}", file=sys.stderr, flush=True)
@@ -325,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--failures", action="store_true",
                         help="also list every test that did not pass, per backend, with its first error line")
     parser.add_argument("--out", type=Path, help="also write the tables as markdown to this file")
+    parser.add_argument("--synthetic-mnist", action="store_true",
+                        help="give the tests MNIST-format files made from scikit-learn's digits (offline)")
     args = parser.parse_args(argv)
 
     root = find_test_root(args.tests)
@@ -339,13 +379,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     backends = BACKENDS if args.compare else (args.backend,)
     extra = [str(Path(p).resolve()) for p in args.pythonpath]
-    runs = {b: run_backend(root, files, b, args.timeout, args.python, args.threads, extra) for b in backends}
+    with tempfile.TemporaryDirectory(prefix="nni-suite-data-") as synthetic:
+        data = None
+        if args.synthetic_mnist:
+            data = Path(synthetic)
+            write_synthetic_mnist(data / "mnist" / "MNIST" / "raw")
+        runs = {b: run_backend(root, files, b, args.timeout, args.python, args.threads, extra, data) for b in backends}
     fill_missing(runs)
     for backend, res in runs.items():
         served = {r.nni_module for r in res.values() if r.nni_module}
         print(f"{backend}: nni served from {', '.join(sorted(served)) or '(never imported)'}", file=sys.stderr)
 
     parts = [f"NNI test tree: {root}; python {sys.version.split()[0]}; per-file timeout {args.timeout:.0f}s"
+             + ("; synthetic MNIST (scikit-learn digits)" if args.synthetic_mnist else "")
              + (f"; extra PYTHONPATH {os.pathsep.join(extra)}" if extra else ""), "",
              table(runs, files)]
     errors = collect_errors(runs)

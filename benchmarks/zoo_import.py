@@ -41,9 +41,15 @@ def declare_detection_ops() -> None:
     global _library
     if _library is not None or hasattr(torch.ops.torchvision, "nms") or _extension_loads():
         return
-    library = torch.library.Library("torchvision", "DEF")
+    # a FRAGMENT, not DEF: a second copy of this module (imported as ``zoo_import`` by a script and
+    # as ``benchmarks.zoo_import`` by a package) finds the ops defined and leaves them
+    library = torch.library.Library("torchvision", "FRAGMENT")
     for schema in _DETECTION_OPS:
-        library.define(schema)
+        try:
+            library.define(schema)
+        except RuntimeError as err:
+            if "already" not in str(err) and "multiple" not in str(err).lower():
+                raise
     _library = library
 
 

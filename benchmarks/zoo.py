@@ -1,0 +1,490 @@
+"""The model zoo: capture, dependency-aware pruning, shrinking, QAT and QDQ export on real architectures.
+
+Issue 13's measuring stick. Every model is built with random weights from code (torchvision
+``weights=None``, timm ``pretrained=False``, Hugging Face models from small configs): nothing is
+downloaded. Per model, in its own subprocess (a crash or a timeout is a row, not the end of the
+sweep), one row:
+
+- **captured**: ``pc.capture`` on the example input and the method that ran (``fx`` / ``record``);
+- **sets**: the dependency sets of the pruned layers (``pc.channel_dependency``, depthwise convs
+  coupled to their producers) with more than one member;
+- 50% dependency-aware L1 channel pruning of every Conv/Linear but the classifier
+  (``pc.l1_norm`` + ``pc.allocate_dependency_aware``), then ``pc.propagate`` and ``pc.shrink``:
+  **masked vs compact** (``report.output_error``), **kept** (the fraction of output channels the
+  pruned layers keep, min-max: asked 0.5), **dense** (layers shrink left with channels it was asked
+  to remove, where the report says so), **params** and **MACs** after / before (the same counter,
+  ``pc.count_flops_params``, for every model), **latency** compact / dense;
+- **Torch-Pruning** (``torch-pruning``, the reference peer, when installed) on the same model with
+  the same ask (``MagnitudePruner``, L1, ratio 0.5, the classifier ignored): its MACs and latency
+  after / before, or its error;
+- **QAT**: one ``pq.qat`` training step (8-bit weights and inputs of every Conv/Linear) on the
+  compact model; **QDQ**: ``pq.observer`` calibration, ``export_qdq_onnx``, onnxruntime's output
+  against the fake-quantized PyTorch forward (max abs difference within one output step).
+
+Install (on the CPU torch; see the README's "Model zoo" note)::
+
+    pip install torch==2.13.0
+    pip install -c <(echo torch==2.13.0) timm transformers torch-pruning
+    pip install --no-deps torchvision==0.28.0   # imports through benchmarks.zoo_import's hook
+
+Run::
+
+    python benchmarks/zoo.py                        # the default list (a few per family)
+    python benchmarks/zoo.py --all                  # every torchvision classification model, the timm list, HF
+    python benchmarks/zoo.py --models resnet18 timm:efficientnet_b0 hf:bert local:mobilenet
+    python benchmarks/zoo.py --out /tmp/zoo.md      # also write the markdown table
+
+The test suite runs a fast subset of the same pipeline (``tests/test_zoo.py``, :func:`run_model`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import zoo_import  # noqa: E402
+from benchmarks._timing import environment, interleaved_medians  # noqa: E402
+
+#: timm models of issue 13 (``pretrained=False``).
+TIMM = ("resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "regnetx_002", "densenet121",
+        "vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "resnext50_32x4d",
+        "ghostnet_100", "mixnet_s", "repvgg_a0", "levit_128", "mobilevit_s", "poolformer_s12", "cspresnet50")
+#: Hugging Face models built from small configs.
+HF = ("bert", "gpt2", "vit", "llama")
+#: The default run: a few of each family.
+DEFAULT = ("resnet18", "mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5", "convnext_tiny",
+           "timm:regnetx_002", "timm:mobilenetv3_large_100", "timm:efficientnet_b0", "timm:densenet121",
+           "hf:bert", "hf:gpt2", "hf:vit", "hf:llama")
+#: torchvision models whose fixed input size is 224 (the others run at ``--size``).
+FIXED_224 = ("vit_", "swin_", "maxvit_")
+
+
+def torchvision_models() -> list[str]:
+    """Every torchvision classification model name."""
+    tv = zoo_import.import_torchvision()
+    return sorted(tv.models.list_models(module=tv.models))
+
+
+# --------------------------------------------------------------------------------------------- build
+
+
+def _hf_model(name: str) -> tuple[nn.Module, Any]:
+    import transformers as tr
+
+    ids = torch.randint(0, 100, (2, 16))
+    if name == "bert":
+        config = tr.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=128, max_position_embeddings=32)
+        return tr.BertModel(config), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if name == "gpt2":
+        config = tr.GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=32)
+        return tr.GPT2LMHeadModel(config), {"input_ids": ids}
+    if name == "vit":
+        config = tr.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=128, num_channels=3)
+        return tr.ViTModel(config), {"pixel_values": torch.randn(2, 3, 32, 32)}
+    if name == "llama":
+        config = tr.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+        return tr.LlamaForCausalLM(config), {"input_ids": ids}
+    raise ValueError(f"unknown Hugging Face model {name!r}; known: {', '.join(HF)}")
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV2's block: pointwise expand, depthwise 3x3, pointwise project, residual."""
+
+    def __init__(self, c: int, expand: int = 4) -> None:
+        super().__init__()
+        hidden = c * expand
+        self.expand = nn.Sequential(nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+                                       nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.project(self.depthwise(self.expand(x)))
+
+
+class _Basic(nn.Module):
+    """ResNet's basic block."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x + self.b(self.a(x)))
+
+
+def _local(name: str) -> tuple[nn.Module, Any]:
+    """Small models of the same families, for machines without torchvision (the test suite's CI)."""
+    def stem(c: int) -> list[nn.Module]:
+        return [nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+
+    def head(c: int) -> list[nn.Module]:
+        return [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
+
+    if name == "resnet":
+        model = nn.Sequential(*stem(16), _Basic(16), _Basic(16), nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32),
+                              nn.ReLU(), _Basic(32), *head(32))
+    elif name == "mobilenet":
+        model = nn.Sequential(*stem(16), _InvertedResidual(16), _InvertedResidual(16), nn.Conv2d(16, 32, 1),
+                              nn.BatchNorm2d(32), nn.ReLU6(), _InvertedResidual(32), *head(32))
+    elif name == "vgg":
+        model = nn.Sequential(*stem(16), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32),
+                              nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
+                              nn.Linear(64, 10))
+    else:
+        raise ValueError(f"unknown local model {name!r}; known: {', '.join(LOCAL)}")
+    return model, torch.randn(2, 3, 16, 16)
+
+
+#: Small models built here (``local:NAME``), no optional package needed.
+LOCAL = ("resnet", "mobilenet", "vgg")
+
+
+def build(spec: str, size: int = 64) -> tuple[nn.Module, Any]:
+    """``(model in eval mode, example input)`` for ``name``, ``timm:name``, ``hf:name`` or ``local:name``."""
+    family, _, name = spec.rpartition(":")
+    torch.manual_seed(0)
+    if family == "local":
+        model, example = _local(name)
+    elif family == "hf":
+        model, example = _hf_model(name)
+    elif family == "timm":
+        zoo_import.install_import_hook()
+        import timm
+
+        model = timm.create_model(name, pretrained=False)
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        fixed = cfg.get("fixed_input_size", False) or any(k in name for k in ("vit", "deit", "swin", "levit",
+                                                                           "mobilevit"))
+        side = cfg.get("input_size", (3, 224, 224))[-1] if fixed else size
+        example = torch.randn(1, 3, side, side)
+    elif family == "":
+        tv = zoo_import.import_torchvision()
+        model = tv.models.get_model(name, weights=None)
+        side = 299 if name == "inception_v3" else 224 if name.startswith(FIXED_224) else size
+        example = torch.randn(1, 3, side, side)
+    else:
+        raise ValueError(f"unknown model family {family!r} in {spec!r} (use timm:NAME, hf:NAME, local:NAME or a "
+                         "torchvision name)")
+    return model.eval(), example
+
+
+def classifier(model: nn.Module) -> str | None:
+    """The name of the model's last Linear (its classifier or LM head), kept dense."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+
+def _first_tensor(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    if isinstance(out, dict):
+        return _first_tensor(next(iter(out.values())))
+    if isinstance(out, (tuple, list)):
+        return _first_tensor(out[0])
+    raise TypeError(f"no tensor in the model output ({type(out).__name__})")
+
+
+def _call(model: nn.Module, example: Any) -> Any:
+    return model(**example) if isinstance(example, dict) else model(example)
+
+
+def _macs(model: nn.Module, example: Any) -> int | None:
+    import purecompress as pc
+
+    if isinstance(example, dict):
+        return None  # the counter takes positional inputs; the HF rows use shrink's own count
+    return int(pc.count_flops_params(model, example).flops)
+
+
+def _kept(model: nn.Module, compact: nn.Module, pruned: Sequence[str]) -> tuple[float, float] | None:
+    fractions = []
+    for name in pruned:
+        before, after = model.get_submodule(name), compact.get_submodule(name)
+        out_before = getattr(before, "out_channels", getattr(before, "out_features", None))
+        out_after = getattr(after, "out_channels", getattr(after, "out_features", None))
+        if out_before:
+            fractions.append(out_after / out_before)
+    return (min(fractions), max(fractions)) if fractions else None
+
+
+def _latency(models: dict[str, nn.Module], example: Any, rounds: int) -> dict[str, float]:
+    steps: dict[str, Callable[[], object]] = {}
+    for key, m in models.items():
+        def step(m: nn.Module = m) -> object:
+            with torch.inference_mode():
+                return _call(m, example)
+        steps[key] = step
+    return interleaved_medians(steps, repeats=rounds, inner=1, warmup=1)
+
+
+def _qat_step(model: nn.Module, example: Any) -> str:
+    import purecompress as pc
+    import purecompress.quant as pq
+
+    trainable = {k for k, _ in model.named_parameters()}
+    params = {k: v.clone().requires_grad_(k in trainable) for k, v in pc.params_of(model).items()}
+    types = [t for t in ("Conv2d", "Linear") if t in {type(m).__name__ for m in model.modules()}]
+    q = pq.qat(model, [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": types}])
+    state = q.init(params)
+    args = (example,) if not isinstance(example, dict) else ()
+    kwargs = example if isinstance(example, dict) else None
+    out, state = q(model, params, state, args, kwargs)
+    loss = _first_tensor(out).float().square().mean()
+    loss.backward()
+    grads = [p.grad for p in params.values() if p.requires_grad]
+    if not grads or not all(g is not None and bool(torch.isfinite(g).all()) for g in grads[:3]):
+        return "no finite grad"
+    return "ok"
+
+
+def _qdq(model: nn.Module, example: Any) -> str:
+    import numpy as np
+    import onnxruntime as ort
+
+    import purecompress as pc
+    from purecompress.quant import observer, quantized_call
+    from purecompress.quant.onnx_export import export_qdq_onnx, qdq_targets
+
+    if isinstance(example, dict):
+        return "n/a (keyword inputs)"
+    last = classifier(model)
+    types = [t for t in ("Conv2d", "Linear") if t in {type(m).__name__ for m in model.modules()}]
+    configs: list[dict[str, Any]] = [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": types}]
+    if last is not None:
+        configs.append({"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_names": [last]})
+    transform = observer(model, configs)
+    params = pc.params_of(model)
+    state = transform.init(params)
+    for _ in range(2):
+        _, state = quantized_call(transform, model, params, state, (torch.randn_like(example),), training=True)
+    with torch.no_grad():
+        expected, _ = quantized_call(transform, model, params, state, (example,), training=False)
+    targets = qdq_targets(state)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "model.onnx"
+        export_qdq_onnx(model, (example,), path, **targets)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
+    diff = float(np.abs(got - _first_tensor(expected).numpy()).max())
+    step = float(targets["outputs"][last].scale) if last in targets["outputs"] else math.inf
+    return f"ok ({diff:.1e})" if diff <= step + 1e-6 else f"differs by {diff:.2e} (step {step:.2e})"
+
+
+def _torch_pruning(model: nn.Module, example: Any, last: str | None) -> tuple[nn.Module | None, str]:
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return None, "not installed"
+    peer = copy.deepcopy(model)
+    ignored = [peer.get_submodule(last)] if last else []
+    try:
+        pruner = tp.pruner.MagnitudePruner(peer, example_inputs=example,
+                                           importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.5,
+                                           ignored_layers=ignored, output_transform=_first_tensor)
+        pruner.step()
+        with torch.no_grad():
+            _call(peer.eval(), example)
+    except Exception as err:  # noqa: BLE001 - the peer's failure is a result
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''}"
+    return peer, "ok"
+
+
+def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool = True, quant: bool = True,
+              sparsity: float = 0.5) -> dict[str, Any]:
+    """One zoo row for ``spec`` (see the module docstring); never raises: a failed step is its message."""
+    import purecompress as pc
+
+    row: dict[str, Any] = {"model": spec}
+    start = time.monotonic()
+    try:
+        model, example = build(spec, size)
+    except Exception as err:  # noqa: BLE001
+        row["error"] = f"build: {type(err).__name__}: {err}"
+        return row
+    with torch.no_grad():
+        dense_out = _call(model, example)
+    del dense_out
+    try:
+        graph = pc.capture(model, example)
+        row["captured"] = pc.capture_info(graph).method
+    except Exception as err:  # noqa: BLE001
+        row["captured"] = f"no: {type(err).__name__}: {str(err)[:120]}"
+        return row
+    last = classifier(model)
+    exclude = [{"exclude": True, "op_names": [last]}] if last else []
+    present = {type(m).__name__ for m in model.modules()}
+    types = [t for t in ("Conv2d", "Linear") if t in present]
+    plan = pc.select(model, pc.from_config_list([{"sparsity": sparsity, "op_types": types}, *exclude]))
+    params = pc.params_of(model)
+    pruned = list(plan.modules)
+    try:
+        sets = pc.channel_dependency(model, example, couple_depthwise=True)
+        groups = pc.group_dependency(model, example)
+        row["sets"] = sum(1 for s in sets if len({*s} & {*pruned}) > 1)
+        metrics = pc.l1_norm(params, plan)
+        masks = pc.allocate_dependency_aware(metrics, sparsity, channel_sets=sets, groups=groups)
+        shapes = {k: tuple(v.shape) for k, v in params.items() if k.endswith(".bias")}
+        masks = pc.bias_masks(masks, shapes)
+        compact, report = pc.shrink(model, masks, example)
+    except Exception as err:  # noqa: BLE001
+        row["shrink"] = f"{type(err).__name__}: {str(err)[:160]}"
+        return row
+    row["masked_vs_compact"] = report.output_error
+    row["kept"] = _kept(model, compact, pruned)
+    row["dense_layers"] = dict(getattr(report, "dense", {}) or {})
+    row["params"] = (report.params_before, report.params_after)
+    macs_before, macs_after = _macs(model, example), _macs(compact, example)
+    row["macs"] = (macs_before, macs_after) if macs_before else (report.flops_before, report.flops_after)
+    timed: dict[str, nn.Module] = {"dense": model, "compact": compact}
+    if peer:
+        tp_model, status = _torch_pruning(model, example, last)
+        row["tp"] = status
+        if tp_model is not None:
+            tp_macs = _macs(tp_model, example)
+            row["tp_macs"] = tp_macs
+            row["tp_params"] = sum(p.numel() for p in tp_model.parameters())
+            timed["tp"] = tp_model
+    if latency_rounds:
+        row["latency"] = _latency(timed, example, latency_rounds)
+    if quant:
+        for key, fn in (("qat", _qat_step), ("qdq", _qdq)):
+            try:
+                row[key] = fn(compact, example)
+            except Exception as err:  # noqa: BLE001
+                row[key] = f"{type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''}"
+    row["seconds"] = time.monotonic() - start
+    return row
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+def _ratio(pair: Sequence[float | None] | None) -> str:
+    if not pair or pair[0] in (None, 0) or pair[1] is None:
+        return ""
+    return f"{pair[1] / pair[0]:.2f}"
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One markdown row of the zoo table."""
+    if "error" in row:
+        return f"| {row['model']} | {row['error'][:100]} |" + " |" * 10
+    cells = [row["model"], row.get("captured", "")]
+    if "shrink" in row or "masked_vs_compact" not in row:
+        cells += [str(row.get("sets", "")), row.get("shrink", "")[:120]] + [""] * 8
+        return "| " + " | ".join(cells) + " |"
+    kept = row.get("kept")
+    lat = row.get("latency", {})
+    macs = row.get("macs")
+    dense = row.get("dense_layers", {})
+    tp = row.get("tp", "")
+    tp_cell = tp if tp != "ok" else (f"{row['tp_macs'] / macs[0]:.2f}" if macs and macs[0] and row.get("tp_macs")
+                                     else "ok")
+    tp_lat = f"{lat['tp'] / lat['dense']:.2f}" if "tp" in lat else ""
+    cells += [
+        str(row.get("sets", "")),
+        f"{row['masked_vs_compact']:.1e}",
+        "" if kept is None else f"{kept[0]:.2f}-{kept[1]:.2f}",
+        f"{len(dense)}" + (f" ({next(iter(dense.values()))[:40]})" if dense else ""),
+        _ratio(row.get("params")),
+        _ratio(macs),
+        f"{lat['compact'] / lat['dense']:.2f}" if lat else "",
+        tp_cell + (f" / {tp_lat}" if tp_lat else ""),
+        row.get("qat", ""),
+        row.get("qdq", ""),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("| model | captured | sets | masked vs compact | kept (asked 0.50) | dense layers "
+          "| params after/before | MACs after/before | latency compact/dense | Torch-Pruning MACs / latency "
+          "| QAT step | QDQ vs onnxruntime |\n"
+          "|---|---|---:|---:|---|---|---:|---:|---:|---|---|---|")
+
+
+def _run_isolated(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--one", spec, "--size", str(args.size), "--latency-rounds",
+           str(args.latency_rounds), *(["--no-peer"] if args.no_peer else []),
+           *(["--no-quant"] if args.no_quant else [])]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    except subprocess.TimeoutExpired:
+        return {"model": spec, "error": f"timed out after {args.timeout:.0f} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return {"model": spec, "error": f"exit {done.returncode}: {tail[:100]}"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", help="names: torchvision NAME, timm:NAME, hf:NAME")
+    parser.add_argument("--all", action="store_true", help="every torchvision classification model, timm list, HF")
+    parser.add_argument("--size", type=int, default=64, help="input side for models without a fixed size")
+    parser.add_argument("--latency-rounds", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
+    parser.add_argument("--no-peer", action="store_true", help="skip Torch-Pruning")
+    parser.add_argument("--no-quant", action="store_true", help="skip the QAT step and the QDQ export")
+    parser.add_argument("--out", type=Path, help="also write the table as markdown to this file")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.one:
+        try:
+            row = run_model(args.one, size=args.size, latency_rounds=args.latency_rounds, peer=not args.no_peer,
+                            quant=not args.no_quant)
+        except Exception:  # noqa: BLE001
+            row = {"model": args.one, "error": traceback.format_exc().strip().splitlines()[-1][:120]}
+        print(json.dumps(row, default=str))
+        return 0
+    if args.all:
+        specs = [*torchvision_models(), *(f"timm:{n}" for n in TIMM), *(f"hf:{n}" for n in HF)]
+    else:
+        specs = list(args.models or DEFAULT)
+    lines = [f"{environment()}; input {args.size}x{args.size} (224 where fixed); asked sparsity 0.5", "", HEADER]
+    print("\n".join(lines), flush=True)
+    for spec in specs:
+        row = _run_isolated(spec, args)
+        lines.append(format_row(row))
+        print(lines[-1], flush=True)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
