@@ -14,7 +14,7 @@ from purecompress.search.amc import (
 from purecompress.search.annealing import Annealer, AnnealResult, AnnealState, anneal_sparsities, rescale_to_budget
 from purecompress.search.counting import Counts, LayerCount, count_flops_params, with_masks
 from purecompress.search.ddpg import DDPG, DDPGConfig
-from purecompress.search.netadapt import NetAdaptCandidate, NetAdaptResult, NetAdaptStep, netadapt
+from purecompress.search.net_adapt import NetAdaptCandidate, NetAdaptResult, NetAdaptStep, netadapt
 
 __all__ = [
     "DDPG",

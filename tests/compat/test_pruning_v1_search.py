@@ -233,6 +233,26 @@ def test_admm_pulls_the_weights_towards_the_projection() -> None:
         V1.ADMMPruner(_net(), [{"sparsity": 0.5, "op_types": ["Conv2d"]}], None)  # type: ignore[arg-type]
 
 
+def test_admm_trains_with_1xs_adam_and_penalises_its_first_round_too() -> None:
+    optimizers: list[torch.optim.Optimizer] = []
+
+    def trainer(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, epoch: int) -> None:  # noqa: ANN001
+        optimizers.append(optimizer)
+        _trainer(model, optimizer, criterion, epoch)
+
+    def one_round(ns: object, row: float) -> torch.Tensor:
+        model = _net()
+        ns.ADMMPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], trainer, num_iterations=1,  # type: ignore[attr-defined]
+                      epochs_per_iteration=2, row=row).compress()
+        return model.conv1.module.weight.detach()
+
+    assert torch.equal(one_round(V1, 0.0), one_round(NV1, 0.0))  # no penalty: the same training, bit for bit
+    assert torch.equal(one_round(NV1, 0.5), one_round(NV1, 0.0))  # 1.x: Z is W itself until the first projection
+    assert not torch.equal(one_round(V1, 0.5), one_round(V1, 0.0))
+    assert all(isinstance(o, torch.optim.Adam) and o.defaults["lr"] == 1e-3 and o.defaults["weight_decay"] == 5e-5
+               for o in optimizers)
+
+
 # AutoCompress -----------------------------------------------------------------------------------
 
 def test_autocompress_shrinks_the_model_round_by_round(tmp_path: Path) -> None:
