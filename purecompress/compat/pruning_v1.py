@@ -875,6 +875,16 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
+def _load_params(model: nn.Module, params: Mapping[str, Tensor]) -> None:
+    """Copy ``params`` (:func:`purecompress.params_of` names) into ``model``; a tied alias that
+    ``params_of`` leaves out is not loaded (it would overwrite the new values with old ones)."""
+    state = model.state_dict()
+    missing = [k for k in params if k not in state]
+    if missing:
+        raise KeyError(f"not in the model's state_dict: {missing}")
+    model.load_state_dict(dict(params), strict=False)
+
+
 def _write_result(directory: str | os.PathLike[str], performance: float | None, config_list: list[dict]) -> None:
     """NNI's ``search_result.json``: the score and the config list found (as a JSON string)."""
     with open(os.path.join(directory, "search_result.json"), "w") as file:
@@ -900,6 +910,8 @@ class _SearchPruner(Pruner):
         super().__init__(model, config_list)
         with schema_errors():
             self.sparsity = _overall_sparsity(config_list)
+            if not self.modules_wrapper:
+                raise ConfigError(0, "op_types", "selects no module of the model: there is nothing to search over")
         self.experiment_data_dir = experiment_data_dir
         os.makedirs(experiment_data_dir, exist_ok=True)
 
@@ -961,7 +973,7 @@ class NetAdaptPruner(_SearchPruner):
     def _candidate(self, params: Mapping[str, Tensor], masks: Masks) -> tuple[nn.Module, dict[str, nn.Module]]:
         """The original model copied with ``params`` and ``masks`` on 1.x wrappers; its unwrapped modules."""
         model = copy.deepcopy(self.origin)
-        model.load_state_dict({k: params[k] for k in model.state_dict()})
+        _load_params(model, params)
         modules = dict(model.named_modules())
         for key, mask in masks.items():
             if not key.endswith(".weight"):
@@ -1003,8 +1015,11 @@ class NetAdaptPruner(_SearchPruner):
                                fine_tune=None if self.short_term_fine_tuner is None else self._fine_tune,
                                metric=_BASE_METRICS[self.base_algo], chain=chain, step=self.sparsity_per_iteration,
                                maximize=self.maximize, biases=self.base_algo != "level")
-        params = self.result.params
-        self.load_model_state_dict({k: params[k] for k in self.origin.state_dict()})
+        self._unwrap_model()
+        try:
+            _load_params(self.bound_model, self.result.params)
+        finally:
+            self._wrap_model()
         found = {}
         for w in self.modules_wrapper:
             weight, bias = self.result.masks.get(f"{w.name}.weight"), self.result.masks.get(f"{w.name}.bias")
@@ -1228,7 +1243,8 @@ class AutoCompressPruner:
             self.bound_model.load_state_dict(torch.load(model_path, weights_only=True))
             device = next(self.bound_model.parameters()).device
             ModelSpeedup(self.bound_model, self.dummy_input, mask_path, device).speedup_model()
-            _logger.info("AutoCompress round %d: %s, score %s", i, config_list, self.evaluator(self.bound_model))
+            score = self.evaluator(self.bound_model)  # 1.x scores every round's shrunk model
+            _logger.info("AutoCompress round %d: %s, score %s", i, config_list, score)
         os.remove(model_path)
         os.remove(mask_path)
         return self.bound_model

@@ -152,6 +152,9 @@ def test_netadapt_minimize_and_bad_arguments(tmp_path: Path) -> None:
         V1.NetAdaptPruner(_net(), [{"sparsity": 0.3, "op_types": ["Conv2d"]}], None, _closeness, optimize_mode="max")
     with pytest.raises(SchemaError):  # l1 prunes Conv2d only, as in 1.x
         V1.NetAdaptPruner(_net(), [{"sparsity": 0.3, "op_types": ["Linear"]}], None, _closeness)
+    with pytest.raises(SchemaError, match="nothing to search over"):
+        V1.SimulatedAnnealingPruner(_net(), [{"sparsity": 0.3, "op_types": ["Conv2d"], "op_names": ["fc"]}],
+                                    _closeness)
 
 
 # Simulated annealing ----------------------------------------------------------------------------
