@@ -131,3 +131,15 @@ def test_admm_coarse_grained_prunes_channels_and_penalty_pulls_weights_to_z() ->
     assert admm_metric({"w": w}, pc.Block.element())["w"].score.shape == w.shape
     with pytest.raises(KeyError, match="rho"):
         admm(["w"], 0.5, rho={"v": 1.0})
+
+
+def test_admm_metric_option_projects_and_masks_by_that_metric() -> None:
+    # filter 0 has the larger L1 norm (4 x 1.0 = 4) but the smaller L2 norm (2 < 3): L2 keeps filter 1
+    w = torch.stack([torch.ones(4), torch.tensor([3.0, 0.0, 0.0, 0.0])]).view(2, 1, 2, 2)
+    by_l1 = admm(["w"], 0.5, block=pc.Block.channel())
+    by_l2 = admm(["w"], 0.5, metric=pc.l2_norm)
+    _, s1 = by_l1.update({"w": w}, by_l1.init({"w": w}))
+    z2, s2 = by_l2.update({"w": w}, by_l2.init({"w": w}))
+    assert s1.masks["w"].keep.flatten().tolist() == [True, False]
+    assert s2.masks["w"].keep.flatten().tolist() == [False, True] and z2["w"][0].abs().sum() == 0
+    assert admm_masks({"w": w}, s2)["w"].keep.flatten().tolist() == [False, True]

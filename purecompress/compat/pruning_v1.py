@@ -10,24 +10,35 @@ state_dict, the mask file and optionally ONNX; the filter pruners take ``depende
 ``dummy_input``. Every score is a core metric (:func:`purecompress.l1_norm`, :func:`~purecompress.fpgm`,
 :func:`~purecompress.taylor_fo`, :func:`~purecompress.apoz`, ...), every mask a core allocation
 (:func:`~purecompress.allocate_per_layer`, :func:`~purecompress.allocate_global`,
-:func:`~purecompress.allocate_dependency_aware`). The other 1.x names (NetAdapt, Sensitivity, the
-1.x ADMM / AutoCompress / AMC / simulated annealing / lottery ticket pruners ...) raise an error
-that names their NNI 2.x counterpart, or says there is none.
+:func:`~purecompress.allocate_dependency_aware`).
+
+The 1.x search pruners adapt the call pattern only: ``NetAdaptPruner`` runs :func:`purecompress.search.netadapt`,
+``SimulatedAnnealingPruner`` :func:`purecompress.search.anneal_sparsities`, ``ADMMPruner`` the
+:func:`purecompress.admm` transform, and ``AutoCompressPruner`` (1.x's own loop: annealing, ADMM, then
+``ModelSpeedup``, ``num_iterations`` times) these two pruners. The other 1.x names (Sensitivity, AMC,
+lottery ticket, transformer heads) raise an error that names their NNI 2.x counterpart, or says there
+is none.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
+import csv
+import json
 import logging
+import math
 import os
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from purecompress.compat.schema import EXCLUDE, NORMAL, SchemaError, schema_errors, validate
+from purecompress.compat.speedup import ModelSpeedup
 from purecompress.graph import channel_dependency, group_dependency
 from purecompress.pruning import (
     ActivationStats,
@@ -35,6 +46,9 @@ from purecompress.pruning import (
     Masks,
     Metric,
     TaylorStats,
+    admm,
+    admm_masks,
+    admm_penalty,
     agp_schedule,
     allocate_dependency_aware,
     allocate_global,
@@ -50,33 +64,35 @@ from purecompress.pruning import (
     l2_norm,
     level,
     mean_activation,
+    params_of,
     slim_penalty_grad,
     taylor_accumulate,
     taylor_fo,
 )
+from purecompress.search import NetAdaptResult, anneal_sparsities, netadapt
 from purecompress.selectors import ConfigError, select
 
 __all__ = [
+    "ADMMPruner",
     "AGPPruner",
     "ActivationAPoZRankFilterPruner",
     "ActivationMeanRankFilterPruner",
+    "AutoCompressPruner",
     "DependencyAwarePruner",
     "FPGMPruner",
     "L1FilterPruner",
     "L2FilterPruner",
     "LevelPruner",
     "NOT_PROVIDED",
+    "NetAdaptPruner",
+    "SimulatedAnnealingPruner",
     "SlimPruner",
     "TaylorFOWeightFilterPruner",
     "WeightMasker",
     # 1.x names that raise the error naming their 2.x counterpart:
-    "ADMMPruner",
     "AMCPruner",
-    "AutoCompressPruner",
     "LotteryTicketPruner",
-    "NetAdaptPruner",
     "SensitivityPruner",
-    "SimulatedAnnealingPruner",
     "TransformerHeadPruner",
 ]
 
@@ -85,12 +101,8 @@ _logger = logging.getLogger(__name__)
 _V2 = "nni.compression.pytorch.pruning"
 #: The NNI 1.x pruner names not provided, and why (their NNI 2.x counterpart, or none).
 NOT_PROVIDED: dict[str, str] = {
-    "ADMMPruner": f"use the 2.x {_V2}.ADMMPruner(model, config_list, evaluator, iterations, training_epochs)",
     "AMCPruner": f"use the 2.x {_V2}.AMCPruner(total_episode, dummy_input, pruning_algorithm, ...)",
-    "AutoCompressPruner": f"use the 2.x {_V2}.AutoCompressPruner(model, config_list, total_iteration, ...)",
     "LotteryTicketPruner": f"use the 2.x {_V2}.LotteryTicketPruner(model, config_list, pruning_algorithm, ...)",
-    "SimulatedAnnealingPruner": f"use the 2.x {_V2}.SimulatedAnnealingPruner(model, config_list, evaluator, ...)",
-    "NetAdaptPruner": "NNI 2.x has no counterpart of it (nor does purecompress)",
     "SensitivityPruner": "NNI 2.x has no counterpart of it; see nni.compression.pytorch.utils.SensitivityAnalysis",
     "TransformerHeadPruner": "NNI 2.x has no counterpart of it (nor does purecompress)",
 }
@@ -105,13 +117,9 @@ def _not_provided(name: str) -> type:
     return type(name, (), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 
 
-ADMMPruner = _not_provided("ADMMPruner")
 AMCPruner = _not_provided("AMCPruner")
-AutoCompressPruner = _not_provided("AutoCompressPruner")
 LotteryTicketPruner = _not_provided("LotteryTicketPruner")
-NetAdaptPruner = _not_provided("NetAdaptPruner")
 SensitivityPruner = _not_provided("SensitivityPruner")
-SimulatedAnnealingPruner = _not_provided("SimulatedAnnealingPruner")
 TransformerHeadPruner = _not_provided("TransformerHeadPruner")
 
 NniMaskDict = dict[str, Tensor | None]
@@ -823,3 +831,432 @@ class AGPPruner(_TrainingPruner):
             self.update_mask()
         self.bound_model.train(training)
         return self.bound_model
+
+
+# The 1.x search pruners: each adapts 1.x's call pattern to one core search ------------------------
+
+#: 1.x's ``base_algo``: the base pruner (candidate masks, as NNI's ``PRUNER_DICT``) and its core metric.
+_BASE_PRUNERS: dict[str, Callable[[nn.Module, list[dict]], _MaskingPruner]] = {
+    "level": LevelPruner, "l1": L1FilterPruner, "l2": L2FilterPruner, "fpgm": FPGMPruner}
+_BASE_METRICS: dict[str, Callable[[Mapping[str, Tensor], list[str]], Mapping[str, Metric]]] = {
+    "level": level, "l1": l1_norm, "l2": l2_norm, "fpgm": fpgm}
+
+
+def _check_base_algo(base_algo: str) -> tuple[str, ...] | None:
+    """The op types ``base_algo`` may select (None: any), or ValueError."""
+    if base_algo not in _BASE_PRUNERS:
+        raise ValueError(f"base_algo must be one of 'level', 'l1', 'l2', 'fpgm', got {base_algo!r}")
+    return None if base_algo == "level" else ("Conv2d",)
+
+
+def _maximize(optimize_mode: Any) -> bool:
+    """``optimize_mode`` ('maximize' / 'minimize', or NNI's ``OptimizeMode``) as a flag."""
+    value = getattr(optimize_mode, "value", optimize_mode)
+    if value not in ("maximize", "minimize"):
+        raise ValueError(f"optimize_mode must be 'maximize' or 'minimize', got {optimize_mode!r}")
+    return value == "maximize"
+
+
+def _base_config(base_algo: str, name: str, sparsity: float) -> dict[str, Any]:
+    """One entry of the config list 1.x generates for its base pruner."""
+    if base_algo == "level":
+        return {"sparsity": sparsity, "op_names": [name]}
+    return {"sparsity": sparsity, "op_types": ["Conv2d"], "op_names": [name]}
+
+
+def _overall_sparsity(config_list: list[dict]) -> float:
+    if not config_list or "sparsity" not in config_list[0]:
+        raise ConfigError(0, "sparsity", "the first entry must give the overall sparsity to search for")
+    return float(config_list[0]["sparsity"])
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def _load_params(model: nn.Module, params: Mapping[str, Tensor]) -> None:
+    """Copy ``params`` (:func:`purecompress.params_of` names) into ``model``; a tied alias that
+    ``params_of`` leaves out is not loaded (it would overwrite the new values with old ones)."""
+    state = model.state_dict()
+    missing = [k for k in params if k not in state]
+    if missing:
+        raise KeyError(f"not in the model's state_dict: {missing}")
+    model.load_state_dict(dict(params), strict=False)
+
+
+def _write_result(directory: str | os.PathLike[str], performance: float | None, config_list: list[dict]) -> None:
+    """NNI's ``search_result.json``: the score and the config list found (as a JSON string)."""
+    with open(os.path.join(directory, "search_result.json"), "w") as file:
+        json.dump({"performance": performance, "config_list": json.dumps(config_list)}, file)
+
+
+class _SearchPruner(Pruner):
+    """A 1.x pruner that searches per-layer sparsities with a base pruner (abstract): wraps the
+    model at once, with dense masks until :meth:`compress` sets the masks found.
+
+    Args:
+        model, config_list: see :class:`Pruner`; ``config_list[0]['sparsity']`` is the overall target.
+        base_algo: the base pruner of every candidate: 'level', 'l1', 'l2' or 'fpgm'.
+        optimize_mode: 'maximize' or 'minimize' the evaluator's value.
+        experiment_data_dir: where the search's files go (created if missing).
+    """
+
+    def __init__(self, model: nn.Module, config_list: list[dict], base_algo: str, optimize_mode: Any,
+                 experiment_data_dir: str | os.PathLike[str]) -> None:
+        self.op_types = _check_base_algo(base_algo)
+        self.base_algo, self.maximize = base_algo, _maximize(optimize_mode)
+        self.origin = copy.deepcopy(model)  # 1.x: the unwrapped model every candidate starts from
+        super().__init__(model, config_list)
+        with schema_errors():
+            self.sparsity = _overall_sparsity(config_list)
+            if not self.modules_wrapper:
+                raise ConfigError(0, "op_types", "selects no module of the model: there is nothing to search over")
+        self.experiment_data_dir = experiment_data_dir
+        os.makedirs(experiment_data_dir, exist_ok=True)
+
+    def calc_mask(self, wrapper: PrunerModuleWrapper, wrapper_idx: int | None = None) -> NniMaskDict | None:
+        """None: the masks are set by :meth:`compress`."""
+        del wrapper, wrapper_idx
+        return None
+
+    def _set_masks(self, masks: Mapping[str, NniMaskDict]) -> None:
+        """Load ``{module: {'weight_mask', 'bias_mask'}}`` into the wrappers it names."""
+        for w in self.modules_wrapper:
+            if w.name in masks:
+                self._load(w, {k: None if v is None else v.to(w.weight_mask.device) for k, v in masks[w.name].items()
+                               if k == "weight_mask" or w.bias_mask is not None})
+
+    def _base_pruner(self, config_list: list[dict]) -> _MaskingPruner:
+        """The base pruner of ``config_list`` on a fresh copy of the original model, masks computed."""
+        pruner = _BASE_PRUNERS[self.base_algo](copy.deepcopy(self.origin), config_list)
+        pruner.compress()
+        return pruner
+
+
+class NetAdaptPruner(_SearchPruner):
+    """NNI 1.x's NetAdapt: prune the layer whose candidate scores best, one weight budget per
+    iteration (:func:`purecompress.search.netadapt`), until ``config_list[0]['sparsity']``.
+
+    Each candidate is the original model copied, with the weights the last chosen candidate left
+    and the base algorithm's masks on 1.x wrappers; ``short_term_fine_tuner(model)`` fine-tunes it
+    and ``evaluator(model)`` scores it. ``compress()`` loads the last chosen candidate's weights and
+    each chosen layer's masks into the model, writes ``search_result.json`` (score and generated
+    config list) to ``experiment_data_dir``, and returns the model. Where no layer can remove the
+    budget, the budget halves (NNI loops forever there).
+
+    Args:
+        model, config_list: see :class:`Pruner` (sparsity: the overall target).
+        short_term_fine_tuner: ``fn(model)``; None: no fine-tuning.
+        evaluator: ``fn(model) -> float``.
+        optimize_mode, base_algo, experiment_data_dir: see :class:`_SearchPruner`.
+        sparsity_per_iteration: the fraction of all Conv2d/Linear weights each iteration removes.
+
+    Attributes:
+        result: the :class:`~purecompress.search.NetAdaptResult` of the last :meth:`compress`.
+    """
+
+    def __init__(self, model: nn.Module, config_list: list[dict], short_term_fine_tuner: Callable[[nn.Module], Any]
+                 | None, evaluator: Callable[[nn.Module], float], optimize_mode: str = "maximize",
+                 base_algo: str = "l1", sparsity_per_iteration: float = 0.05,
+                 experiment_data_dir: str | os.PathLike[str] = "./") -> None:
+        if not callable(evaluator):
+            raise TypeError("NetAdaptPruner needs evaluator(model) -> float")
+        if not 0 < sparsity_per_iteration < 1:
+            raise ValueError(f"sparsity_per_iteration must be in (0, 1), got {sparsity_per_iteration}")
+        super().__init__(model, config_list, base_algo, optimize_mode, experiment_data_dir)
+        self.short_term_fine_tuner, self.evaluator = short_term_fine_tuner, evaluator
+        self.sparsity_per_iteration = sparsity_per_iteration
+        self.result: NetAdaptResult | None = None
+        self._tuned: tuple[Masks, nn.Module] | None = None
+
+    def _candidate(self, params: Mapping[str, Tensor], masks: Masks) -> tuple[nn.Module, dict[str, nn.Module]]:
+        """The original model copied with ``params`` and ``masks`` on 1.x wrappers; its unwrapped modules."""
+        model = copy.deepcopy(self.origin)
+        _load_params(model, params)
+        modules = dict(model.named_modules())
+        for key, mask in masks.items():
+            if not key.endswith(".weight"):
+                continue
+            name = key[: -len(".weight")]
+            module = modules[name]
+            wrapper = PrunerModuleWrapper(module, name, type(module).__name__,
+                                          _base_config(self.base_algo, name, mask.sparsity()), self)
+            wrapper.weight_mask = mask.to_dense(wrapper.weight_mask.dtype).to(wrapper.weight_mask.device)
+            bias = masks.get(f"{name}.bias")
+            if bias is not None and wrapper.bias_mask is not None:
+                wrapper.bias_mask = bias.to_dense(wrapper.bias_mask.dtype).to(wrapper.bias_mask.device)
+            _replace(model, name, wrapper)
+        return model, modules
+
+    def _fine_tune(self, params: dict[str, Tensor], masks: Masks) -> dict[str, Tensor]:
+        assert self.short_term_fine_tuner is not None
+        model, modules = self._candidate(params, masks)
+        self.short_term_fine_tuner(model)
+        self._tuned = (masks, model)
+        out = {}
+        for prefix, module in modules.items():  # through the original modules: the names without wrappers
+            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            out.update((f"{prefix}.{n}" if prefix else n, t.detach()) for n, t in tensors)
+        return out
+
+    def _evaluate(self, params: dict[str, Tensor], masks: Masks) -> float:
+        tuned, self._tuned = self._tuned, None
+        model = tuned[1] if tuned is not None and tuned[0] is masks else self._candidate(params, masks)[0]
+        return float(self.evaluator(model))
+
+    def compress(self) -> nn.Module:
+        """Run the search; set the masks found; returns the (wrapped) model."""
+        targets = [f"{w.name}.weight" for w in self.modules_wrapper]
+        # the counted layers: NNI's Conv2d and Linear, and the targets (NNI divides by zero on others)
+        chain = [f"{n}.weight" for n, m in self.origin.named_modules()
+                 if type(m).__name__ in ("Conv2d", "Linear") or f"{n}.weight" in targets]
+        self.result = netadapt(params_of(self.origin), targets, self.sparsity, evaluate=self._evaluate,
+                               fine_tune=None if self.short_term_fine_tuner is None else self._fine_tune,
+                               metric=_BASE_METRICS[self.base_algo], chain=chain, step=self.sparsity_per_iteration,
+                               maximize=self.maximize, biases=self.base_algo != "level")
+        self._unwrap_model()
+        try:
+            _load_params(self.bound_model, self.result.params)
+        finally:
+            self._wrap_model()
+        found = {}
+        for w in self.modules_wrapper:
+            weight, bias = self.result.masks.get(f"{w.name}.weight"), self.result.masks.get(f"{w.name}.bias")
+            if weight is not None:
+                found[w.name] = {"weight_mask": weight.to_dense(w.weight_mask.dtype),
+                                 "bias_mask": None if bias is None else bias.to_dense(w.weight_mask.dtype)}
+        self._set_masks(found)
+        config_list = [_base_config(self.base_algo, name[: -len(".weight")], s)
+                       for name, s in self.result.sparsities.items()]
+        _write_result(self.experiment_data_dir, self.result.score, config_list)
+        _logger.info("NetAdapt: %s, score %s", config_list, self.result.score)
+        return self.bound_model
+
+
+class SimulatedAnnealingPruner(_SearchPruner):
+    """NNI 1.x's simulated annealing over per-layer sparsities meeting ``config_list[0]['sparsity']``
+    of the selected layers' weights (:func:`purecompress.search.anneal_sparsities`; larger layers
+    get the larger sparsities).
+
+    Each candidate is the base pruner (``base_algo``) on a copy of the original model at the
+    candidate's sparsities, scored by ``evaluator(model)``. ``compress()`` sets the best
+    candidate's masks on this model's wrappers (NNI swaps in the candidate's model instead; here
+    the model you hold is the one pruned) and writes ``search_history.csv`` and
+    ``search_result.json`` to ``experiment_data_dir``. The draws come from ``random.Random`` seeded
+    from numpy's global generator, so ``np.random.seed`` makes a run repeatable, as in NNI; the
+    first candidate is drawn as the 2.x search does and is scored too.
+
+    Args:
+        model, config_list, base_algo, optimize_mode, experiment_data_dir: see :class:`_SearchPruner`.
+        evaluator: ``fn(model) -> float``.
+        start_temperature, stop_temperature, cool_down_rate, perturbation_magnitude: NNI's schedule.
+    """
+
+    def __init__(self, model: nn.Module, config_list: list[dict], evaluator: Callable[[nn.Module], float],
+                 optimize_mode: str = "maximize", base_algo: str = "l1", start_temperature: float = 100,
+                 stop_temperature: float = 20, cool_down_rate: float = 0.9, perturbation_magnitude: float = 0.35,
+                 experiment_data_dir: str | os.PathLike[str] = "./") -> None:
+        if not callable(evaluator):
+            raise TypeError("SimulatedAnnealingPruner needs evaluator(model) -> float")
+        super().__init__(model, config_list, base_algo, optimize_mode, experiment_data_dir)
+        self.evaluator = evaluator
+        self.options = {"start_temperature": float(start_temperature), "stop_temperature": float(stop_temperature),
+                        "cool_down_rate": float(cool_down_rate),
+                        "perturbation_magnitude": float(perturbation_magnitude)}
+        self.search_history: list[dict[str, Any]] = []
+
+    def _config_list(self, sparsities: Mapping[str, float]) -> list[dict]:
+        # 1.x drops the layers whose sparsity is (about) 0
+        return [_base_config(self.base_algo, name, s) for name, s in sparsities.items()
+                if not math.isclose(s, 0, abs_tol=1e-6)]
+
+    def _evaluate(self, sparsities: dict[str, float]) -> float:
+        config_list = self._config_list(sparsities)
+        value = float(self.evaluator(self._base_pruner(config_list).bound_model))
+        self.search_history.append({"sparsity": self.sparsity, "performance": value, "config_list": config_list})
+        return value if self.maximize else -value
+
+    def compress(self, return_config_list: bool = False) -> nn.Module | list[dict]:  # type: ignore[override]
+
+        """Run the search; set the best masks (or, with ``return_config_list``, return its config list)."""
+        sizes = {w.name: w.module.weight.numel() for w in self.modules_wrapper}
+        self.search_history = []
+        seed = int(np.random.randint(2**31 - 1))
+        result = anneal_sparsities(self._evaluate, sizes, self.sparsity, seed=seed, **self.options)
+        best = self._config_list(result.sparsities)
+        with open(os.path.join(self.experiment_data_dir, "search_history.csv"), "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=["sparsity", "performance", "config_list"])
+            writer.writeheader()
+            for item in self.search_history:
+                writer.writerow({**item, "config_list": json.dumps(item["config_list"])})
+        _write_result(self.experiment_data_dir, result.score if self.maximize else -result.score, best)
+        if return_config_list:
+            return best
+        pruner = self._base_pruner(best)
+        self._set_masks({w.name: {"weight_mask": w.weight_mask, "bias_mask": w.bias_mask}
+                         for w in pruner.get_modules_wrapper()})
+        return self.bound_model
+
+
+class ADMMPruner(Pruner):
+    """NNI 1.x's ADMM pruner: ``num_iterations`` rounds of ``epochs_per_iteration`` epochs of
+    ``trainer``, each followed by one projection of :func:`purecompress.admm` (with ``base_algo``'s
+    metric); before every optimizer step the weights move by ``-row * (W - Z + U)`` (the gradient of
+    :func:`purecompress.admm_penalty`, as 1.x applies it). ``compress()`` then sets the masks of the
+    trained weights (:func:`purecompress.admm_masks`). 1.x trains with its own
+    ``Adam(lr=1e-3, weight_decay=5e-5)``, handed to ``trainer`` as ``optimizer``; so does this.
+
+    Unlike 1.x, ``Z`` starts as a copy of the weights: 1.x's ``Z`` is the weight tensor itself
+    until the first projection, so its first round trains without the penalty.
+
+    Args:
+        model, config_list: see :class:`Pruner` (each entry's sparsity is its layers' projection).
+        trainer: ``fn(model, optimizer=, criterion=, epoch=)``.
+        criterion: the loss handed to ``trainer`` (default ``nn.CrossEntropyLoss()``).
+        num_iterations, epochs_per_iteration, row: ADMM's rounds, epochs per round and penalty.
+        base_algo: 'level' (fine-grained) or 'l1' / 'l2' / 'fpgm' (filters).
+    """
+
+    def __init__(self, model: nn.Module, config_list: list[dict], trainer: Callable[..., Any],
+                 criterion: Callable[..., Tensor] | None = None, num_iterations: int = 30,
+                 epochs_per_iteration: int = 5, row: float = 1e-4, base_algo: str = "l1") -> None:
+        self.op_types = _check_base_algo(base_algo)
+        super().__init__(model, config_list)
+        if trainer is None:
+            raise ValueError("ADMMPruner trains: pass trainer(model, optimizer, criterion, epoch)")
+        if num_iterations < 1 or epochs_per_iteration < 0:
+            raise ValueError("num_iterations must be >= 1 and epochs_per_iteration >= 0")
+        self.trainer, self.criterion = trainer, criterion if criterion is not None else nn.CrossEntropyLoss()
+        self.num_iterations, self.epochs_per_iteration, self.row = num_iterations, epochs_per_iteration, row
+        self.base_algo = base_algo
+        self.optimizer = torch.optim.Adam(self.bound_model.parameters(), lr=1e-3, weight_decay=5e-5)
+        sparsities = {}
+        for w in self.modules_wrapper:
+            if "sparsity" not in w.config:
+                raise ConfigError(None, "sparsity", f"module {w.name!r} was selected by a config without a sparsity")
+            sparsities[f"{w.name}.weight"] = float(w.config["sparsity"])
+        self.transform = admm(list(sparsities), sparsities, rho=row, metric=_BASE_METRICS[base_algo])
+        self.state: Any = None
+        self.set_wrappers_attribute("if_calculated", False)
+        self.patch_optimizer_before(self._callback)
+
+    def _weights(self) -> dict[str, Tensor]:
+        return {f"{w.name}.weight": w.module.weight for w in self.modules_wrapper}
+
+    def _callback(self) -> None:
+        if self.state is None:
+            return
+        weights = self._weights()
+        step = torch.func.grad(lambda p: admm_penalty(p, self.state))({n: t.detach() for n, t in weights.items()})
+        with torch.no_grad():
+            for name, weight in weights.items():
+                weight.sub_(step[name])
+
+    def calc_mask(self, wrapper: PrunerModuleWrapper, wrapper_idx: int | None = None) -> NniMaskDict | None:
+        """None: the masks are set by :meth:`compress`."""
+        del wrapper, wrapper_idx
+        return None
+
+    def compress(self) -> nn.Module:
+        """Train with the ADMM penalty, project after every round, then set the masks."""
+        weights = {n: t.detach() for n, t in self._weights().items()}
+        self.state = self.transform.init(weights)
+        for _ in range(self.num_iterations):
+            for epoch in range(self.epochs_per_iteration):
+                self.trainer(self.bound_model, optimizer=self.optimizer, criterion=self.criterion, epoch=epoch)
+            _, self.state = self.transform.update({n: t.detach() for n, t in self._weights().items()}, self.state)
+        weights = {n: t.detach() for n, t in self._weights().items()}
+        masks = admm_masks(weights, self.state)
+        if self.base_algo != "level":
+            masks = bias_masks(masks, {f"{w.name}.bias": tuple(w.module.bias.shape) for w in self.modules_wrapper
+                                       if getattr(w.module, "bias", None) is not None})
+        for w in self.modules_wrapper:
+            bias = masks.get(f"{w.name}.bias")
+            self._load(w, {"weight_mask": masks[f"{w.name}.weight"].to_dense(w.weight_mask.dtype).to(
+                w.weight_mask.device), "bias_mask": None if bias is None or w.bias_mask is None else
+                bias.to_dense(w.bias_mask.dtype).to(w.bias_mask.device)})
+            w.if_calculated = True
+        return self.bound_model
+
+
+class AutoCompressPruner:
+    """NNI 1.x's AutoCompress: ``num_iterations`` rounds, each prunes ``1 - (1 - s)**(1/n)`` of the
+    Conv2d weights: :class:`SimulatedAnnealingPruner` picks the layer sparsities, :class:`ADMMPruner`
+    prunes with them, and :class:`~purecompress.compat.ModelSpeedup` shrinks the model in place.
+
+    As in 1.x the model is not wrapped: ``compress()`` returns the shrunk model (the same object)
+    and ``export_model`` saves its ``state_dict`` (no masks: it is compact). The round's files
+    (``model_admm_masked.pth``, ``mask.pth``, the annealing's ``search_*``) go to
+    ``experiment_data_dir``; the first two are removed at the end.
+
+    Args:
+        model, config_list: the model and 1.x configs (``config_list[0]['sparsity']`` the overall target).
+        trainer, criterion, evaluator: see :class:`ADMMPruner` and :class:`SimulatedAnnealingPruner`.
+        dummy_input: example input for the speedup.
+        num_iterations, optimize_mode, base_algo: rounds, and as in :class:`SimulatedAnnealingPruner`.
+        start_temperature, stop_temperature, cool_down_rate, perturbation_magnitude: the annealing's.
+        admm_num_iterations, admm_epochs_per_iteration, row: the ADMM pruner's.
+    """
+
+    def __init__(self, model: nn.Module, config_list: list[dict], trainer: Callable[..., Any],
+                 evaluator: Callable[[nn.Module], float], dummy_input: Any,
+                 criterion: Callable[..., Tensor] | None = None, num_iterations: int = 3,
+                 optimize_mode: str = "maximize", base_algo: str = "l1", start_temperature: float = 100,
+                 stop_temperature: float = 20, cool_down_rate: float = 0.9, perturbation_magnitude: float = 0.35,
+                 admm_num_iterations: int = 30, admm_epochs_per_iteration: int = 5, row: float = 1e-4,
+                 experiment_data_dir: str | os.PathLike[str] = "./") -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Only a torch.nn.Module can be pruned, got {type(model).__name__}")
+        with schema_errors():  # 1.x never checks its config; a bad one fails here, not rounds later
+            validate(config_list, forms=(NORMAL, EXCLUDE), op_types=_check_base_algo(base_algo))
+            self.sparsity = _overall_sparsity(config_list)
+        _maximize(optimize_mode)
+        if num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        self.bound_model, self.config_list = model, config_list
+        self.trainer, self.criterion, self.evaluator, self.dummy_input = trainer, criterion, evaluator, dummy_input
+        self.num_iterations, self.optimize_mode, self.base_algo = num_iterations, optimize_mode, base_algo
+        self.sa_options = {"start_temperature": start_temperature, "stop_temperature": stop_temperature,
+                           "cool_down_rate": cool_down_rate, "perturbation_magnitude": perturbation_magnitude}
+        self.admm_options = {"num_iterations": admm_num_iterations, "epochs_per_iteration": admm_epochs_per_iteration,
+                             "row": row}
+        self.experiment_data_dir = experiment_data_dir
+        os.makedirs(experiment_data_dir, exist_ok=True)
+
+    def compress(self) -> nn.Module:
+        """The rounds; returns the shrunk model."""
+        each = 1 - (1 - self.sparsity) ** (1 / self.num_iterations)
+        model_path = os.path.join(self.experiment_data_dir, "model_admm_masked.pth")
+        mask_path = os.path.join(self.experiment_data_dir, "mask.pth")
+        for i in range(self.num_iterations):
+            round_config = [{"sparsity": each, "op_types": ["Conv2d"]}]
+            search = SimulatedAnnealingPruner(copy.deepcopy(self.bound_model), round_config, self.evaluator,
+                                              self.optimize_mode, self.base_algo,
+                                              experiment_data_dir=self.experiment_data_dir, **self.sa_options)
+            config_list = search.compress(return_config_list=True)
+            assert isinstance(config_list, list)
+            pruner = ADMMPruner(copy.deepcopy(self.bound_model), config_list, self.trainer, self.criterion,
+                                base_algo=self.base_algo, **self.admm_options)  # type: ignore[arg-type]
+            pruner.compress()
+            pruner.export_model(model_path, mask_path)
+            self.bound_model.load_state_dict(torch.load(model_path, weights_only=True))
+            device = next(self.bound_model.parameters()).device
+            ModelSpeedup(self.bound_model, self.dummy_input, mask_path, device).speedup_model()
+            score = self.evaluator(self.bound_model)  # 1.x scores every round's shrunk model
+            _logger.info("AutoCompress round %d: %s, score %s", i, config_list, score)
+        os.remove(model_path)
+        os.remove(mask_path)
+        return self.bound_model
+
+    def export_model(self, model_path: str | os.PathLike[str], mask_path: str | os.PathLike[str] | None = None,
+                     onnx_path: str | os.PathLike[str] | None = None, input_shape: Sequence[int] | None = None,
+                     device: torch.device | None = None) -> None:
+        """Save the (compact) model's ``state_dict``, and optionally ONNX; ``mask_path`` is unused (1.x)."""
+        del mask_path
+        torch.save(self.bound_model.state_dict(), model_path)
+        if onnx_path is not None:
+            if input_shape is None:
+                raise ValueError("input_shape must be given to export an ONNX model")
+            x = torch.zeros(*input_shape, device=device or "cpu")
+            torch.onnx.export(self.bound_model, (x,), onnx_path, dynamo=False)

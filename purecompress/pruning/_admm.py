@@ -14,7 +14,7 @@ ADMM alternates between training the weights ``W`` with the penalty
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import torch
@@ -49,6 +49,7 @@ class AdmmState:
         sparsity: parameter name -> sparsity of the projection.
         block: granularity (element: fine-grained; channel: coarse-grained).
         iteration: projections done.
+        metric: the projection's score ``(weights, names) -> Metrics``; None: :func:`admm_metric`.
     """
 
     z: dict[str, Tensor]
@@ -58,6 +59,7 @@ class AdmmState:
     sparsity: dict[str, float] = static()
     block: Block = static()
     iteration: int = static(default=0)
+    metric: Callable[[Mapping[str, Tensor], list[str]], Metrics] | None = static(default=None)
 
 
 
@@ -67,6 +69,10 @@ def admm_metric(weights: Mapping[str, Tensor], block: Block) -> Metrics:
         return level(weights, list(weights))
     return l1_norm(weights, list(weights), block=block)
 
+
+
+def _projection_metric(weights: Mapping[str, Tensor], state: AdmmState) -> Metrics:
+    return admm_metric(weights, state.block) if state.metric is None else dict(state.metric(weights, list(weights)))
 
 
 def admm_penalty(params: Mapping[str, Tensor], state: AdmmState, *,
@@ -104,7 +110,8 @@ def _per_name(value: float | Mapping[str, float], names: list[str], what: str) -
 
 
 def admm(targets: Plan | Iterable[str], sparsity: float | Mapping[str, float], *,
-         rho: float | Mapping[str, float] = 1e-4, block: Block | None = None) -> Transform:
+         rho: float | Mapping[str, float] = 1e-4, block: Block | None = None,
+         metric: Callable[[Mapping[str, Tensor], list[str]], Metrics] | None = None) -> Transform:
     """ADMM pruning of the ``targets`` weights.
 
     Args:
@@ -112,6 +119,9 @@ def admm(targets: Plan | Iterable[str], sparsity: float | Mapping[str, float], *
         sparsity: sparsity of the projection, one value or per name.
         rho: penalty weight, one value or per name (NNI's config key ``rho``, default 1e-4).
         block: ``None``/``Block.element()`` fine-grained, ``Block.channel()`` coarse-grained.
+        metric: the projection's score instead of :func:`admm_metric` (NNI 1.x projects with its
+            base algorithm: :func:`~purecompress.l2_norm` or :func:`~purecompress.fpgm` filters, say);
+            ``block`` is then ignored.
 
     Returns:
         ``Transform(init, update)``: ``init(params) -> AdmmState`` (``Z = W``, ``U = 0``);
@@ -132,17 +142,17 @@ def admm(targets: Plan | Iterable[str], sparsity: float | Mapping[str, float], *
 
     def init(params: Mapping[str, Tensor]) -> AdmmState:
         z = {n: params[n].detach().clone() for n in names}
-        return AdmmState(z, {n: torch.zeros_like(v) for n, v in z.items()}, {}, rhos, sparsities, block, 0)
+        return AdmmState(z, {n: torch.zeros_like(v) for n, v in z.items()}, {}, rhos, sparsities, block, 0, metric)
 
     def update(params: Mapping[str, Tensor], state: AdmmState, *, step: int | None = None,
                grads: Mapping[str, Tensor] | None = None) -> tuple[dict[str, Tensor], AdmmState]:
         del step, grads
         w = {n: params[n].detach() for n in names}
         z = {n: w[n] + state.u[n] for n in names}
-        masks = allocate_per_layer(admm_metric(z, block), sparsities)
+        masks = allocate_per_layer(_projection_metric(z, state), sparsities)
         z = {n: masks[n].apply(z[n]) for n in names}
         u = {n: state.u[n] + w[n] - z[n] for n in names}
-        return z, AdmmState(z, u, masks, state.rho, state.sparsity, state.block, state.iteration + 1)
+        return z, AdmmState(z, u, masks, state.rho, state.sparsity, state.block, state.iteration + 1, state.metric)
 
     return Transform(init, update)
 
@@ -151,4 +161,4 @@ def admm(targets: Plan | Iterable[str], sparsity: float | Mapping[str, float], *
 def admm_masks(params: Mapping[str, Tensor], state: AdmmState) -> Masks:
     """Final masks after the iterations: the metric of the trained weights ``W`` (NNI's choice)."""
     weights = {n: params[n].detach() for n in state.z}
-    return allocate_per_layer(admm_metric(weights, state.block), state.sparsity)
+    return allocate_per_layer(_projection_metric(weights, state), state.sparsity)

@@ -1,4 +1,4 @@
-"""Sparsity-allocation search: simulated annealing, AMC's DDPG agent, FLOPs/params counting."""
+"""Sparsity-allocation search: simulated annealing, NetAdapt, AMC's DDPG agent, FLOPs/params counting."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from purecompress.search.amc import (
 from purecompress.search.annealing import Annealer, AnnealResult, AnnealState, anneal_sparsities, rescale_to_budget
 from purecompress.search.counting import Counts, LayerCount, count_flops_params, with_masks
 from purecompress.search.ddpg import DDPG, DDPGConfig
+from purecompress.search.net_adapt import NetAdaptCandidate, NetAdaptResult, NetAdaptStep, netadapt
 
 __all__ = [
     "DDPG",
@@ -25,6 +26,9 @@ __all__ = [
     "Counts",
     "DDPGConfig",
     "LayerCount",
+    "NetAdaptCandidate",
+    "NetAdaptResult",
+    "NetAdaptStep",
     "amc_episodes",
     "amc_layers",
     "amc_search",
@@ -32,6 +36,7 @@ __all__ = [
     "correct_action",
     "count_flops_params",
     "layer_embeddings",
+    "netadapt",
     "rescale_to_budget",
     "with_masks",
 ]

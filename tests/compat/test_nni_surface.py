@@ -148,10 +148,10 @@ from nni.compression.pytorch.utils.mask_conflict import fix_mask_conflict
 from nni.compression.pytorch.utils.num_param_counter import get_total_num_weights
 from nni.compression.pytorch.utils import count_flops_params, GroupDependency, SensitivityAnalysis
 from nni.compression.pytorch import apply_compression_results
-from nni.algorithms.compression.pytorch.pruning import L1FilterPruner, AGPPruner, NetAdaptPruner
+from nni.algorithms.compression.pytorch.pruning import L1FilterPruner, AGPPruner, SensitivityPruner
 print(L1FilterPruner.__module__, calculate_qmin_qmax(8, 'int'))
 try:
-    NetAdaptPruner(None, [])
+    SensitivityPruner(None, [])
 except NotImplementedError as err:
     print(err)
 """
@@ -165,8 +165,8 @@ def test_shim_serves_the_new_names_at_nni_paths_and_in_module_dicts(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:4] == [
         "purecompress.compat.quantization.quantizers", "True True", "purecompress.compat.pruning_v1 (-127, 127)",
-        "NNI 1.x's NetAdaptPruner is not provided by purecompress: NNI 2.x has no counterpart of it (nor does "
-        "purecompress)"]
+        "NNI 1.x's SensitivityPruner is not provided by purecompress: NNI 2.x has no counterpart of it; see "
+        "nni.compression.pytorch.utils.SensitivityAnalysis"]
 
 
 # NNI 2.10's old trainer-based data collectors (v2/test_pruning_tools_torch.py) -------------------

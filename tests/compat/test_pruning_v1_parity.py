@@ -185,7 +185,7 @@ def test_bad_configs_are_schema_errors_like_nni(config: list[dict]) -> None:
 def test_other_1x_names_say_what_to_use(name: str) -> None:
     with pytest.raises(NotImplementedError, match=f"NNI 1.x's {name} is not provided"):
         getattr(V1, name)(_net(), [{"sparsity": 0.5, "op_types": ["Conv2d"]}])
-    expected = "no counterpart" if name in ("NetAdaptPruner", "SensitivityPruner", "TransformerHeadPruner") else \
+    expected = "no counterpart" if name in ("SensitivityPruner", "TransformerHeadPruner") else \
         f"nni.compression.pytorch.pruning.{name}"
     assert expected in V1.NOT_PROVIDED[name]
 
