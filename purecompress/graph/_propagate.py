@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from purecompress.graph._capture import SIZE_ARGS, Method, bind_inputs, capture, is_depthwise
 from purecompress.graph._replace import ChannelSlice, Replacement, replacement_for
-from purecompress.pruning import Mask, Masks, params_of
+from purecompress.pruning import Mask, Masks, channel_keep, params_of
 
 __all__ = [
     "Analysis",
@@ -356,17 +356,28 @@ class Track:
 
 
 class Classes:
-    """Union-find over channel classes with a blocked flag per root."""
+    """Union-find over channel classes with a blocked flag per root, and why it was blocked.
+
+    Attributes:
+        reason: what the next :meth:`block` records as the reason (set by the pass that blocks).
+    """
 
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.blocked: list[bool] = []
+        self.reasons: dict[int, str] = {}
+        self.reason = "kept"
 
     def new(self, n: int) -> Tensor:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
         self.blocked.extend([False] * n)
         return torch.arange(start, start + n)
+
+    def why(self, i: int) -> str | None:
+        """The reason class ``i`` is blocked (None: it is not)."""
+        root = self.find(i)
+        return self.reasons.get(root, self.reason) if self.blocked[root] else None
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -377,7 +388,10 @@ class Classes:
     def block(self, ids: Tensor) -> None:
         for i in ids.tolist():
             if i >= 0:
-                self.blocked[self.find(i)] = True
+                root = self.find(i)
+                if not self.blocked[root]:
+                    self.reasons[root] = self.reason
+                self.blocked[root] = True
 
     def union(self, a: Tensor, b: Tensor) -> None:
         for x, y in zip(a.tolist(), b.tolist()):
@@ -387,6 +401,8 @@ class Classes:
             rx, ry = self.find(x), self.find(y)
             if rx != ry:
                 self.parent[ry] = rx
+                if self.blocked[ry] and not self.blocked[rx]:
+                    self.reasons[rx] = self.reasons.get(ry, self.reason)
                 self.blocked[rx] = self.blocked[rx] or self.blocked[ry]
 
     def removed(self, ids: Tensor) -> Tensor:
@@ -657,6 +673,19 @@ def _keep_dim(node: fx.Node, module: nn.Module | None, value: Tensor, track: Tra
 
 
 
+def _blocked_by(node: fx.Node, kind: str, modules: Mapping[str, nn.Module]) -> str:
+    """Why a channel class blocked at ``node`` stays: the op it meets."""
+    if node.op == "output":
+        return "its channels reach the model's output"
+    what = f"{type(modules[str(node.target)]).__name__} {node.target!r}" if node.op == "call_module" \
+        else f"op {op_name(node) or node.target!r}"
+    if kind == "layernorm":
+        return f"its channels meet a LayerNorm-like normalisation ({what} at node {node.name!r})"
+    if kind == "unknown":
+        return f"blocked by {what} at node {node.name!r}, whose channel flow is not known"
+    return f"blocked by {what} at node {node.name!r}"
+
+
 def trace_channels(
     gm: fx.GraphModule, live: Liveness, extra: Mapping[type[nn.Module], Replacement] | None = None
 ) -> tuple[Classes, dict[str, Call], list[tuple[fx.Node, int, Track | None]]]:
@@ -673,6 +702,7 @@ def trace_channels(
     for node in gm.graph.nodes:
         kind = live.kinds[node]
         value = values.get(node)
+        classes.reason = _blocked_by(node, kind, modules)
         if node.op == "output":
             _block_all(node, tracks, classes)
             continue
@@ -760,6 +790,7 @@ def _keep_inexact(classes: Classes, calls: Mapping[str, Call], fold_error: Mappi
         x = values[call.node.args[0]]
         nonzero = (x != 0).any(dim=[d for d in range(x.dim()) if d != call.cd_in]).cpu()
         removed = classes.removed(call.tin.ids)
+        classes.reason = f"its constant cannot be folded exactly into {name!r} (deviation {error:.1e}; exact=True)"
         classes.block(call.tin.ids[removed & nonzero])
         blocked = blocked or bool((removed & nonzero).any())
     return blocked
@@ -928,11 +959,16 @@ class ChannelPlan:
         fold_error: producer name -> max abs deviation of the folded constants over the output
             elements that are used (0.0: the fold is exact).
         masks: the propagated masks (see the module docstring).
+        dense: every masked layer (its mask removes output channels) that keeps some of those
+            channels, with the reason (the op that blocks them, a LayerNorm they meet,
+            unbalanced groups, an inexact constant with ``exact=True``, no replacement for its
+            class, ...).
     """
 
     slices: dict[str, ChannelSlice]
     fold_error: dict[str, float]
     masks: Masks
+    dense: dict[str, str] = attrs.field(factory=dict)
 
 
 
@@ -1031,6 +1067,7 @@ def analyse(
     live = liveness(gm, recorder.values, replacements)
     classes, calls, consumers = trace_channels(gm, live, replacements)
     for x, cd, track in consumers:  # the conflict rule: dead at every consumer
+        classes.reason = f"its channels are live at node {x.name!r} (read by a layer, not zeroed by every mask)"
         if track is not None:
             classes.block(track.ids[~live.dead(x, cd)])
     modules = dict(gm.named_modules())
@@ -1039,9 +1076,48 @@ def analyse(
         slices, fold_error = _slices(classes, calls, modules, recorder.values, live)
         if not exact or not _keep_inexact(classes, calls, fold_error, recorder.values):
             break
-    plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls))
+    plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls),
+                       _dense(model, masks, classes, calls, replacements))
     return Analysis(plan, masked, output, given, _sizes(gm, recorder.values))
 
+
+
+def _removed_rows(module: nn.Module, mask: Mask) -> Tensor:
+    """``[C_out]`` bool: the output channels ``mask`` (on ``module.weight``) zeroes entirely."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # weight [C_in, C_out / groups, ...]
+        return ~channel_keep(mask, 1).repeat(module.groups)
+    return ~channel_keep(mask, 0)
+
+
+def _dense(model: nn.Module, masks: Mapping[str, Mask], classes: Classes, calls: Mapping[str, Call],
+           extra: Mapping[type[nn.Module], Replacement] | None) -> dict[str, str]:
+    """The masked layers that keep output channels their masks remove, and why."""
+    dense: dict[str, str] = {}
+    for key, mask in masks.items():
+        name, _, leaf = key.rpartition(".")
+        module = model.get_submodule(name)
+        entry = replacement_for(module, extra)
+        if leaf != "weight" or mask.keep.dim() < 2 or entry is not None and entry.kind != "producer":
+            continue
+        asked = _removed_rows(module, mask)
+        call = calls.get(name)
+        if not bool(asked.any()):
+            continue
+        if entry is None:
+            dense[name] = f"no replacement for its class {type(module).__name__}"
+        elif call is None:
+            dense[name] = (f"no call of {type(module).__name__} {name!r} in the graph: its weight is read by the "
+                           "ops of an enclosing module's forward")
+        elif call.tout is None:
+            dense[name] = "its input channels have no track (depthwise conv after an op that is not followed)"
+        if name in dense or call is None or call.tout is None:
+            continue
+        left = (asked & ~classes.removed(call.tout.ids)).nonzero().flatten()
+        if left.numel():
+            why = classes.why(int(call.tout.ids[left[0]]))
+            dense[name] = f"{left.numel()} of {int(asked.sum())} removed channels kept: " + (
+                why or "its input has no channel track")
+    return dense
 
 
 def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, nn.Module],
@@ -1054,6 +1130,7 @@ def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mappin
             module = modules[name]
             if isinstance(module, nn.GroupNorm) and call.tin is not None:
                 if not _whole_groups(_keep(classes, call.tin, call.c_in), module.num_groups):
+                    classes.reason = f"GroupNorm {name!r} would lose part of a group"
                     classes.block(call.tin.ids)  # a group's statistics need all of its channels
                     changed = True
                 continue
@@ -1065,6 +1142,8 @@ def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mappin
             if not _balanced(keep_in, keep_out, groups) and not (keep_in.all() and keep_out.all()):
                 if strict:
                     raise UnbalancedGroupsError(f"layer {name!r}: the channels kept in its {groups} groups differ")
+                classes.reason = f"unbalanced groups: grouped conv {name!r} ({groups} groups) would keep different " \
+                                 "channel counts in its groups"
                 for t in (call.tin, call.tout):
                     if t is not None:
                         classes.block(t.ids)
