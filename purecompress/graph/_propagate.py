@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from purecompress.graph._capture import SIZE_ARGS, Method, bind_inputs, capture, is_depthwise
-from purecompress.graph._replace import ChannelSlice, Replacement, replacement_for
+from purecompress.graph._replace import ChannelSlice, Replacement, composite_of, replacement_for
 from purecompress.pruning import Mask, Masks, channel_keep, params_of
 
 __all__ = [
@@ -82,7 +82,7 @@ _KINDS: dict[str, str] = {
         _CircularPadNd
     """),
     **_table("index", """
-        view reshape flatten unflatten squeeze unsqueeze permute transpose t movedim expand
+        view view_as reshape reshape_as flatten unflatten squeeze unsqueeze permute transpose t movedim expand
         expand_as repeat getitem split chunk unbind narrow select flip roll pixel_shuffle
         pixel_unshuffle Flatten Unflatten PixelShuffle PixelUnshuffle cat concat concatenate stack
     """),
@@ -546,8 +546,10 @@ def _literals(args: Any) -> set[int]:
 
 
 
-def _follow(result: Tensor, track: Track, node: fx.Node) -> Track | None:
-    """Where the channel indices went in ``result`` (None: not traceable in order)."""
+def _follow(result: Tensor, track: Track, node: fx.Node, *, pieces: bool = False) -> Track | None:
+    """Where the channel indices went in ``result`` (None: not traceable in order). ``pieces``: a
+    split of the channels into contiguous pieces is followed too (inside a :data:`COMPOSITES` layer,
+    which stores its split sizes and has them set again after shrinking)."""
     varying = [
         d for d in range(result.dim()) if result.shape[d] > 1 and not bool((result == result.narrow(d, 0, 1)).all())
     ]
@@ -560,6 +562,8 @@ def _follow(result: Tensor, track: Track, node: fx.Node) -> Track | None:
     if not bool((vals == vals.round()).all()):
         return None
     vals = vals.long()
+    if pieces and vals.min() >= 0 and bool((vals[1:] == vals[:-1] + 1).all()):
+        return Track(d, track.ids[vals])
     counts = torch.bincount(vals, minlength=track.ids.numel()) if vals.min() >= 0 else None
     if counts is None or counts.numel() != track.ids.numel() or not bool((counts == counts[0]).all()):
         return None
@@ -595,6 +599,7 @@ def _merge(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, class
             continue
         pos = cd - (r - values[n].dim())
         if pos >= 0 and values[n].shape[pos] != 1:  # a full-channel operand that has no class
+            classes.reason += f" (its operand {n.name!r} spans the channels and comes from no layer shrink slices)"
             classes.block(out.ids)
     return out
 
@@ -639,8 +644,9 @@ def _index(node: fx.Node, modules: Mapping, live: Liveness, tracks: Mapping, cla
     with torch.no_grad():
         result = _mean_dims(node, args, kwargs) if live.kinds[node] == "reduce" else _call(node, modules, args, kwargs)
     result = optree.tree_map(lambda r: r.cpu() if isinstance(r, Tensor) else r, result)
+    pieces = op_name(node) == "split" and _in_composite(node)
     outs = [
-        _follow(r, track, node) if isinstance(r, Tensor) else None
+        _follow(r, track, node, pieces=pieces) if isinstance(r, Tensor) else None
         for r in (result if isinstance(result, (tuple, list)) else [result])
     ]
     if any(o is None for o in outs):
@@ -648,6 +654,13 @@ def _index(node: fx.Node, modules: Mapping, live: Liveness, tracks: Mapping, cla
         return None
     return tuple(outs) if isinstance(result, (tuple, list)) else outs[0]
 
+
+
+def _in_composite(node: fx.Node) -> bool:
+    """Whether ``node`` runs in the forward of a :data:`COMPOSITES` layer."""
+    stack = node.meta.get("nn_module_stack") or {}
+    cls = next(reversed(stack.values()), ("", None))[1]  # the class: a graph module holds plain containers
+    return isinstance(cls, type) and composite_of(cls) is not None
 
 
 def _keep_dim(node: fx.Node, module: nn.Module | None, value: Tensor, track: Track) -> bool:
@@ -1067,7 +1080,8 @@ def analyse(
     live = liveness(gm, recorder.values, replacements)
     classes, calls, consumers = trace_channels(gm, live, replacements)
     for x, cd, track in consumers:  # the conflict rule: dead at every consumer
-        classes.reason = f"its channels are live at node {x.name!r} (read by a layer, not zeroed by every mask)"
+        classes.reason = (f"its channels are live at node {x.name!r}: another mask keeps channels they meet "
+                          "(the masks of layers whose channels join do not agree)")
         if track is not None:
             classes.block(track.ids[~live.dead(x, cd)])
     modules = dict(gm.named_modules())

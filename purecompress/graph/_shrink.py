@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from purecompress.graph._capture import Method
 from purecompress.graph._propagate import EXACT_TOL, ShrinkError, analyse
-from purecompress.graph._replace import Replacement, replacement_for
+from purecompress.graph._replace import Replacement, composite_of, replacement_for
 from purecompress.pruning import Mask, Masks
 
 __all__ = ["LayerShrink", "ShrinkReport", "shrink"]
@@ -208,6 +208,10 @@ def shrink(
         if entry is None:
             raise ShrinkError(f"no replacement for module {name!r} ({type(module).__name__})")
         _set_submodule(compact, name, entry.fn(module, sl))
+    for module in compact.modules():  # composites store sizes derived from their (shrunk) children
+        fix = composite_of(module) if plan.slices else None
+        for key, value in (fix(module) if fix is not None else {}).items():
+            setattr(module, key, value)
     args, kwargs = analysis.inputs
     compact.eval()
     try:
