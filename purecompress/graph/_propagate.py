@@ -55,7 +55,8 @@ def _table(kind: str, names: str) -> dict[str, str]:
 
 
 
-# Keys: function __name__, method name, or a module class name along the MRO.
+# Keys: function __name__, method name, or a module class name along the MRO. stochastic_depth
+# (torchvision's, an fx leaf function) and drop_path are the identity in eval, a per-sample scale in training.
 _KINDS: dict[str, str] = {
     **_table("elementwise", """
         relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu celu gelu silu mish hardtanh
@@ -64,7 +65,7 @@ _KINDS: dict[str, str] = {
         contiguous clone detach float half double to type_as dropout dropout1d dropout2d dropout3d
         alpha_dropout feature_alpha_dropout add add_ iadd radd sub sub_ isub rsub subtract mul
         mul_ imul multiply div div_ itruediv truediv divide true_divide floordiv floor_divide
-        addcmul addcdiv maximum minimum where gt lt ge le eq ne sin cos erf
+        addcmul addcdiv maximum minimum where gt lt ge le eq ne sin cos erf stochastic_depth drop_path
         ReLU ReLU6 LeakyReLU ELU SELU CELU GELU SiLU Mish Hardtanh Hardswish Hardsigmoid
         Sigmoid Tanh Softplus Softsign LogSigmoid RReLU Threshold Identity _DropoutNd AlphaDropout
         Tanhshrink Softshrink Hardshrink PReLU
@@ -453,6 +454,18 @@ class Liveness:
 
 
 
+def _tensors_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with every non-tensor leaf of its output (the None of ``MultiheadAttention``'s
+    ``(out, None)`` when ``need_weights=False``) a 0-dim zero: ``vjp`` takes tensor outputs only."""
+
+    def wrapped(*xs: Tensor) -> Any:
+        device = next((v.device for v in optree.tree_leaves(xs) if _is_tensor(v)), None)
+        return optree.tree_map(lambda v: v if _is_tensor(v) else torch.zeros((), device=device), fn(*xs),
+                               none_is_leaf=True)
+
+    return wrapped
+
+
 def liveness(
     gm: fx.GraphModule, values: dict[fx.Node, Any], extra: Mapping[type[nn.Module], Replacement] | None = None
 ) -> Liveness:
@@ -486,7 +499,7 @@ def liveness(
         inputs = [n for n in inputs if n in varies]
         with torch.no_grad():
             if inputs:
-                out, pullback = torch.func.vjp(fn, *(varies[n] for n in inputs))
+                out, pullback = torch.func.vjp(_tensors_only(fn), *(varies[n] for n in inputs))
                 pullbacks[node] = (inputs, pullback)
             else:
                 out = optree.tree_map(lambda v: torch.zeros(v.shape, device=v.device) if _is_tensor(v) else v, value)
@@ -696,6 +709,9 @@ def _blocked_by(node: fx.Node, kind: str, modules: Mapping[str, nn.Module]) -> s
         return f"its channels meet a LayerNorm-like normalisation ({what} at node {node.name!r})"
     if kind == "unknown":
         return f"blocked by {what} at node {node.name!r}, whose channel flow is not known"
+    if op_name(node) in ("split", "chunk", "tensor_split"):
+        return (f"blocked by {what} at node {node.name!r}: its sizes are fixed in the forward (only a COMPOSITES "
+                "layer has them set again)")
     return f"blocked by {what} at node {node.name!r}"
 
 
@@ -1085,6 +1101,7 @@ def analyse(
         if track is not None:
             classes.block(track.ids[~live.dead(x, cd)])
     modules = dict(gm.named_modules())
+    _keep_constant_fed(classes, calls, live, masks, modules)
     while True:
         _resolve_groups(classes, calls, modules, strict)
         slices, fold_error = _slices(classes, calls, modules, recorder.values, live)
@@ -1094,6 +1111,21 @@ def analyse(
                        _dense(model, masks, classes, calls, replacements))
     return Analysis(plan, masked, output, given, _sizes(gm, recorder.values))
 
+
+
+def _keep_constant_fed(classes: Classes, calls: Mapping[str, Call], live: Liveness, masks: Mapping[str, Mask],
+                       modules: Mapping[str, nn.Module]) -> None:
+    """A layer fed by constants only (swin v2's position-bias MLP on a buffer) has every output
+    channel constant, so the liveness rule would remove them all: keep the ones its mask keeps."""
+    for name, call in calls.items():
+        varies = live.varies.get(call.node.args[0])
+        if call.kind != "producer" or call.depthwise or call.tout is None or not _is_tensor(varies) \
+                or bool(varies.any()) or not bool(classes.removed(call.tout.ids).all()):
+            continue
+        mask = masks.get(f"{name}.weight")
+        asked = _removed_rows(modules[name], mask) if mask is not None else torch.zeros(call.c_out, dtype=torch.bool)
+        classes.reason = f"{name!r} is fed by constants only: it keeps the channels its mask keeps"
+        classes.block(call.tout.ids[~asked])
 
 
 def _removed_rows(module: nn.Module, mask: Mask) -> Tensor:
