@@ -102,13 +102,13 @@ def test_a_norm_subclass_holding_an_unknown_module_is_traced_and_reported() -> N
 
 
 @pytest.mark.parametrize("name", ["tf_efficientnet_b0", "mobilenetv3_large_100", "regnetx_002", "repvgg_a0"])
-def test_tiny_timm_models_shrink_to_about_a_quarter(name: str) -> None:
+def test_timm_models_shrink_to_under_31_percent_of_their_macs(name: str) -> None:
     model = trained_like(timm.create_model(name, pretrained=False))
     clf = model.get_classifier()
     skip = tuple(n for n, m in model.named_modules() if m is clf)
     _, report = shrunk(model, torch.randn(1, 3, 64, 64), skip)
     assert report.dense == {}
-    assert report.flops_after < 0.36 * report.flops_before
+    assert report.flops_after < 0.31 * report.flops_before
 
 
 def test_masked_pieces_of_a_depthwise_mixed_conv_are_reported_not_silent() -> None:
