@@ -179,3 +179,19 @@ def test_nothing_dense_when_every_removed_channel_goes(caplog: pytest.LogCapture
     assert report.dense == {} and report.replaced == ("0", "1", "3")
     assert not [r for r in caplog.records if "ShrinkReport.dense" in r.getMessage()]
     assert report.table().splitlines()[-1].endswith("| 0 masked layers left dense |")
+
+
+class DepthwiseAfterCumsum(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.dw, self.b = nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(F.relu(self.dw(torch.cumsum(self.a(x), 1))))
+
+
+def test_a_depthwise_conv_whose_input_is_not_followed_names_that_input() -> None:
+    model = DepthwiseAfterCumsum()
+    report = check(model, {"dw.weight": half(model.dw)})
+    assert report.dense["dw"].startswith("a depthwise conv, its channels are its input's")
+    assert "(node 'cumsum')" in report.dense["dw"]

@@ -1155,7 +1155,8 @@ def _dense(model: nn.Module, masks: Mapping[str, Mask], classes: Classes, calls:
             dense[name] = (f"no call of {type(module).__name__} {name!r} in the graph: its weight is read by the "
                            "ops of an enclosing module's forward")
         elif call.tout is None:
-            dense[name] = "its input channels have no track (depthwise conv after an op that is not followed)"
+            dense[name] = (f"a depthwise conv, its channels are its input's, and the channels of its input (node "
+                           f"{call.node.args[0].name!r}) are not followed: an op before it blocks them")
         if name in dense or call is None or call.tout is None:
             continue
         left = (asked & ~classes.removed(call.tout.ids)).nonzero().flatten()
