@@ -234,3 +234,67 @@ def test_exact_option_equals_the_users_masked_model(name: str) -> None:
         assert rel(compact(x), masked_output(model, masks, x)) <= 1e-5
         other = torch.randn(shape)  # another input: the same function, not only on the example
         assert rel(compact(other), masked_output(model, masks, other)) <= 1e-5
+
+
+class ScaledConv(nn.Conv2d):
+    """A Conv2d subclass with its own constructor and an extra attribute used in forward."""
+
+    def __init__(self, cin: int, cout: int, scale: float) -> None:
+        super().__init__(cin, cout, 3, padding=1)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scale
+
+
+class NormAct(nn.BatchNorm2d):
+    """A BatchNorm2d subclass applying an activation it holds (timm's BatchNormAct2d pattern)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c)
+        self.act = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                     self.eps))
+
+
+def test_subclasses_keep_their_class_and_attributes() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(ScaledConv(3, 8, 0.5), NormAct(8), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        model[1].bias.uniform_(0.1, 0.5)
+    x = torch.randn(2, 3, 6, 6)
+    keep = torch.tensor([True, False] * 4).reshape(8, 1, 1, 1)
+    masks = {"0.weight": pc.Mask(keep, (8, 3, 3, 3))}
+    compact, report = shrink(model, masks, x)
+    assert type(compact[0]) is ScaledConv and compact[0].scale == 0.5 and compact[0].out_channels == 4
+    assert type(compact[1]) is NormAct and type(compact[1].act) is nn.Hardswish and compact[1].num_features == 4
+    assert compact[1].running_mean.shape == (4,) and compact[2].in_channels == 4
+    assert report.dense == {} and report.replaced == ("0", "1", "2")
+    masked = functional_call(model, pc.apply_masks(pc.params_of(model), masks), (x,))
+    assert torch.allclose(compact(x), masked, atol=1e-6)  # the constant hardswish(beta) folds into "2"
+    assert model[0].out_channels == 8 and model[0].weight.shape[0] == 8  # the model is untouched
+
+
+class LinearNorm(nn.Module):
+    """LeViT's Linear + BatchNorm1d over the flattened tokens, reshaped back with ``reshape_as``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return self.b(self.bn(y.flatten(0, 1)).reshape_as(y))
+
+
+def test_reshape_as_passes_the_channels() -> None:
+    torch.manual_seed(0)
+    model, x = LinearNorm().eval(), torch.randn(2, 5, 6)
+    keep = torch.tensor([True, False] * 4).reshape(8, 1)
+    masks = {"a.weight": pc.Mask(keep, (8, 6))}
+    compact, report = shrink(model, masks, x)
+    assert report.dense == {} and compact.b.in_features == 4 and compact.bn.num_features == 4
+    masked = functional_call(model, pc.apply_masks(pc.params_of(model), masks), (x,))
+    assert torch.allclose(compact(x), masked, atol=1e-6)

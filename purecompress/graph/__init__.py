@@ -6,7 +6,8 @@ The modules behind this package are private; every public name is re-exported he
 :func:`input_channel_dependency` / :func:`group_dependency` / :func:`attention_dependency` (NNI's
 dependency sets),
 :func:`propagate` / :func:`channel_plan` (which channels the masks kill), :func:`shrink` (a compact
-model equal to the masked one) and the replacement table (:class:`Replacement`, :class:`ChannelSlice`).
+model equal to the masked one), the replacement table (:class:`Replacement`, :class:`ChannelSlice`) and
+the composite layers whose stored sizes are set again after shrinking (:data:`COMPOSITES`).
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ from purecompress.graph._propagate import (
     trace_channels,
 )
 from purecompress.graph._replace import (
+    COMPOSITES,
     REPLACEMENTS,
     ChannelSlice,
     Replacement,
+    composite_of,
     replacement_for,
 )
 from purecompress.graph._shrink import (
@@ -64,6 +67,7 @@ from purecompress.graph._shrink import (
 __all__ = [
     "Analysis",
     "Call",
+    "COMPOSITES",
     "CaptureInfo",
     "ChannelPlan",
     "ChannelSlice",
@@ -90,6 +94,7 @@ __all__ = [
     "capture_info",
     "channel_dependency",
     "channel_plan",
+    "composite_of",
     "group_constraints",
     "group_dependency",
     "input_channel_dependency",

@@ -4,7 +4,8 @@ Two methods build the same kind of graph (``call_module`` nodes for the layers, 
 and ``call_method`` nodes for the ops between them, ``get_attr`` for parameters and constants):
 
 - ``"fx"`` traces symbolically with a :class:`torch.fx.Tracer` whose leaves are torch's own
-  modules, every subclass of the channel-producing layers (:data:`PRODUCER_TYPES`), the foreign
+  modules, every subclass of the channel-producing layers (:data:`PRODUCER_TYPES`), every subclass
+  of a channel-wise norm (:data:`NORM_TYPES`) whose submodules act element-wise, the foreign
   layers the graph code knows (Hugging Face's GPT-2 ``Conv1D``) and the modules the caller names.
   It fails on forwards that need real values (``int()`` of a size, slicing with a computed size,
   data-dependent control flow).
@@ -50,6 +51,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = [
     "METHODS",
+    "ELEMENTWISE_MODULES",
+    "NORM_TYPES",
     "PRODUCER_TYPES",
     "SIZE_ARGS",
     "CaptureInfo",
@@ -74,6 +77,25 @@ def is_depthwise(module: nn.Module) -> bool:
     """A depthwise conv: output channel ``i`` is computed from input channel ``i`` alone."""
     return (isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups > 1
             and module.groups == module.in_channels == module.out_channels)
+
+
+#: torch's element-wise modules: the only submodules a :data:`NORM_TYPES` subclass may hold and
+#: still be one leaf (timm's ``BatchNormAct2d`` applies its ``drop`` and ``act`` after the norm).
+ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardtanh,
+    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.RReLU,
+    nn.Threshold, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Identity, nn.modules.dropout._DropoutNd,
+)  # fmt: skip
+
+#: Channel-wise norms whose subclasses are leaves too (when their children are element-wise).
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm,
+)  # fmt: skip
+
+
+def _is_norm_subclass(m: nn.Module) -> bool:
+    """A subclass of a channel-wise norm whose submodules all act element-wise: one channel-wise leaf."""
+    return isinstance(m, NORM_TYPES) and all(isinstance(c, ELEMENTWISE_MODULES) for c in m.children())
 
 
 #: Layers of other libraries kept whole, by ``module.qualname`` of the class (or a base class).
@@ -156,8 +178,11 @@ def _class_names(module: nn.Module) -> set[str]:
 
 def _is_leaf(m: nn.Module, name: str, names: frozenset[str], types: tuple[type[nn.Module], ...]) -> bool:
     """The leaf rule both methods share: torch.fx's (torch's own modules but Sequential), the
-    producers and their subclasses, the foreign layers and the caller's leaves."""
+    producers and their subclasses, the norm subclasses holding only element-wise modules, the
+    foreign layers and the caller's leaves."""
     if name in names or isinstance(m, types + PRODUCER_TYPES) or _FOREIGN_LEAVES & _class_names(m):
+        return True
+    if _is_norm_subclass(m):
         return True
     return m.__module__.startswith(("torch.nn", "torch.ao.nn")) and not isinstance(m, nn.Sequential)
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from purecompress.graph._capture import SIZE_ARGS, Method, bind_inputs, capture, is_depthwise
-from purecompress.graph._replace import ChannelSlice, Replacement, replacement_for
-from purecompress.pruning import Mask, Masks, params_of
+from purecompress.graph._replace import ChannelSlice, Replacement, composite_of, replacement_for
+from purecompress.pruning import Mask, Masks, channel_keep, params_of
 
 __all__ = [
     "Analysis",
@@ -55,7 +55,8 @@ def _table(kind: str, names: str) -> dict[str, str]:
 
 
 
-# Keys: function __name__, method name, or a module class name along the MRO.
+# Keys: function __name__, method name, or a module class name along the MRO. stochastic_depth
+# (torchvision's, an fx leaf function) and drop_path are the identity in eval, a per-sample scale in training.
 _KINDS: dict[str, str] = {
     **_table("elementwise", """
         relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu celu gelu silu mish hardtanh
@@ -64,7 +65,7 @@ _KINDS: dict[str, str] = {
         contiguous clone detach float half double to type_as dropout dropout1d dropout2d dropout3d
         alpha_dropout feature_alpha_dropout add add_ iadd radd sub sub_ isub rsub subtract mul
         mul_ imul multiply div div_ itruediv truediv divide true_divide floordiv floor_divide
-        addcmul addcdiv maximum minimum where gt lt ge le eq ne sin cos erf
+        addcmul addcdiv maximum minimum where gt lt ge le eq ne sin cos erf stochastic_depth drop_path
         ReLU ReLU6 LeakyReLU ELU SELU CELU GELU SiLU Mish Hardtanh Hardswish Hardsigmoid
         Sigmoid Tanh Softplus Softsign LogSigmoid RReLU Threshold Identity _DropoutNd AlphaDropout
         Tanhshrink Softshrink Hardshrink PReLU
@@ -82,7 +83,7 @@ _KINDS: dict[str, str] = {
         _CircularPadNd
     """),
     **_table("index", """
-        view reshape flatten unflatten squeeze unsqueeze permute transpose t movedim expand
+        view view_as reshape reshape_as flatten unflatten squeeze unsqueeze permute transpose t movedim expand
         expand_as repeat getitem split chunk unbind narrow select flip roll pixel_shuffle
         pixel_unshuffle Flatten Unflatten PixelShuffle PixelUnshuffle cat concat concatenate stack
     """),
@@ -356,17 +357,28 @@ class Track:
 
 
 class Classes:
-    """Union-find over channel classes with a blocked flag per root."""
+    """Union-find over channel classes with a blocked flag per root, and why it was blocked.
+
+    Attributes:
+        reason: what the next :meth:`block` records as the reason (set by the pass that blocks).
+    """
 
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.blocked: list[bool] = []
+        self.reasons: dict[int, str] = {}
+        self.reason = "kept"
 
     def new(self, n: int) -> Tensor:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
         self.blocked.extend([False] * n)
         return torch.arange(start, start + n)
+
+    def why(self, i: int) -> str | None:
+        """The reason class ``i`` is blocked (None: it is not)."""
+        root = self.find(i)
+        return self.reasons.get(root, self.reason) if self.blocked[root] else None
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -377,7 +389,10 @@ class Classes:
     def block(self, ids: Tensor) -> None:
         for i in ids.tolist():
             if i >= 0:
-                self.blocked[self.find(i)] = True
+                root = self.find(i)
+                if not self.blocked[root]:
+                    self.reasons[root] = self.reason
+                self.blocked[root] = True
 
     def union(self, a: Tensor, b: Tensor) -> None:
         for x, y in zip(a.tolist(), b.tolist()):
@@ -387,6 +402,8 @@ class Classes:
             rx, ry = self.find(x), self.find(y)
             if rx != ry:
                 self.parent[ry] = rx
+                if self.blocked[ry] and not self.blocked[rx]:
+                    self.reasons[rx] = self.reasons.get(ry, self.reason)
                 self.blocked[rx] = self.blocked[rx] or self.blocked[ry]
 
     def removed(self, ids: Tensor) -> Tensor:
@@ -437,6 +454,18 @@ class Liveness:
 
 
 
+def _tensors_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with every non-tensor leaf of its output (the None of ``MultiheadAttention``'s
+    ``(out, None)`` when ``need_weights=False``) a 0-dim zero: ``vjp`` takes tensor outputs only."""
+
+    def wrapped(*xs: Tensor) -> Any:
+        device = next((v.device for v in optree.tree_leaves(xs) if _is_tensor(v)), None)
+        return optree.tree_map(lambda v: v if _is_tensor(v) else torch.zeros((), device=device), fn(*xs),
+                               none_is_leaf=True)
+
+    return wrapped
+
+
 def liveness(
     gm: fx.GraphModule, values: dict[fx.Node, Any], extra: Mapping[type[nn.Module], Replacement] | None = None
 ) -> Liveness:
@@ -470,7 +499,7 @@ def liveness(
         inputs = [n for n in inputs if n in varies]
         with torch.no_grad():
             if inputs:
-                out, pullback = torch.func.vjp(fn, *(varies[n] for n in inputs))
+                out, pullback = torch.func.vjp(_tensors_only(fn), *(varies[n] for n in inputs))
                 pullbacks[node] = (inputs, pullback)
             else:
                 out = optree.tree_map(lambda v: torch.zeros(v.shape, device=v.device) if _is_tensor(v) else v, value)
@@ -530,8 +559,10 @@ def _literals(args: Any) -> set[int]:
 
 
 
-def _follow(result: Tensor, track: Track, node: fx.Node) -> Track | None:
-    """Where the channel indices went in ``result`` (None: not traceable in order)."""
+def _follow(result: Tensor, track: Track, node: fx.Node, *, pieces: bool = False) -> Track | None:
+    """Where the channel indices went in ``result`` (None: not traceable in order). ``pieces``: a
+    split of the channels into contiguous pieces is followed too (inside a :data:`COMPOSITES` layer,
+    which stores its split sizes and has them set again after shrinking)."""
     varying = [
         d for d in range(result.dim()) if result.shape[d] > 1 and not bool((result == result.narrow(d, 0, 1)).all())
     ]
@@ -544,6 +575,8 @@ def _follow(result: Tensor, track: Track, node: fx.Node) -> Track | None:
     if not bool((vals == vals.round()).all()):
         return None
     vals = vals.long()
+    if pieces and vals.min() >= 0 and bool((vals[1:] == vals[:-1] + 1).all()):
+        return Track(d, track.ids[vals])
     counts = torch.bincount(vals, minlength=track.ids.numel()) if vals.min() >= 0 else None
     if counts is None or counts.numel() != track.ids.numel() or not bool((counts == counts[0]).all()):
         return None
@@ -579,6 +612,7 @@ def _merge(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, class
             continue
         pos = cd - (r - values[n].dim())
         if pos >= 0 and values[n].shape[pos] != 1:  # a full-channel operand that has no class
+            classes.reason += f" (its operand {n.name!r} spans the channels and comes from no layer shrink slices)"
             classes.block(out.ids)
     return out
 
@@ -623,8 +657,9 @@ def _index(node: fx.Node, modules: Mapping, live: Liveness, tracks: Mapping, cla
     with torch.no_grad():
         result = _mean_dims(node, args, kwargs) if live.kinds[node] == "reduce" else _call(node, modules, args, kwargs)
     result = optree.tree_map(lambda r: r.cpu() if isinstance(r, Tensor) else r, result)
+    pieces = op_name(node) == "split" and _in_composite(node)
     outs = [
-        _follow(r, track, node) if isinstance(r, Tensor) else None
+        _follow(r, track, node, pieces=pieces) if isinstance(r, Tensor) else None
         for r in (result if isinstance(result, (tuple, list)) else [result])
     ]
     if any(o is None for o in outs):
@@ -632,6 +667,13 @@ def _index(node: fx.Node, modules: Mapping, live: Liveness, tracks: Mapping, cla
         return None
     return tuple(outs) if isinstance(result, (tuple, list)) else outs[0]
 
+
+
+def _in_composite(node: fx.Node) -> bool:
+    """Whether ``node`` runs in the forward of a :data:`COMPOSITES` layer."""
+    stack = node.meta.get("nn_module_stack") or {}
+    cls = next(reversed(stack.values()), ("", None))[1]  # the class: a graph module holds plain containers
+    return isinstance(cls, type) and composite_of(cls) is not None
 
 
 def _keep_dim(node: fx.Node, module: nn.Module | None, value: Tensor, track: Track) -> bool:
@@ -657,6 +699,22 @@ def _keep_dim(node: fx.Node, module: nn.Module | None, value: Tensor, track: Tra
 
 
 
+def _blocked_by(node: fx.Node, kind: str, modules: Mapping[str, nn.Module]) -> str:
+    """Why a channel class blocked at ``node`` stays: the op it meets."""
+    if node.op == "output":
+        return "its channels reach the model's output"
+    what = f"{type(modules[str(node.target)]).__name__} {node.target!r}" if node.op == "call_module" \
+        else f"op {op_name(node) or node.target!r}"
+    if kind == "layernorm":
+        return f"its channels meet a LayerNorm-like normalisation ({what} at node {node.name!r})"
+    if kind == "unknown":
+        return f"blocked by {what} at node {node.name!r}, whose channel flow is not known"
+    if op_name(node) in ("split", "chunk", "tensor_split"):
+        return (f"blocked by {what} at node {node.name!r}: its sizes are fixed in the forward (only a COMPOSITES "
+                "layer has them set again)")
+    return f"blocked by {what} at node {node.name!r}"
+
+
 def trace_channels(
     gm: fx.GraphModule, live: Liveness, extra: Mapping[type[nn.Module], Replacement] | None = None
 ) -> tuple[Classes, dict[str, Call], list[tuple[fx.Node, int, Track | None]]]:
@@ -673,6 +731,7 @@ def trace_channels(
     for node in gm.graph.nodes:
         kind = live.kinds[node]
         value = values.get(node)
+        classes.reason = _blocked_by(node, kind, modules)
         if node.op == "output":
             _block_all(node, tracks, classes)
             continue
@@ -760,6 +819,7 @@ def _keep_inexact(classes: Classes, calls: Mapping[str, Call], fold_error: Mappi
         x = values[call.node.args[0]]
         nonzero = (x != 0).any(dim=[d for d in range(x.dim()) if d != call.cd_in]).cpu()
         removed = classes.removed(call.tin.ids)
+        classes.reason = f"its constant cannot be folded exactly into {name!r} (deviation {error:.1e}; exact=True)"
         classes.block(call.tin.ids[removed & nonzero])
         blocked = blocked or bool((removed & nonzero).any())
     return blocked
@@ -928,11 +988,16 @@ class ChannelPlan:
         fold_error: producer name -> max abs deviation of the folded constants over the output
             elements that are used (0.0: the fold is exact).
         masks: the propagated masks (see the module docstring).
+        dense: every masked layer (its mask removes output channels) that keeps some of those
+            channels, with the reason (the op that blocks them, a LayerNorm they meet,
+            unbalanced groups, an inexact constant with ``exact=True``, no replacement for its
+            class, ...).
     """
 
     slices: dict[str, ChannelSlice]
     fold_error: dict[str, float]
     masks: Masks
+    dense: dict[str, str] = attrs.field(factory=dict)
 
 
 
@@ -1032,17 +1097,75 @@ def analyse(
     live = liveness(gm, recorder.values, replacements)
     classes, calls, consumers = trace_channels(gm, live, replacements)
     for x, cd, track in consumers:  # the conflict rule: dead at every consumer
+        classes.reason = (f"its channels are live at node {x.name!r}: another mask keeps channels they meet "
+                          "(the masks of layers whose channels join do not agree)")
         if track is not None:
             classes.block(track.ids[~live.dead(x, cd)])
     modules = dict(gm.named_modules())
+    _keep_constant_fed(classes, calls, live, masks, modules)
     while True:
         _resolve_groups(classes, calls, modules, strict)
         slices, fold_error = _slices(classes, calls, modules, recorder.values, live)
         if not exact or not _keep_inexact(classes, calls, fold_error, recorder.values):
             break
-    plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls))
+    plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls),
+                       _dense(model, masks, classes, calls, replacements))
     return Analysis(plan, masked, output, given, _sizes(gm, recorder.values))
 
+
+
+def _keep_constant_fed(classes: Classes, calls: Mapping[str, Call], live: Liveness, masks: Mapping[str, Mask],
+                       modules: Mapping[str, nn.Module]) -> None:
+    """A layer fed by constants only (swin v2's position-bias MLP on a buffer) has every output
+    channel constant, so the liveness rule would remove them all: keep the ones its mask keeps."""
+    for name, call in calls.items():
+        varies = live.varies.get(call.node.args[0])
+        if call.kind != "producer" or call.depthwise or call.tout is None or not _is_tensor(varies) \
+                or bool(varies.any()) or not bool(classes.removed(call.tout.ids).all()):
+            continue
+        mask = masks.get(f"{name}.weight")
+        asked = _removed_rows(modules[name], mask) if mask is not None else torch.zeros(call.c_out, dtype=torch.bool)
+        classes.reason = f"{name!r} is fed by constants only: it keeps the channels its mask keeps"
+        classes.block(call.tout.ids[~asked])
+
+
+def _removed_rows(module: nn.Module, mask: Mask) -> Tensor:
+    """``[C_out]`` bool: the output channels ``mask`` (on ``module.weight``) zeroes entirely."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # weight [C_in, C_out / groups, ...]
+        return ~channel_keep(mask, 1).repeat(module.groups)
+    return ~channel_keep(mask, 0)
+
+
+def _dense(model: nn.Module, masks: Mapping[str, Mask], classes: Classes, calls: Mapping[str, Call],
+           extra: Mapping[type[nn.Module], Replacement] | None) -> dict[str, str]:
+    """The masked layers that keep output channels their masks remove, and why."""
+    dense: dict[str, str] = {}
+    for key, mask in masks.items():
+        name, _, leaf = key.rpartition(".")
+        module = model.get_submodule(name)
+        entry = replacement_for(module, extra)
+        if leaf != "weight" or mask.keep.dim() < 2 or entry is not None and entry.kind != "producer":
+            continue
+        asked = _removed_rows(module, mask)
+        call = calls.get(name)
+        if not bool(asked.any()):
+            continue
+        if entry is None:
+            dense[name] = f"no replacement for its class {type(module).__name__}"
+        elif call is None:
+            dense[name] = (f"no call of {type(module).__name__} {name!r} in the graph: its weight is read by the "
+                           "ops of an enclosing module's forward")
+        elif call.tout is None:
+            dense[name] = (f"a depthwise conv, its channels are its input's, and the channels of its input (node "
+                           f"{call.node.args[0].name!r}) are not followed: an op before it blocks them")
+        if name in dense or call is None or call.tout is None:
+            continue
+        left = (asked & ~classes.removed(call.tout.ids)).nonzero().flatten()
+        if left.numel():
+            why = classes.why(int(call.tout.ids[left[0]]))
+            dense[name] = f"{left.numel()} of {int(asked.sum())} removed channels kept: " + (
+                why or "its input has no channel track")
+    return dense
 
 
 def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, nn.Module],
@@ -1055,6 +1178,7 @@ def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mappin
             module = modules[name]
             if isinstance(module, nn.GroupNorm) and call.tin is not None:
                 if not _whole_groups(_keep(classes, call.tin, call.c_in), module.num_groups):
+                    classes.reason = f"GroupNorm {name!r} would lose part of a group"
                     classes.block(call.tin.ids)  # a group's statistics need all of its channels
                     changed = True
                 continue
@@ -1066,6 +1190,8 @@ def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mappin
             if not _balanced(keep_in, keep_out, groups) and not (keep_in.all() and keep_out.all()):
                 if strict:
                     raise UnbalancedGroupsError(f"layer {name!r}: the channels kept in its {groups} groups differ")
+                classes.reason = f"unbalanced groups: grouped conv {name!r} ({groups} groups) would keep different " \
+                                 "channel counts in its groups; channels were kept back to balance them"
                 if not _pad_groups(classes, call, keep_in, keep_out, groups):
                     for t in (call.tin, call.tout):  # nothing to pad (no group keeps an output): keep all
                         if t is not None:

@@ -3,22 +3,24 @@
 A :class:`Replacement` says how channels flow through a module type (``'producer'``: Conv/Linear,
 new output channels from all input channels; ``'channelwise'``: BatchNorm, InstanceNorm,
 GroupNorm, PReLU, output channel ``c`` from input channel ``c``) and how to build the smaller module from a
-:class:`ChannelSlice`. :data:`REPLACEMENTS` is the default table; :func:`~purecompress.shrink`
+:class:`ChannelSlice`. The default entries copy the module and swap its tensors and channel counts,
+so a subclass (timm's ``Conv2dSame``, ``BatchNormAct2d`` with its activation) keeps its class and
+its extra attributes. :data:`REPLACEMENTS` is the default table; :func:`~purecompress.shrink`
 takes extra entries (``replacements={MyNorm: Replacement('channelwise', fn)}``) that win over it.
 Nothing here edits a module in place: each function returns a new module.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import skip_init
 
-__all__ = ["REPLACEMENTS", "ChannelSlice", "Replacement", "replacement_for"]
+__all__ = ["COMPOSITES", "REPLACEMENTS", "ChannelSlice", "Replacement", "composite_of", "replacement_for"]
 
 
 @attrs.frozen
@@ -60,9 +62,22 @@ def _index(keep: Tensor | None, n: int) -> Tensor:
     return torch.arange(n) if keep is None else keep.nonzero().flatten()
 
 
-def _copy(dst: Tensor, src: Tensor) -> None:
-    with torch.no_grad():
-        dst.copy_(src)
+def _swap(module: nn.Module, tensors: Mapping[str, Tensor | None], **attributes: int) -> nn.Module:
+    """A copy of ``module`` (its class, its submodules and every attribute: a subclass's extras such
+    as timm's ``BatchNormAct2d.act``) with the own parameters/buffers in ``tensors`` and the
+    ``attributes`` (channel counts) replaced. The other own tensors are shared with ``module``."""
+    own = [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+    new = copy.deepcopy(module, {id(t): t for t in own})
+    for key, value in tensors.items():
+        if key in module._buffers:
+            new._buffers[key] = None if value is None else value.detach().clone()
+            continue
+        old = module._parameters.get(key)
+        grad = True if old is None else old.requires_grad
+        new._parameters[key] = None if value is None else nn.Parameter(value.detach().clone(), requires_grad=grad)
+    for key, value in attributes.items():
+        setattr(new, key, value)
+    return new
 
 
 def _bias(module: nn.Module, out: Tensor, sl: ChannelSlice) -> Tensor | None:
@@ -91,51 +106,27 @@ def _conv(module: nn.Module, sl: ChannelSlice) -> nn.Module:
         w_new = torch.cat([w[gi][:, go] for gi, go in blocks]) if blocks else w[:0]
     else:
         w_new = torch.cat([w[go][:, gi] for go, gi in blocks]) if blocks else w[:0]
-    bias = _bias(module, idx_out, sl)
-    kwargs = dict(
-        kernel_size=module.kernel_size,
-        stride=module.stride,
-        padding=module.padding,
-        dilation=module.dilation,
-        groups=max(groups, 1),
-        bias=bias is not None,
-        padding_mode=module.padding_mode,
-        device=w.device,
-        dtype=w.dtype,
-    )
-    if transposed:
-        kwargs["output_padding"] = module.output_padding
-    new = skip_init(type(module), len(idx_in), len(idx_out), **kwargs)  # every tensor is copied below
-    _copy(new.weight, w_new)
-    if bias is not None:
-        _copy(new.bias, bias)
-    return new
+    return _swap(module, {"weight": w_new, "bias": _bias(module, idx_out, sl)},
+                 in_channels=len(idx_in), out_channels=len(idx_out), groups=max(groups, 1))
 
 
 def _linear(module: nn.Module, sl: ChannelSlice) -> nn.Module:
     w = module.weight.detach()
     idx_in, idx_out = _index(sl.keep_in, w.shape[1]), _index(sl.keep_out, w.shape[0])
-    bias = _bias(module, idx_out, sl)
-    new = skip_init(type(module), len(idx_in), len(idx_out), bias=bias is not None, device=w.device, dtype=w.dtype)
-    _copy(new.weight, w[idx_out][:, idx_in])
-    if bias is not None:
-        _copy(new.bias, bias)
-    return new
+    return _swap(module, {"weight": w[idx_out][:, idx_in], "bias": _bias(module, idx_out, sl)},
+                 in_features=len(idx_in), out_features=len(idx_out))
+
+
+def _per_channel(module: nn.Module, idx: Tensor, n: int) -> dict[str, Tensor]:
+    """The own ``[n]`` parameters and buffers of ``module``, sliced to ``idx``."""
+    own = {**module._parameters, **module._buffers}
+    return {k: v.detach()[idx.to(v.device)] for k, v in own.items() if v is not None and v.shape == (n,)}
 
 
 def _norm(module: nn.Module, sl: ChannelSlice) -> nn.Module:
     """BatchNorm*d / InstanceNorm*d: slice affine parameters and running statistics."""
     idx = _index(sl.keep_in, module.num_features)
-    new = type(module)(
-        len(idx),
-        eps=module.eps,
-        momentum=module.momentum,
-        affine=module.affine,
-        track_running_stats=module.track_running_stats,
-    )
-    state = {k: v.detach()[idx] if v is not None and v.dim() == 1 else v for k, v in module.state_dict().items()}
-    new.load_state_dict(state)
-    return new.to(next(iter(module.state_dict().values())).device) if state else new
+    return _swap(module, _per_channel(module, idx, module.num_features), num_features=len(idx))
 
 
 def _group_norm(module: nn.Module, sl: ChannelSlice) -> nn.Module:
@@ -143,19 +134,14 @@ def _group_norm(module: nn.Module, sl: ChannelSlice) -> nn.Module:
     keep = sl.keep_in if sl.keep_in is not None else torch.ones(module.num_channels, dtype=torch.bool)
     groups = int(keep.reshape(module.num_groups, -1).any(1).sum())
     idx = keep.nonzero().flatten()
-    new = nn.GroupNorm(groups, len(idx), eps=module.eps, affine=module.affine)
-    if module.affine:
-        new.load_state_dict({k: v.detach()[idx] for k, v in module.state_dict().items()})
-    return new.to(module.weight.device) if module.affine else new
+    return _swap(module, _per_channel(module, idx, module.num_channels), num_groups=groups, num_channels=len(idx))
 
 
 def _prelu(module: nn.Module, sl: ChannelSlice) -> nn.Module:
     if module.num_parameters == 1:
         return module
     idx = _index(sl.keep_in, module.num_parameters)
-    new = nn.PReLU(len(idx), device=module.weight.device, dtype=module.weight.dtype)
-    _copy(new.weight, module.weight.detach()[idx])
-    return new
+    return _swap(module, _per_channel(module, idx, module.num_parameters), num_parameters=len(idx))
 
 
 _PRODUCER = Replacement("producer", _conv)
@@ -171,6 +157,29 @@ REPLACEMENTS: Mapping[type[nn.Module], Replacement] = {
     nn.PReLU: Replacement("channelwise", _prelu),
     nn.GroupNorm: Replacement("channelwise", _group_norm),
 }  # fmt: skip
+
+
+def _mixed_conv(module: nn.Module) -> dict[str, Any]:
+    convs = list(module.children())
+    splits = [int(c.in_channels) for c in convs]
+    return {"splits": splits, "in_channels": sum(splits), "out_channels": sum(int(c.out_channels) for c in convs)}
+
+
+#: Composite layers whose forward splits its input by sizes it stores (not written in the graph):
+#: class (``module.qualname``) -> the attributes to set from its children once they are shrunk.
+#: Inside them, the channel analysis follows a split into pieces of the input's channels.
+COMPOSITES: Mapping[str, Callable[[nn.Module], dict[str, Any]]] = {
+    "timm.layers.mixed_conv2d.MixedConv2d": _mixed_conv,  # torch.split(x, self.splits, 1), a conv each
+}
+
+
+def composite_of(module: nn.Module | type) -> Callable[[nn.Module], dict[str, Any]] | None:
+    """The :data:`COMPOSITES` entry of ``module`` (a module or a class) or of a base class, or None."""
+    for cls in (module if isinstance(module, type) else type(module)).__mro__:
+        fn = COMPOSITES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if fn is not None:
+            return fn
+    return None
 
 
 def replacement_for(

@@ -12,6 +12,7 @@ those layers with the measured deviation (``ShrinkReport.inexact``), and the pro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,10 +23,12 @@ from torch import Tensor, nn
 
 from purecompress.graph._capture import Method
 from purecompress.graph._propagate import EXACT_TOL, ShrinkError, analyse
-from purecompress.graph._replace import Replacement, replacement_for
+from purecompress.graph._replace import Replacement, composite_of, replacement_for
 from purecompress.pruning import Mask, Masks
 
 __all__ = ["LayerShrink", "ShrinkReport", "shrink"]
+
+log = logging.getLogger("purecompress.graph")
 
 
 
@@ -68,6 +71,12 @@ class ShrinkReport:
             masks zero that constant, so applied to the dense model they can differ from it.
             Fine-tune with these masks, then ``shrink(model, report.masks, x)``: that compact
             model equals the model with them applied (``tests/test_shrink.py`` checks both).
+        dense: every masked layer (a layer whose mask removes output channels) that the compact
+            model keeps some of those channels of, with the reason: the op that blocks them
+            (``blocked by op X at node 'Y'``), a LayerNorm they meet, unbalanced groups, a
+            constant that cannot be folded exactly (``exact=True``), no replacement for its
+            class, ... Empty when every channel the masks remove is gone. ``shrink`` logs a
+            warning naming them.
     """
 
     layers: tuple[LayerShrink, ...]
@@ -79,22 +88,28 @@ class ShrinkReport:
     inexact: dict[str, float]
     replaced: tuple[str, ...]
     masks: Masks
+    dense: dict[str, str] = attrs.field(factory=dict)
 
     def table(self) -> str:
-        """A markdown table of the layers and the totals."""
+        """A markdown table of the layers and the totals; the ``left dense`` column gives the
+        reason of every layer in :attr:`dense`."""
         rows = [
-            "| layer | type | params before | params after | FLOPs before | FLOPs after | fold error |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| layer | type | params before | params after | FLOPs before | FLOPs after | fold error | left dense |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
         ]
+        listed = set()
         for r in self.layers:
             fold = "" if r.fold_error is None else f"{r.fold_error:.2e}"
+            listed.add(r.name)
             rows.append(
                 f"| {r.name} | {r.type_name} | {r.params_before} | {r.params_after} | "
-                f"{r.flops_before} | {r.flops_after} | {fold} |"
+                f"{r.flops_before} | {r.flops_after} | {fold} | {self.dense.get(r.name, '')} |"
             )
+        rows.extend(f"| {name} | | | | | | | {why} |" for name, why in self.dense.items() if name not in listed)
         rows.append(
             f"| **total** | | {self.params_before} | {self.params_after} | {self.flops_before} | "
-            f"{self.flops_after} | output rel. error {self.output_error:.1e} |"
+            f"{self.flops_after} | output rel. error {self.output_error:.1e} | {len(self.dense)} masked layers "
+            "left dense |"
         )
         return "\n".join(rows)
 
@@ -194,6 +209,10 @@ def shrink(
         if entry is None:
             raise ShrinkError(f"no replacement for module {name!r} ({type(module).__name__})")
         _set_submodule(compact, name, entry.fn(module, sl))
+    for module in compact.modules():  # composites store sizes derived from their (shrunk) children
+        fix = composite_of(module) if plan.slices else None
+        for key, value in (fix(module) if fix is not None else {}).items():
+            setattr(module, key, value)
     args, kwargs = analysis.inputs
     compact.eval()
     try:
@@ -206,6 +225,10 @@ def shrink(
             "compute them from the input (x.flatten(1))."
         ) from err
     compact.train(model.training)
+    if plan.dense:
+        log.warning("shrink left %d masked layers with channels their masks remove (ShrinkReport.dense): %s",
+                    len(plan.dense), "; ".join(f"{k}: {v}" for k, v in list(plan.dense.items())[:5])
+                    + ("; ..." if len(plan.dense) > 5 else ""))
     ratio = {name: float(sl.keep_in.float().mean()) for name, sl in plan.slices.items() if sl.keep_in is not None}
     layers = _layers(model, compact, analysis.sizes, plan.fold_error, ratio)
     inexact = {k: v for k, v in plan.fold_error.items() if v > EXACT_TOL}
@@ -219,4 +242,5 @@ def shrink(
         inexact=inexact,
         replaced=tuple(plan.slices),
         masks=plan.masks,
+        dense=plan.dense,
     )
