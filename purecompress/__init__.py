@@ -126,6 +126,7 @@ from purecompress.selectors import (
     Selector,
     UnmatchedSelectorWarning,
     select,
+    tied_params,
 )
 from purecompress.transform import Params, Stateful, Transform
 
@@ -246,6 +247,7 @@ __all__ = [
     "straight_through",
     "taylor_accumulate",
     "taylor_fo",
+    "tied_params",
     "trees_equal",
     "with_masks",
     "channel_keep",
