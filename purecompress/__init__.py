@@ -25,6 +25,17 @@ from purecompress.graph import (
     propagate,
     shrink,
 )
+from purecompress.heads import (
+    Cut,
+    HeadBlock,
+    allocate_heads,
+    head_block_params,
+    head_blocks,
+    head_masks,
+    head_scores,
+    heads_kept,
+    shrink_heads,
+)
 from purecompress.pruning import (
     ActivationStats,
     AdmmState,
@@ -133,6 +144,15 @@ from purecompress.transform import Params, Stateful, Transform
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cut",
+    "HeadBlock",
+    "allocate_heads",
+    "head_block_params",
+    "head_blocks",
+    "head_masks",
+    "head_scores",
+    "heads_kept",
+    "shrink_heads",
     "allocate_n_m",
     "gradual_n_m",
     "n_m_keep",
