@@ -270,15 +270,54 @@ def test_bad_inputs_say_what_is_wrong() -> None:
         pc.head_blocks(nn.Sequential(nn.Conv2d(3, 4, 3)))
 
 
-def test_a_head_whose_output_columns_stay_is_kept() -> None:
+def test_a_head_with_only_its_query_and_key_masked_is_kept() -> None:
     model = hf("bert")
     params = pc.params_of(model)
     blocks = pc.head_blocks(model)
     masks = pc.head_masks(blocks, {"encoder.layer.0.attention.self": torch.tensor([False, True, True, True])}, params)
-    del masks["encoder.layer.0.attention.output.dense.weight"]  # head 0's Q/K/V are zero, its O columns are not
+    masks = {k: v for k, v in masks.items() if ".query." in k or ".key." in k}  # uniform attention, not zero
     assert pc.heads_kept(blocks, masks)["encoder.layer.0.attention.self"].all()
     compact, report = pc.shrink_heads(model, masks, TEXT)
     assert compact.encoder.layer[0].attention.self.num_attention_heads == 4 and report.replaced == ()
     with torch.no_grad():
         masked = functional_call(model, pc.apply_masks(params, masks), (), TEXT).last_hidden_state
         assert rel(compact(**TEXT).last_hidden_state, masked) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_pc_shrink_takes_head_masks(name: str) -> None:
+    model = hf(name)
+    masks = head_l1_masks(model)
+    compact, report = pc.shrink(model, masks, TEXT)
+    _, direct = pc.shrink_heads(model, masks, TEXT)
+    assert report.params_after == direct.params_after < report.params_before and report.replaced == direct.replaced
+    assert report.output_error <= 1e-5
+
+
+def test_value_rows_or_up_rows_alone_silence_their_units() -> None:
+    model = hf("llama")
+    params = pc.params_of(model)
+    blocks = pc.head_blocks(model)
+    attn, mlp = "model.layers.0.self_attn", "model.layers.0.mlp"
+    full = pc.head_masks(blocks, {attn: torch.tensor([True, False]), mlp: torch.arange(64) % 4 != 0}, params)
+    only = {k: v for k, v in full.items() if k.endswith(("v_proj.weight", "up_proj.weight"))}  # V and up rows only
+    kept = pc.heads_kept(blocks, only)
+    assert kept[attn].tolist() == [True, False] and int(kept[mlp].sum()) == 48
+    assert kept["model.layers.1.self_attn"].all()
+    compact, report = pc.shrink_heads(model, only, TEXT)
+    assert compact.model.layers[0].self_attn.q_proj.out_features == 16
+    assert compact.model.layers[0].mlp.gate_proj.out_features == 48
+    with torch.no_grad():
+        masked = functional_call(model, pc.apply_masks(params, only), (), TEXT).logits
+        assert rel(compact(**TEXT).logits, masked) <= 1e-5
+    # the gate rows alone do not silence a neuron (act(0) * up need not be 0 in general): kept
+    gate = {k: v for k, v in full.items() if k.endswith("gate_proj.weight")}
+    assert pc.heads_kept(blocks, gate)[mlp].all()
+
+
+def test_shrink_heads_refuses_masks_outside_the_blocks() -> None:
+    model = hf("bert")
+    masks = head_l1_masks(model)
+    masks["pooler.dense.weight"] = pc.Mask(torch.arange(32).reshape(32, 1) % 2 == 0, (32, 32))
+    with pytest.raises(ShrinkError, match=r"no attention or MLP block cuts: \['pooler.dense.weight'\]"):
+        pc.shrink_heads(model, masks, TEXT)

@@ -44,7 +44,11 @@ class Cut:
         unit: entries of one unit in one segment (``head_dim``; ``group * head_dim`` for the query
             and output projections under GQA; 1 for MLP neurons).
         consumer: whether this parameter *reads* the units (the attention output projection, the MLP
-            down projection): a unit whose consumer entries are all zero contributes nothing.
+            down projection).
+        silences: a name shared by the cuts that, all masked for a unit, make the unit's output
+            exactly zero (``'output'``: the consumer; ``'value'``: V's weight and bias, as a head
+            averages zero values; ``'up'``: SwiGLU's up projection, a factor of the product);
+            ``''`` for the others (zero Q/K rows only make the attention uniform).
     """
 
     param: str
@@ -52,6 +56,7 @@ class Cut:
     segments: int = 1
     unit: int = 1
     consumer: bool = False
+    silences: str = ""
 
     def mask(self, keep: Tensor, shape: tuple[int, ...]) -> Mask:
         """The :class:`~purecompress.Mask` of this parameter that keeps the units ``keep`` (``[units]`` bool)."""
@@ -114,18 +119,18 @@ def _linear(children: Mapping[str, nn.Module], *names: str) -> bool:
     return all(isinstance(children.get(n), nn.Linear) for n in names)
 
 
-def _rows(prefix: str, module: nn.Module, unit: int, *, segments: int = 1) -> list[Cut]:
+def _rows(prefix: str, module: nn.Module, unit: int, *, segments: int = 1, silences: str = "") -> list[Cut]:
     """Cuts of a producer (units are its outputs): Linear rows, Conv1D columns, and the bias."""
     dim = 1 if _is_conv1d(module) else 0
-    cuts = [Cut(f"{prefix}.weight", dim, segments, unit)]
+    cuts = [Cut(f"{prefix}.weight", dim, segments, unit, silences=silences)]
     if getattr(module, "bias", None) is not None:
-        cuts.append(Cut(f"{prefix}.bias", 0, segments, unit))
+        cuts.append(Cut(f"{prefix}.bias", 0, segments, unit, silences=silences))
     return cuts
 
 
 def _columns(prefix: str, module: nn.Module, unit: int) -> list[Cut]:
     """The cut of a consumer (units are its inputs): Linear columns, Conv1D rows."""
-    return [Cut(f"{prefix}.weight", 0 if _is_conv1d(module) else 1, 1, unit, consumer=True)]
+    return [Cut(f"{prefix}.weight", 0 if _is_conv1d(module) else 1, 1, unit, consumer=True, silences="output")]
 
 
 def _int_attr(module: nn.Module, name: str, *attrs_: str) -> int:
@@ -146,7 +151,8 @@ def _attention(name: str, module: nn.Module, modules: Mapping[str, nn.Module]) -
             return None
         hd = _int_attr(module, name, "attention_head_size", "head_dim")
         heads = _outputs(children["query"]) // hd
-        cuts = [c for n in ("query", "key", "value") for c in _rows(p + n, children[n], hd)]
+        cuts = [c for n in ("query", "key", "value")
+                for c in _rows(p + n, children[n], hd, silences="value" if n == "value" else "")]
         return HeadBlock(name, "attention", heads, 1, hd, (*cuts, *_columns(out, modules[out], hd)))
     if _linear(children, "q_proj", "k_proj", "v_proj", "o_proj"):  # Llama, ViT, ...: GQA-aware
         hd = _int_attr(module, name, "head_dim", "attention_head_size")
@@ -155,7 +161,8 @@ def _attention(name: str, module: nn.Module, modules: Mapping[str, nn.Module]) -
             raise ValueError(f"attention module {name!r}: {heads} query heads do not split into {kv} key/value groups")
         group = heads // kv
         cuts = _rows(p + "q_proj", children["q_proj"], group * hd)
-        cuts += [c for n in ("k_proj", "v_proj") for c in _rows(p + n, children[n], hd)]
+        cuts += [c for n in ("k_proj", "v_proj")
+                 for c in _rows(p + n, children[n], hd, silences="value" if n == "v_proj" else "")]
         cuts += _columns(p + "o_proj", children["o_proj"], group * hd)
         return HeadBlock(name, "attention", kv, group, hd, tuple(cuts))
     if _is_conv1d(children.get("c_attn")) and _is_conv1d(children.get("c_proj")) and "q_attn" not in children:
@@ -176,7 +183,9 @@ def _mlp(name: str, module: nn.Module) -> HeadBlock | None:
         ok = all(isinstance(children.get(n), nn.Linear) or _is_conv1d(children.get(n)) for n in (*ups, down))
         if ok and "c_attn" not in children:
             neurons = _outputs(children[ups[0]])
-            cuts = [c for n in ups for c in _rows(p + n, children[n], 1)] + _columns(p + down, children[down], 1)
+            # a gated MLP multiplies act(gate) by up: zero up rows silence a neuron, whatever act(0) is
+            cuts = [c for n in ups for c in _rows(p + n, children[n], 1, silences="up" if n == "up_proj" else "")]
+            cuts += _columns(p + down, children[down], 1)
             return HeadBlock(name, "mlp", neurons, 1, 0, tuple(cuts))
     inter, out = children.get("intermediate"), children.get("output")  # BERT-style layer
     if "attention" in children and inter is not None and out is not None:
@@ -187,7 +196,7 @@ def _mlp(name: str, module: nn.Module) -> HeadBlock | None:
     return None
 
 
-def head_blocks(model: nn.Module) -> tuple[HeadBlock, ...]:
+def head_blocks(model: nn.Module, *, required: bool = True) -> tuple[HeadBlock, ...]:
     """The attention and MLP blocks of ``model``, in model order, found by their structure.
 
     Recognised layouts (the Hugging Face ones, by child names, whatever the class):
@@ -199,9 +208,13 @@ def head_blocks(model: nn.Module) -> tuple[HeadBlock, ...]:
     - MLPs ``gate_proj``/``up_proj``/``down_proj`` (SwiGLU), ``fc1``/``fc2``, ``c_fc``/``c_proj``,
       and a layer with ``attention``, ``intermediate.dense`` and ``output.dense`` (BERT).
 
+    Args:
+        model: any module; only read.
+        required: raise when the model has no such block (False: return ``()``).
+
     Raises:
-        ValueError: the model has none of these blocks (say which it has: nothing is guessed), or
-            an attention module does not say its head size.
+        ValueError: the model has none of these blocks (``required``), or an attention module
+            does not say its head size.
 
     >>> from torch import nn
     >>> mlp = nn.Module(); mlp.fc1, mlp.fc2 = nn.Linear(4, 8), nn.Linear(8, 4)
@@ -214,7 +227,7 @@ def head_blocks(model: nn.Module) -> tuple[HeadBlock, ...]:
         block = _attention(name, module, modules) or _mlp(name, module)
         if block is not None:
             blocks.append(block)
-    if not blocks:
+    if not blocks and required:
         raise ValueError(f"{type(model).__name__} has no attention or MLP block of a known layout (q/k/v + output "
                          "projection, fused c_attn + c_proj, gate/up/down, fc1/fc2, c_fc/c_proj, intermediate/output)")
     return tuple(blocks)
@@ -252,14 +265,27 @@ def head_masks(blocks: tuple[HeadBlock, ...], keep: Mapping[str, Tensor],
 
 
 def heads_kept(blocks: tuple[HeadBlock, ...], masks: Mapping[str, Mask]) -> dict[str, Tensor]:
-    """Block name -> ``[units]`` bool: the units that ``masks`` leave any weight of in a consumer
-    (removing the others is exact: their output never reaches the residual stream)."""
+    """Block name -> ``[units]`` bool: False for the units that ``masks`` silence, True for the rest.
+
+    A unit is silenced when every cut of one :attr:`Cut.silences` group masks all its entries:
+    its consumer columns (O, down), or V's rows and bias, or SwiGLU's up rows and bias. Its output
+    is then exactly zero, so removing it leaves the masked model's function unchanged; a unit
+    with only its Q/K rows masked is kept (masked) instead.
+    """
     out = {}
     for block in blocks:
-        keep = torch.ones(block.units, dtype=torch.bool)
+        groups: dict[str, Tensor] = {}
         for cut in block.cuts:
-            if cut.consumer and cut.param in masks:
+            if not cut.silences:
+                continue
+            if cut.param in masks:
                 dense = masks[cut.param].broadcastable().expand(masks[cut.param].shape)
-                keep &= cut.unit_view(dense, block.units).any(dim=1)
+                silent = ~cut.unit_view(dense, block.units).any(dim=1)
+            else:
+                silent = torch.zeros(block.units, dtype=torch.bool)
+            groups[cut.silences] = groups[cut.silences] & silent if cut.silences in groups else silent
+        keep = torch.ones(block.units, dtype=torch.bool)
+        for silent in groups.values():
+            keep &= ~silent
         out[block.name] = keep
     return out

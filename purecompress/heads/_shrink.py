@@ -14,9 +14,10 @@ GPT-2's ``split_size``; a module that has none, such as Llama's, gets ``num_head
   per-layer record Hugging Face's own head pruning kept;
 - when every MLP keeps the same count: ``intermediate_size`` (and GPT-2's ``n_inner``).
 
-A unit is removed when the masks leave none of its consumer weights (the output projection's
-columns, the down projection's): its output is then zero, so the compact model equals the masked
-one; masks on other entries stay applied (as zeros) in the compact model.
+A unit is removed when the masks silence it (:func:`~purecompress.heads_kept`: all its output
+projection columns, or its V rows and bias, or SwiGLU's up rows and bias): its output is then
+zero, so the compact model equals the masked one; masks on other entries of the blocks stay
+applied (as zeros) in the compact model.
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ def shrink_heads(
 
     Args:
         model: the dense model; never modified (nor its config).
-        masks: core masks (from :func:`~purecompress.head_masks`, or any masks whose consumer
-            entries remove whole units); masks of parameters no block cuts are applied, not shrunk.
+        masks: core masks of the blocks' parameters (from :func:`~purecompress.head_masks`, or
+            any masks that silence whole units, see :func:`~purecompress.heads_kept`).
         example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs
             (``{'input_ids': ...}``): the compact model is checked on them.
         blocks: from :func:`~purecompress.head_blocks` (default: found in ``model``).
@@ -167,13 +168,20 @@ def shrink_heads(
         relative error against the masked model, the layers resized (``replaced``).
 
     Raises:
-        ShrinkError: a mask names no parameter of the model, or would remove every unit of a block.
+        ShrinkError: a mask names no parameter of the model or one that no block cuts (shrink
+            channels elsewhere with :func:`~purecompress.shrink`), or the masks would remove every
+            unit of a block.
     """
     blocks = head_blocks(model) if blocks is None else blocks
     values = dict(params_of(model))
     unknown = [k for k in (*masks, *(params or {})) if k not in values]
     if unknown:
         raise ShrinkError(f"masks or params for names that are not parameters or buffers of the model: {unknown}")
+    cut = {c.param for b in blocks for c in b.cuts}
+    outside = [k for k in masks if k not in cut]
+    if outside:
+        raise ShrinkError(f"masks for parameters that no attention or MLP block cuts: {outside}; shrink_heads "
+                          "removes heads and neurons only (shrink other channels with pc.shrink)")
     values.update(params or {})
     keep = heads_kept(blocks, masks)
     empty = [b.name for b in blocks if not bool(keep[b.name].any())]
