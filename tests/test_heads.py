@@ -84,6 +84,11 @@ def test_compact_model_equals_the_masked_one(name: str) -> None:
     assert report.flops_after < 0.75 * report.flops_before  # half the heads and neurons
     assert sum(p.numel() for p in model.parameters()) == params_before and model.config.num_attention_heads == 4
     (attn, units, group), (mlp, neurons) = LAYOUT[name]
+    if name == "llama":  # the config states head_dim: the counts change
+        assert (compact.config.num_attention_heads, compact.config.num_key_value_heads) == (2, 1)
+    else:  # the head size is hidden_size / num_attention_heads: the count stays, the removal is recorded
+        assert compact.config.num_attention_heads == 4
+        assert [len(h) for h in compact.config.pruned_heads.values()] == [2, 2]
     for block in pc.head_blocks(model):  # each consumer reads half the units it read
         cut = next(c for c in block.cuts if c.consumer)
         half = block.units // 2 * cut.unit
