@@ -326,3 +326,32 @@ def test_shrink_heads_refuses_masks_outside_the_blocks() -> None:
     masks["pooler.dense.weight"] = pc.Mask(torch.arange(32).reshape(32, 1) % 2 == 0, (32, 32))
     with pytest.raises(ShrinkError, match=r"no attention or MLP block cuts: \['pooler.dense.weight'\]"):
         pc.shrink_heads(model, masks, TEXT)
+
+
+def test_head_level_movement_learns_one_score_per_head() -> None:
+    model = hf("llama")
+    params = pc.params_of(model)
+    blocks = pc.head_blocks(model)
+    per_head = pc.head_movement_blocks(blocks)
+    q, o = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.o_proj.weight"
+    assert per_head[q] == pc.Block((16, -1)) and per_head[o] == pc.Block((-1, 16))  # a GQA group: 2 heads
+    tx = pc.movement(list(per_head), 0.5, warm_up=0, cool_down=1, block=per_head)
+    state = tx.init(params)
+    g = llama_grads(model, list(per_head))
+    _, state = tx.update(params, state, grads=g)
+    assert state.scores[q].shape == (2, 1) and state.scores[o].shape == (1, 2)
+    assert state.scores["model.layers.0.mlp.down_proj.weight"].shape == (1, 64)
+    # Adam's first step: each block's score moves by -lr * sign(sum of grad * w over the block)
+    sums = (g[q] * params[q]).reshape(2, 16 * 32).sum(1, keepdim=True)
+    torch.testing.assert_close(state.scores[q], -0.01 * sums.sign())
+    mask = state.masks[q]
+    assert mask.keep.shape == (2, 1) and mask.shape == (32, 32) and mask.sparsity() == 0.5
+    scores = pc.head_scores(blocks, pc.movement_scores(state))["model.layers.0.self_attn"].score
+    parts = [state.scores[q].reshape(-1), state.scores[o].reshape(-1)]
+    parts += [state.scores[f"model.layers.0.self_attn.{n}_proj.weight"].reshape(-1) for n in "kv"]
+    torch.testing.assert_close(scores, sum(parts))
+    # the straight-through gradient of a block score is the sum of its weights (times the upstream 1)
+    grads = torch.func.grad(lambda s: pc.apply_movement(params, type(state)(s, state.masks, state.mu, state.nu,
+                                                                           state.step, state.updates,
+                                                                           state.shapes))[q].sum())(state.scores)
+    torch.testing.assert_close(grads[q], params[q].reshape(2, 16 * 32).sum(1, keepdim=True))

@@ -16,7 +16,7 @@ Under grouped-query attention a unit is a key/value head with its query group (s
 from __future__ import annotations
 
 from purecompress.heads._blocks import Cut, HeadBlock, head_block_params, head_blocks, head_masks, heads_kept
-from purecompress.heads._importance import allocate_heads, head_scores
+from purecompress.heads._importance import allocate_heads, head_movement_blocks, head_scores
 from purecompress.heads._shrink import shrink_heads
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "head_block_params",
     "head_blocks",
     "head_masks",
+    "head_movement_blocks",
     "head_scores",
     "heads_kept",
     "shrink_heads",

@@ -5,8 +5,10 @@ and O columns of a head, or up/gate rows and the down column of a neuron) are po
 number. With :func:`~purecompress.level` the pooled sum is the L1 norm of the head's weights
 (``p=2``: its L2 norm); with :func:`~purecompress.taylor_fo` at element granularity it is the
 first-order Taylor importance; with :func:`~purecompress.movement_scores` it is the head-level
-movement score (NNI 2.10's movement pruning scores attention weights in per-head blocks; the sum of
-a head's block scores is its score here).
+movement score. NNI 2.10's movement pruning (``sparse_granularity='auto'``) learns one score per
+block of the attention weights; :func:`head_movement_blocks` gives the blocks that are whole heads
+(and whole neurons of the MLPs) for :func:`~purecompress.movement`'s ``block=``, and a head's
+score is the sum of its blocks' scores.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Literal
 import torch
 
 from purecompress.heads._blocks import HeadBlock
-from purecompress.pruning import Metric, Metrics, allocate_global, allocate_per_layer, expand_blocks
+from purecompress.pruning import Block, Metric, Metrics, allocate_global, allocate_per_layer, expand_blocks
 
 __all__ = [
     "allocate_heads",
+    "head_movement_blocks",
     "head_scores",
 ]
 
@@ -32,8 +35,9 @@ def head_scores(blocks: tuple[HeadBlock, ...], metrics: Mapping[str, Metric], *,
 
     Args:
         blocks: from :func:`~purecompress.head_blocks`.
-        metrics: a metric of every cut parameter (:func:`~purecompress.head_block_params`), any
-            granularity: a block score counts once per entry, divided by its block's size.
+        metrics: metrics of the cut parameters (:func:`~purecompress.head_block_params`; a cut
+            without one adds nothing, as a bias without a movement score), any granularity: a
+            block score counts once per entry, divided by its block's size.
         p: the norm's order (``p=2`` with :func:`~purecompress.level`: the L2 norm of the head).
 
     Returns:
@@ -55,15 +59,40 @@ def head_scores(blocks: tuple[HeadBlock, ...], metrics: Mapping[str, Metric], *,
     out: Metrics = {}
     for block in blocks:
         total = torch.zeros(block.units, dtype=torch.float64)
+        if not any(cut.param in metrics for cut in block.cuts):
+            raise KeyError(f"no metric for any parameter the block {block.name!r} cuts; score the names of "
+                           "pc.head_block_params(blocks)")
         for cut in block.cuts:
-            if cut.param not in metrics:
-                raise KeyError(f"no metric for {cut.param!r}, which the block {block.name!r} cuts; score every name "
-                               "of pc.head_block_params(blocks)")
+            if cut.param not in metrics:  # e.g. a bias, which movement does not score
+                continue
             metric = metrics[cut.param]
             element = expand_blocks(metric.score, metric.shape).expand(metric.shape) / metric.block_numel
             rows = cut.unit_view(element.double(), block.units)
             total += rows.sum(1) if p == 1 else rows.abs().pow(p).sum(1)
         out[block.name] = Metric((total if p == 1 else total.pow(1 / p)).float(), (block.units,))
+    return out
+
+
+def head_movement_blocks(blocks: tuple[HeadBlock, ...]) -> dict[str, Block]:
+    """Weight name -> the :class:`~purecompress.Block` of one unit: ``head_dim`` (a GQA group's)
+    rows of Q/K/V, columns of O, one row of an up projection, one column of a down projection.
+
+    For :func:`~purecompress.movement` (``block=``): one learned score per head and weight, NNI
+    2.10's head-level movement pruning, which :func:`head_scores` sums per head.
+
+    >>> from torch import nn
+    >>> import purecompress as pc
+    >>> mlp = nn.Module(); mlp.fc1, mlp.fc2 = nn.Linear(4, 8), nn.Linear(8, 4)
+    >>> pc.head_movement_blocks(pc.head_blocks(nn.ModuleDict({'mlp': mlp})))
+    {'mlp.fc1.weight': Block(kernel=(1, -1), padding='front'), 'mlp.fc2.weight': Block(kernel=(-1, 1), padding='front')}
+    """
+    out = {}
+    for block in blocks:
+        for cut in block.cuts:
+            if cut.param.endswith("weight"):
+                kernel = [-1, -1]
+                kernel[cut.dim] = cut.unit
+                out[cut.param] = Block(tuple(kernel))
     return out
 
 
