@@ -282,7 +282,8 @@ def test_a_head_with_only_its_query_and_key_masked_is_kept() -> None:
     masks = pc.head_masks(blocks, {"encoder.layer.0.attention.self": torch.tensor([False, True, True, True])}, params)
     masks = {k: v for k, v in masks.items() if ".query." in k or ".key." in k}  # uniform attention, not zero
     assert pc.heads_kept(blocks, masks)["encoder.layer.0.attention.self"].all()
-    compact, report = pc.shrink_heads(model, masks, TEXT)
+    with pytest.warns(UserWarning, match=r"\['encoder.layer.0.attention.self'\] silence no whole head"):
+        compact, report = pc.shrink_heads(model, masks, TEXT)
     assert compact.encoder.layer[0].attention.self.num_attention_heads == 4 and report.replaced == ()
     with torch.no_grad():
         masked = functional_call(model, pc.apply_masks(params, masks), (), TEXT).last_hidden_state

@@ -23,6 +23,7 @@ applied (as zeros) in the compact model.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -167,6 +168,9 @@ def shrink_heads(
         its params and weight multiply-accumulates per sample before and after, the output's
         relative error against the masked model, the layers resized (``replaced``).
 
+    Warns:
+        UserWarning: naming the blocks whose masks remove no whole unit (left dense, masked).
+
     Raises:
         ShrinkError: a mask names no parameter of the model or one that no block cuts (shrink
             channels elsewhere with :func:`~purecompress.shrink`), or the masks would remove every
@@ -187,6 +191,11 @@ def shrink_heads(
     empty = [b.name for b in blocks if not bool(keep[b.name].any())]
     if empty:
         raise ShrinkError(f"the masks remove every unit of {empty}: a block without heads or neurons cannot shrink")
+    unshrunk = [b.name for b in blocks if bool(keep[b.name].all()) and any(c.param in masks for c in b.cuts)]
+    if unshrunk:
+        warnings.warn(f"shrink_heads: the masks on {unshrunk} silence no whole head or neuron (none has all of its "
+                      "output columns, V rows or SwiGLU up rows masked): those blocks stay dense, their masked "
+                      "entries zero", UserWarning, stacklevel=2)
     compact = copy.deepcopy(model)
     own = dict(compact.named_parameters()) | dict(compact.named_buffers())
     with torch.no_grad():
