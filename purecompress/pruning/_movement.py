@@ -169,10 +169,10 @@ def movement(
         regular_scale: weight of :func:`movement_regularizer` (times the cubic factor) in the
             scores' gradient; None adds nothing.
         lr, betas, eps: Adam on the scores.
-        block: one score per block instead of per element (NNI's ``Scaling`` of
-            ``sparse_granularity='auto'``: e.g. ``Block((head_dim, -1))`` for one score per
-            attention head of a query weight): one for every target, or per name (a name missing
-            is element-wise). A block's score moves by the sum of ``-grad * w`` over its entries,
+        block: one score per block instead of per element (NNI's ``Scaling``, as its
+            ``sparse_granularity='auto'`` uses for attention weights; ``Block((head_dim, -1))``
+            gives a query weight one score per head): one for every target, or per name (a name
+            missing is element-wise). A block's score moves by the sum of ``-grad * w`` over its entries,
             and the masks keep whole blocks.
 
     Returns:
