@@ -356,3 +356,23 @@ def test_head_level_movement_learns_one_score_per_head() -> None:
                                                                            state.step, state.updates,
                                                                            state.shapes))[q].sum())(state.scores)
     torch.testing.assert_close(grads[q], params[q].reshape(2, 16 * 32).sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("name", list(LAYOUT))
+def test_head_masks_and_heads_kept_round_trip_and_nothing_is_modified(name: str) -> None:
+    model = hf(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = pc.params_of(model)
+    blocks = pc.head_blocks(model)
+    g = torch.Generator().manual_seed(1)
+    keep = {b.name: torch.rand(b.units, generator=g) < 0.6 for b in blocks}
+    for b in blocks:
+        keep[b.name][0] = True  # never empty
+    assert pc.trees_equal(pc.heads_kept(blocks, pc.head_masks(blocks, keep, params)), keep)
+    compact, report = pc.shrink_heads(model, pc.head_masks(blocks, keep, params), INPUTS[name])
+    assert report.output_error <= 1e-5
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model untouched
+    kept_heads = {b.name: int(keep[b.name].sum()) * b.group for b in blocks if b.kind == "attention"}
+    for attn, heads in kept_heads.items():
+        cut = next(c for c in next(b for b in blocks if b.name == attn).cuts if c.consumer)
+        assert compact.get_parameter(cut.param).shape[cut.dim] == heads * 8

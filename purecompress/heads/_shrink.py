@@ -191,7 +191,8 @@ def shrink_heads(
     empty = [b.name for b in blocks if not bool(keep[b.name].any())]
     if empty:
         raise ShrinkError(f"the masks remove every unit of {empty}: a block without heads or neurons cannot shrink")
-    unshrunk = [b.name for b in blocks if bool(keep[b.name].all()) and any(c.param in masks for c in b.cuts)]
+    unshrunk = [b.name for b in blocks if bool(keep[b.name].all())
+                and any(c.param in masks and not bool(masks[c.param].keep.all()) for c in b.cuts)]
     if unshrunk:
         warnings.warn(f"shrink_heads: the masks on {unshrunk} silence no whole head or neuron (none has all of its "
                       "output columns, V rows or SwiGLU up rows masked): those blocks stay dense, their masked "
