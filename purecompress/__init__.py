@@ -25,6 +25,18 @@ from purecompress.graph import (
     propagate,
     shrink,
 )
+from purecompress.heads import (
+    Cut,
+    HeadBlock,
+    allocate_heads,
+    head_block_params,
+    head_blocks,
+    head_masks,
+    head_movement_blocks,
+    head_scores,
+    heads_kept,
+    shrink_heads,
+)
 from purecompress.pruning import (
     ActivationStats,
     AdmmState,
@@ -126,12 +138,23 @@ from purecompress.selectors import (
     Selector,
     UnmatchedSelectorWarning,
     select,
+    tied_params,
 )
 from purecompress.transform import Params, Stateful, Transform
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cut",
+    "HeadBlock",
+    "allocate_heads",
+    "head_block_params",
+    "head_blocks",
+    "head_masks",
+    "head_movement_blocks",
+    "head_scores",
+    "heads_kept",
+    "shrink_heads",
     "allocate_n_m",
     "gradual_n_m",
     "n_m_keep",
@@ -246,6 +269,7 @@ __all__ = [
     "straight_through",
     "taylor_accumulate",
     "taylor_fo",
+    "tied_params",
     "trees_equal",
     "with_masks",
     "channel_keep",

@@ -29,6 +29,7 @@ __all__ = [
     "check_op_types",
     "parse_selector",
     "select",
+    "tied_params",
 ]
 
 
@@ -175,7 +176,11 @@ class PlanEntry(Generic[C]):
         type_name: the module's class name.
         index: index of the winning config in the config list.
         config: the winning config.
-        params: shapes of the module's own (non-recursive) parameters and buffers, by full name.
+        params: shapes of the module's own (non-recursive) parameters and buffers, by the full name
+            :func:`~purecompress.params_of` lists them under (a tied parameter by its first name:
+            GPT-2's ``lm_head`` has ``{'transformer.wte.weight': ...}``).
+        tied: the module's own names of tied parameters -> the key in ``params``
+            (``{'lm_head.weight': 'transformer.wte.weight'}``); empty when none is tied.
     """
 
     module: str
@@ -183,6 +188,13 @@ class PlanEntry(Generic[C]):
     index: int
     config: C
     params: Mapping[str, tuple[int, ...]]
+    tied: Mapping[str, str] = attrs.field(factory=dict)
+
+    def key(self, param: str) -> str | None:
+        """The params key of the module's ``param`` (``'weight'``), or None when it has none."""
+        own = f"{self.module}.{param}" if self.module else param
+        key = self.tied.get(own, own)
+        return key if key in self.params else None
 
 
 
@@ -190,11 +202,16 @@ class PlanEntry(Generic[C]):
 class Plan(Generic[C]):
     """Module name -> the config that applies, in ``named_modules()`` order.
 
+    A tied parameter (one tensor under several names, :func:`tied_params`) is one target under
+    the name :func:`~purecompress.params_of` gives it, whichever of its modules selected it.
+
     Attributes:
         entries: the selected modules.
+        tied: every tied name of the model -> the name params are keyed by (:func:`tied_params`).
     """
 
     entries: tuple[PlanEntry[C], ...]
+    tied: Mapping[str, str] = attrs.field(factory=dict)
 
     def __iter__(self) -> Iterator[PlanEntry[C]]:
         return iter(self.entries)
@@ -217,13 +234,26 @@ class Plan(Generic[C]):
         return tuple(e.module for e in self.entries)
 
     def targets(self, param: str = "weight") -> dict[str, PlanEntry[C]]:
-        """Full parameter name (``'conv1.weight'``) -> entry, for modules that have ``param``."""
-        out = {}
+        """Full parameter name (``'conv1.weight'``) -> entry, for modules that have ``param``.
+
+        A tied parameter appears once, under its params key, with the first module (in model
+        order) that selected it; :func:`select` has checked that every module selecting it won
+        the same config.
+        """
+        out: dict[str, PlanEntry[C]] = {}
         for entry in self.entries:
-            key = f"{entry.module}.{param}" if entry.module else param
-            if key in entry.params:
+            key = entry.key(param)
+            if key is not None and key not in out:
                 out[key] = entry
         return out
+
+    def aliases(self) -> dict[str, tuple[str, ...]]:
+        """Params key -> its other names, for each tied tensor of the model
+        (``{'transformer.wte.weight': ('lm_head.weight',)}``)."""
+        out: dict[str, list[str]] = {}
+        for alias, key in self.tied.items():
+            out.setdefault(key, []).append(alias)
+        return {key: tuple(names) for key, names in out.items()}
 
     def groups(self) -> dict[int, tuple[str, ...]]:
         """Config index -> the modules it won (NNI's config groups)."""
@@ -234,10 +264,60 @@ class Plan(Generic[C]):
 
 
 
-def _own_params(module: nn.Module, name: str) -> dict[str, tuple[int, ...]]:
+def tied_params(model: nn.Module) -> dict[str, str]:
+    """Each *other* name of a tensor the model holds under several names -> the name
+    :func:`~purecompress.params_of` lists it under (its first name in
+    ``named_parameters()``/``named_buffers()`` order).
+
+    GPT-2's ``lm_head.weight`` *is* ``transformer.wte.weight``: ``params_of`` has one key for the
+    one tensor, :func:`select` resolves a module's tied parameters to that key, and
+    ``torch.func.functional_call`` (``tie_weights=True``, its default) gives the value passed under
+    that key to every use, so one mask or one quantizer acts on both.
+
+    >>> import torch
+    >>> emb, head = torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False)
+    >>> head.weight = emb.weight
+    >>> tied_params(torch.nn.ModuleDict({'emb': emb, 'head': head}))
+    {'head.weight': 'emb.weight'}
+    """
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    first: dict[int, str] = {}  # the tensors stay alive in `named`, so their ids are unique
+    out = {}
+    for name, tensor in named:
+        owner = first.setdefault(id(tensor), name)
+        if owner != name:
+            out[name] = owner
+    return out
+
+
+
+def _own_params(module: nn.Module, name: str, tied: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
     prefix = f"{name}." if name else ""
     tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
-    return {prefix + n: tuple(t.shape) for n, t in tensors if t is not None}
+    return {tied.get(prefix + n, prefix + n): tuple(t.shape) for n, t in tensors if t is not None}
+
+
+
+def _own_tied(module: nn.Module, name: str, tied: Mapping[str, str]) -> dict[str, str]:
+    prefix = f"{name}." if name else ""
+    own = [prefix + n for n, _ in module.named_parameters(recurse=False)]
+    own += [prefix + n for n, _ in module.named_buffers(recurse=False)]
+    return {n: tied[n] for n in own if n in tied}
+
+
+
+def _check_tied(entries: Sequence[PlanEntry[C]], tied: Mapping[str, str]) -> None:
+    """One tensor takes one config: modules sharing a tied parameter must win the same one."""
+    claims: dict[str, PlanEntry[C]] = {}
+    for entry in entries:
+        for key in entry.params:
+            first = claims.setdefault(key, entry)
+            if first.index != entry.index:
+                names = [n for n, k in tied.items() if k == key]
+                raise ConfigError(entry.index, None, f"{entry.module!r} and {first.module!r} share the tied tensor "
+                                  f"{key!r} (also named {names}), which config_list[{first.index}] selects "
+                                  f"through {first.module!r}; one tensor takes one config: exclude one of the modules "
+                                  "or select both with the same config")
 
 
 
@@ -261,6 +341,7 @@ def select(model: nn.Module, configs: Sequence[C], *, warn: bool = True) -> Plan
     ('0',)
     """
     _check_configs(configs)
+    tied = tied_params(model)
     modules = [(n, m) for n, m in model.named_modules() if m is not model]
     entries = []
     for name, module in modules:
@@ -271,10 +352,12 @@ def select(model: nn.Module, configs: Sequence[C], *, warn: bool = True) -> Plan
                 winner = index
                 break
         if winner is not None and not configs[winner].selector.exclude:
-            entries.append(PlanEntry(name, type_name, winner, configs[winner], _own_params(module, name)))
+            entries.append(PlanEntry(name, type_name, winner, configs[winner], _own_params(module, name, tied),
+                                     _own_tied(module, name, tied)))
+    _check_tied(entries, tied)
     if warn:
         _warn_unmatched(modules, configs)
-    return Plan(tuple(entries))
+    return Plan(tuple(entries), tied)
 
 
 

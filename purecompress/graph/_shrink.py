@@ -187,6 +187,11 @@ def shrink(
         channels is a new, smaller module under the same name (weights of the masked model,
         folded biases); the other modules are copies. Same training mode as ``model``.
 
+    Masks that remove attention heads (whole heads of Q/K/V and O, from
+    :func:`~purecompress.head_masks`) go to :func:`~purecompress.shrink_heads`, which slices heads
+    and MLP neurons and updates the attention modules and the config (the graph options do not
+    apply there).
+
     Raises:
         ShrinkError: a mask (or a ``params`` value) does not fit the model (a name that is not a
             parameter or buffer, a shape other than the parameter's, a keep tensor that is not bool;
@@ -200,6 +205,11 @@ def shrink(
     >>> small[0].out_channels, small[3].in_channels, report.output_error < 1e-6
     (3, 3, True)
     """
+    from purecompress.heads import head_blocks, shrink_heads  # heads builds on this module's records
+
+    blocks = head_blocks(model, required=False)
+    if any(c.param in masks for b in blocks if b.kind == "attention" for c in b.cuts):
+        return shrink_heads(model, masks, example_inputs, blocks=blocks, params=params)
     analysis = analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
                        strict=strict, exact=exact, params=params, capture_method=capture_method)
     plan, compact = analysis.plan, analysis.masked

@@ -29,7 +29,7 @@ from torch import Tensor
 from purecompress._pytree import record, static
 from purecompress.pruning._allocators import allocate_per_layer, allocate_threshold
 from purecompress.pruning._params import apply_masks
-from purecompress.pruning._records import Mask, Masks, Metric, Metrics
+from purecompress.pruning._records import Block, Mask, Masks, Metric, Metrics, expand_blocks
 from purecompress.selectors import Plan
 from purecompress.transform import Transform
 
@@ -57,6 +57,9 @@ class MovementState:
         nu: Adam second moments of the scores.
         step: the schedule's step (optimizer steps done, unless the caller says otherwise).
         updates: Adam updates done (for bias correction).
+        shapes: ``(name, weight shape)`` pairs of the targets whose scores are at block
+            granularity (one score per block: NNI's ``Scaling``); the others' scores have the
+            weight's shape.
     """
 
     scores: dict[str, Tensor]
@@ -65,6 +68,7 @@ class MovementState:
     nu: dict[str, Tensor]
     step: int = static(default=0)
     updates: int = static(default=0)
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = static(default=(), converter=tuple)
 
 
 
@@ -98,13 +102,21 @@ def straight_through(score: Tensor, mask: Tensor) -> Tensor:
 
 
 def movement_masks(scores: Mapping[str, Tensor], sparsity: float | Mapping[str, float], *,
-                   mode: Literal["hard", "soft"] = "hard") -> Masks:
+                   mode: Literal["hard", "soft"] = "hard",
+                   shapes: Mapping[str, tuple[int, ...]] | None = None) -> Masks:
     """Masks from scores: top ``1 - sparsity`` per layer (hard) or ``sigmoid(S) > sparsity`` (soft).
+
+    ``shapes`` gives the weight shape of a score at block granularity (its masks keep whole blocks;
+    the sparsity counts blocks); a score not in it has the weight's shape.
 
     >>> movement_masks({'w': torch.tensor([[0.5, -1., 2., 0.]])}, 0.5)['w'].keep
     tensor([[ True, False,  True, False]])
+    >>> movement_masks({'w': torch.tensor([[0.5], [-1.]])}, 0.5, shapes={'w': (2, 3)})['w'].to_dense()
+    tensor([[1., 1., 1.],
+            [0., 0., 0.]])
     """
-    metrics = {name: Metric(s.detach(), tuple(s.shape)) for name, s in scores.items()}
+    shapes = shapes or {}
+    metrics = {name: Metric(s.detach(), tuple(shapes.get(name, s.shape))) for name, s in scores.items()}
     if mode == "hard":
         return allocate_per_layer(metrics, sparsity)
     if mode == "soft":
@@ -123,8 +135,10 @@ def movement_regularizer(scores: Mapping[str, Tensor], scale: float) -> Tensor:
 
 
 def movement_scores(state: MovementState) -> Metrics:
-    """The scores as element-granularity metrics (NNI's StraightMetricsCalculator)."""
-    return {name: Metric(s.detach(), tuple(s.shape)) for name, s in state.scores.items()}
+    """The scores as metrics (NNI's StraightMetricsCalculator): element granularity, or one per
+    block where the transform was given blocks."""
+    shapes = dict(state.shapes)
+    return {name: Metric(s.detach(), tuple(shapes.get(name, s.shape))) for name, s in state.scores.items()}
 
 
 
@@ -139,6 +153,7 @@ def movement(
     lr: float = 1e-2,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    block: Block | Mapping[str, Block] | None = None,
 ) -> Transform:
     """Movement pruning of the ``targets`` weights.
 
@@ -154,6 +169,11 @@ def movement(
         regular_scale: weight of :func:`movement_regularizer` (times the cubic factor) in the
             scores' gradient; None adds nothing.
         lr, betas, eps: Adam on the scores.
+        block: one score per block instead of per element (NNI's ``Scaling``, as its
+            ``sparse_granularity='auto'`` uses for attention weights; ``Block((head_dim, -1))``
+            gives a query weight one score per head): one for every target, or per name (a name
+            missing is element-wise). A block's score moves by the sum of ``-grad * w`` over its entries,
+            and the masks keep whole blocks.
 
     Returns:
         ``Transform(init, update)``: ``init(params) -> MovementState``;
@@ -172,9 +192,20 @@ def movement(
             return {n: cubic_sparsity(step, float(final[n]), warm_up=warm_up, cool_down=cool_down) for n in names}
         return cubic_sparsity(step, float(final), warm_up=warm_up, cool_down=cool_down)
 
+    def block_of(name: str) -> Block | None:
+        return block.get(name) if isinstance(block, Mapping) else block
+
     def init(params: Mapping[str, Tensor]) -> MovementState:
-        zeros = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
-        return MovementState(zeros, {}, dict(zeros), dict(zeros), 0, 0)
+        zeros, shapes = {}, []
+        for n in names:
+            blk = block_of(n)
+            if blk is None:
+                zeros[n] = torch.zeros_like(params[n], dtype=torch.float32)
+            else:
+                shape = tuple(params[n].shape)
+                zeros[n] = torch.zeros(blk.grid(shape), dtype=torch.float32, device=params[n].device)
+                shapes.append((n, shape))
+        return MovementState(zeros, {}, dict(zeros), dict(zeros), 0, 0, tuple(shapes))
 
     def update(params: Mapping[str, Tensor], state: MovementState, *, step: int | None = None,
                grads: Mapping[str, Tensor] | None = None) -> tuple[dict[str, Tensor], MovementState]:
@@ -187,6 +218,9 @@ def movement(
         for n in names:
             s = state.scores[n]
             g = (grads[n].detach() * params[n].detach()).to(s.dtype)
+            blk = block_of(n)
+            if blk is not None:  # a block's score moves with the sum over its entries
+                g = blk.reduce(g, lambda b: b.sum(-1))
             if regular_scale is not None:
                 sig = torch.sigmoid(s)
                 g = g + regular_scale * factor / len(names) * sig * (1 - sig) / s.numel()
@@ -194,8 +228,9 @@ def movement(
             nu[n] = betas[1] * state.nu[n] + (1 - betas[1]) * g * g
             denom = (nu[n] / (1 - betas[1] ** t)).sqrt() + eps
             scores[n] = s - lr / (1 - betas[0] ** t) * mu[n] / denom
-        masks = movement_masks(scores, at(step), mode=mode) if step > warm_up else dict(state.masks)
-        new = MovementState(scores, masks, mu, nu, step, t)
+        shapes = dict(state.shapes)
+        masks = movement_masks(scores, at(step), mode=mode, shapes=shapes) if step > warm_up else dict(state.masks)
+        new = MovementState(scores, masks, mu, nu, step, t, state.shapes)
         return apply_masks(params, masks), new
 
     return Transform(init, update)
@@ -206,5 +241,6 @@ def apply_movement(params: Mapping[str, Tensor], state: MovementState) -> dict[s
     """Params with ``W * straight_through(S, mask)``: differentiate w.r.t. ``state.scores`` directly."""
     out = dict(params)
     for name, mask in state.masks.items():
-        out[name] = params[name] * straight_through(state.scores[name], mask.to_dense(state.scores[name].dtype))
+        score = expand_blocks(state.scores[name], mask.shape)  # a block score reaches all its entries
+        out[name] = params[name] * straight_through(score, mask.to_dense(score.dtype))
     return out

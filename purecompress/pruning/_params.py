@@ -24,7 +24,9 @@ def params_of(model: nn.Module, *, buffers: bool = True) -> Params:
 
     Keys are ``named_parameters()``/``named_buffers()`` names, exactly what
     :func:`torch.func.functional_call` takes. The tensors share storage with the model (no copy);
-    purecompress never writes to them.
+    purecompress never writes to them. A tied tensor (GPT-2's ``lm_head.weight`` is
+    ``transformer.wte.weight``) is listed once, under its first name; :func:`~purecompress.tied_params`
+    gives its other names, and a mask or quantizer under that key acts at every use.
 
     >>> import torch
     >>> sorted(params_of(torch.nn.Linear(2, 3)))

@@ -38,20 +38,25 @@ class LayerSparsity:
 class SparsityReport:
     """Attributes: layers (each masked target), groups (config index -> sparsity of its
     targets together), total (over all reported layers), params_total / params_kept (over every
-    parameter given, masked or not)."""
+    parameter given, masked or not), tied (a reported layer's params key -> the other names of
+    that one tensor, e.g. ``{'transformer.wte.weight': ('lm_head.weight',)}``: its mask acts at
+    every use)."""
 
     layers: tuple[LayerSparsity, ...]
     groups: Mapping[int, float]
     total: float
     params_total: int
     params_kept: int
+    tied: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def table(self) -> str:
-        """A plain-text table, one row per layer plus the total."""
-        width = max([len(lay.name) for lay in self.layers] + [5])
+        """A plain-text table, one row per layer plus the total; a tied layer's row names its other
+        names (``transformer.wte.weight = lm_head.weight``)."""
+        names = [" = ".join((lay.name, *self.tied.get(lay.name, ()))) for lay in self.layers]
+        width = max([len(n) for n in names] + [5])
         rows = [f"{'layer':<{width}}  {'params':>10}  {'kept':>10}  sparsity"]
-        rows += [f"{lay.name:<{width}}  {lay.numel:>10}  {lay.kept:>10}  {lay.sparsity:8.2%}"
-                 for lay in self.layers]
+        rows += [f"{name:<{width}}  {lay.numel:>10}  {lay.kept:>10}  {lay.sparsity:8.2%}"
+                 for name, lay in zip(names, self.layers)]
         rows.append(f"{'total':<{width}}  {self.params_total:>10}  {self.params_kept:>10}  "
                     f"{1 - self.params_kept / max(self.params_total, 1):8.2%}")
         return "\n".join(rows)
@@ -59,13 +64,20 @@ class SparsityReport:
 
 
 def sparsity_report(params: Mapping[str, Tensor], masks: Mapping[str, Mask],
-                    plan: Plan | None = None) -> SparsityReport:
+                    plan: Plan | None = None, *, tied: Mapping[str, str] | None = None) -> SparsityReport:
     """Measure ``masks`` against ``params`` (``params_total`` counts every floating tensor given,
     float buffers such as BN running stats included: pass ``params_of(model, buffers=False)`` to
     count parameters only).
 
     ``total`` is the sparsity over the masked targets' weights; ``groups`` gives NNI's
-    per-config-group sparsity of the plan's ``weight`` targets.
+    per-config-group sparsity of the plan's ``weight`` targets. A tied tensor is counted once.
+
+    Args:
+        params: name -> tensor (from :func:`~purecompress.params_of`).
+        masks: name -> mask.
+        plan: the plan the masks were made for (config groups; its tied names).
+        tied: other name -> params key (:func:`~purecompress.tied_params`), where no plan is
+            given; the report's ``tied`` lists the other names of each masked tensor.
 
     >>> import torch, purecompress as pc
     >>> w = torch.ones(4, 2)
@@ -95,4 +107,9 @@ def sparsity_report(params: Mapping[str, Tensor], masks: Mapping[str, Mask],
             groups[index] = 1.0 - kept / n if n else 0.0
     params_total = sum(t.numel() for t in params.values() if t.is_floating_point())
     params_kept = params_total - sum(lay.numel - lay.kept for lay in layers)
-    return SparsityReport(tuple(layers), groups, total, params_total, params_kept)
+    aliases: dict[str, list[str]] = {}
+    for alias, key in (tied if tied is not None else plan.tied if plan is not None else {}).items():
+        if key in masks:
+            aliases.setdefault(key, []).append(alias)
+    return SparsityReport(tuple(layers), groups, total, params_total, params_kept,
+                          {key: tuple(names) for key, names in aliases.items()})

@@ -28,7 +28,9 @@ API summary (stable names; everything is re-exported here except the ONNX export
   ``quantized_call``), ``quantized_call(q, model, params, state, args, kwargs=None, *,
   training=True) -> (output, new_state)``, ``QuantState(step, tensors)`` with
   ``tensors['<module>.<weight|input|output>'] = TensorState(range, qparams)``; ``Kernel``,
-  ``KernelContext`` for new algorithms.
+  ``KernelContext`` for new algorithms; ``quant_report(q, state=None) -> QuantReport`` (one
+  ``QuantedTensor(key, kind, bits, scheme, tied, calibrated)`` per tensor, ``.table()``; a tied
+  weight is one tensor, quantized at every use, its other names in ``tied``).
 - Algorithms (``algorithms``), each ``f(model, config_list) -> QuantTransform``: ``qat``, ``naive``,
   ``dorefa`` (+ ``dorefa_weight``), ``bnn``, ``lsq`` (+ ``lsq_scales(q, model, params, args)``:
   learnable steps ``'<module>.<kind>_scale'`` to merge into the trainable params), ``observer``
@@ -108,7 +110,17 @@ from purecompress.quant.qparams import (
     quantize,
 )
 from purecompress.quant.ste import codes, fake_quantize_clipped, fake_quantize_ste
-from purecompress.quant.transform import Kernel, KernelContext, QuantState, QuantTransform, TensorState, quantized_call
+from purecompress.quant.transform import (
+    Kernel,
+    KernelContext,
+    QuantedTensor,
+    QuantReport,
+    QuantState,
+    QuantTransform,
+    TensorState,
+    quant_report,
+    quantized_call,
+)
 
 __all__ = [
     "observer_qparams",
@@ -144,7 +156,9 @@ __all__ = [
     "KernelContext",
     "QuantConfig",
     "QuantParams",
+    "QuantReport",
     "QuantState",
+    "QuantedTensor",
     "QuantTransform",
     "Range",
     "TensorSpec",
@@ -179,6 +193,7 @@ __all__ = [
     "qat",
     "quant_params",
     "quantize",
+    "quant_report",
     "quantized_call",
     "straight_through",
 ]

@@ -13,7 +13,10 @@ fx cannot trace the forward it falls back to forward hooks that exist only insid
 call at a time). It returns ``(output, new_state)``; the model, the params and the state passed
 in are never modified.
 
-State keys are ``'<module>.weight'``, ``'<module>.input'``, ``'<module>.output'``.
+State keys are ``'<module>.weight'``, ``'<module>.input'``, ``'<module>.output'``. A tied weight
+(GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``, :func:`~purecompress.tied_params`) has
+one quantizer under its params key, whichever of its modules selected it, and the fake-quantized
+tensor reaches every use (``functional_call`` ties it); :func:`quant_report` names the other names.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from purecompress.quant.qparams import QuantParams
 from purecompress.selectors import ConfigError, Plan, select
 from purecompress.transform import Params
 
-__all__ = ["Kernel", "KernelContext", "QuantState", "QuantTransform", "TensorState", "quantized_call"]
+__all__ = ["Kernel", "KernelContext", "QuantReport", "QuantState", "QuantTransform", "QuantedTensor", "TensorState",
+           "quant_report", "quantized_call"]
 
 
 @record
@@ -128,16 +132,24 @@ class QuantTransform:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """All quantized tensor keys, in module order."""
-        return tuple(f"{e.module}.{t}" for e in self.plan for t in e.config.quant_types)
+        """All quantized tensor keys, in module order (a tied weight once, under its params key)."""
+        keys = [(e.key("weight") if t == "weight" else None) or f"{e.module}.{t}"
+                for e in self.plan for t in e.config.quant_types]
+        return tuple(dict.fromkeys(keys))
+
+    @property
+    def tied(self) -> dict[str, tuple[str, ...]]:
+        """Quantized weight key -> the other names of that one tensor (each use is quantized)."""
+        keys = set(self.keys)
+        return {key: names for key, names in self.plan.aliases().items() if key in keys}
 
     def init(self, params: Params) -> QuantState:
         """The initial state (step 1); weights may get parameters from their current values."""
         tensors = {}
         for entry in self.plan:
             spec = entry.config.specs.get("weight")
-            key = f"{entry.module}.weight"
-            if spec is not None and self.init_tensor is not None and key in params:
+            key = entry.key("weight") or f"{entry.module}.weight"
+            if spec is not None and self.init_tensor is not None and key in params and key not in tensors:
                 state = self.init_tensor(key, params[key].detach(), spec)
                 if state is not None:
                     tensors[key] = state
@@ -164,7 +176,7 @@ def build(model: nn.Module, configs: Sequence[QuantConfig], kernel: Kernel, *, n
     """Select ``configs`` on ``model`` and bind ``kernel`` (used by the algorithm factories)."""
     plan = select(model, configs, warn=warn)
     for entry in plan:
-        if "weight" in entry.config.specs and f"{entry.module}.weight" not in entry.params:
+        if "weight" in entry.config.specs and entry.key("weight") is None:
             raise ConfigError(entry.index, "quant_types", f"{name}: module {entry.module!r} ({entry.type_name}) has "
                               "no weight to quantize; drop 'weight' from quant_types for it, or select "
                               "weighted modules only")
@@ -216,8 +228,8 @@ def quantized_call(
     specs: dict[str, tuple[str, QuantConfig]] = {}
     for entry in q.plan:
         config = entry.config
-        wkey = f"{entry.module}.weight"
-        if "weight" in config.specs:
+        wkey = entry.key("weight") or f"{entry.module}.weight"
+        if "weight" in config.specs and wkey not in new:  # a tied weight: one quantizer, every use
             weight = params[wkey] if wkey in params else model.get_submodule(entry.module).get_parameter("weight")
             call_params[wkey] = run(weight, wkey, "weight", config)
         for kind in ("input", "output"):
@@ -249,6 +261,72 @@ def quantized_call(
         else:
             tensors[key] = value
     return out, QuantState(state.step, tensors)
+
+
+@attrs.frozen
+class QuantedTensor:
+    """One quantized tensor of a transform.
+
+    Attributes:
+        key: the state key (a weight's params key).
+        kind: 'weight', 'input' or 'output'.
+        bits: bit width.
+        scheme: quantization scheme.
+        tied: the tensor's other names (a tied weight: every use is quantized), else ``()``.
+        calibrated: whether the state holds quantization parameters for it.
+    """
+
+    key: str
+    kind: str
+    bits: int
+    scheme: str
+    tied: tuple[str, ...]
+    calibrated: bool
+
+
+@attrs.frozen
+class QuantReport:
+    """Attributes: tensors (one :class:`QuantedTensor` per quantized tensor, module order)."""
+
+    tensors: tuple[QuantedTensor, ...]
+
+    def table(self) -> str:
+        """A plain-text table, one row per tensor; a tied weight's row names its other names."""
+        names = [" = ".join((t.key, *t.tied)) for t in self.tensors]
+        width = max([len(n) for n in names] + [6])
+        rows = [f"{'tensor':<{width}}  bits  {'scheme':<24}  calibrated"]
+        rows += [f"{n:<{width}}  {t.bits:>4}  {t.scheme:<24}  {'yes' if t.calibrated else 'no'}"
+                 for n, t in zip(names, self.tensors)]
+        return "\n".join(rows)
+
+
+def quant_report(q: QuantTransform, state: QuantState | None = None) -> QuantReport:
+    """What ``q`` quantizes (and, given a state, which tensors have parameters yet).
+
+    >>> import torch
+    >>> from purecompress.quant import qat
+    >>> emb, head = torch.nn.Embedding(5, 4), torch.nn.Linear(4, 5, bias=False)
+    >>> head.weight = emb.weight
+    >>> q = qat(torch.nn.ModuleDict({'emb': emb, 'head': head}),
+    ...         [{'quant_types': ['weight'], 'quant_bits': 8, 'op_names': ['head']}])
+    >>> print(quant_report(q).table())
+    tensor                    bits  scheme                    calibrated
+    emb.weight = head.weight     8  per_tensor_affine         no
+    """
+    tied = q.tied
+    done = set()
+    rows = []
+    for entry in q.plan:
+        for kind in entry.config.quant_types:
+            key = (entry.key("weight") if kind == "weight" else None) or f"{entry.module}.{kind}"
+            if key in done:
+                continue
+            done.add(key)
+            spec = entry.config.specs[kind]
+            known = state is not None and key in state.tensors and state.tensors[key].qparams is not None
+            rows.append(QuantedTensor(key, kind, spec.bits, spec.scheme, tied.get(key, ()) if kind == "weight" else (),
+                                      known))
+    return QuantReport(tuple(rows))
 
 
 _NOT_A_TENSOR = {"input": "input quantization needs a tensor as the first positional input",

@@ -19,7 +19,9 @@ from purecompress.compat.pruning.base import NniMasks, sparsities
 from purecompress.compat.pruning.basic_pruner import TrainingPruner, check_mode
 from purecompress.compat.pruning.tools import EvaluatorBasedDataCollector
 from purecompress.compat.schema import EXCLUDE, INTERNAL, NORMAL
+from purecompress.heads import HeadBlock, head_blocks
 from purecompress.pruning import (
+    Block,
     Mask,
     Masks,
     MovementState,
@@ -30,7 +32,36 @@ from purecompress.pruning import (
 )
 from purecompress.transform import Transform
 
-__all__ = ["MovementPruner"]
+__all__ = ["MovementPruner", "auto_blocks"]
+
+
+def auto_blocks(blocks: tuple[HeadBlock, ...], shapes: dict[str, tuple[int, ...]]) -> dict[str, Block]:
+    """NNI 2.10's ``sparse_granularity='auto'`` score blocks for the weights in ``shapes``.
+
+    An attention weight of ``units`` heads gets ``[units, units]`` blocks (NNI's ``[h / heads,
+    w / heads]``: a head's rows, or columns, in ``units`` pieces); an MLP's first weight one score
+    per output row, its second one per input column; every other weight stays element-wise. NNI
+    finds these modules by name for BERT, BART and T5 only; here :func:`~purecompress.head_blocks`
+    finds them by structure (GPT-2's fused ``c_attn`` and Llama's grouped query heads included: a
+    unit is a key/value head's group). NNI's parser lists the output projection among the
+    attention weights but finds no head count for it (it looks under ``attention.self``) and scores
+    it per element; it gets the per-head blocks meant for it here.
+    """
+    out = {}
+    for block in blocks:
+        for cut in block.cuts:
+            shape = shapes.get(cut.param)
+            if shape is None or len(shape) != 2:
+                continue
+            kernel = [-1, -1]
+            if block.kind == "attention":
+                other = 1 - cut.dim
+                kernel[cut.dim] = cut.unit
+                kernel[other] = shape[other] // block.units if shape[other] % block.units == 0 else -1
+            else:  # an MLP: one score per neuron, a row of the first weight or a column of the second
+                kernel[cut.dim] = 1
+            out[cut.param] = Block(tuple(kernel))
+    return out
 
 
 class _ScoreCollector(EvaluatorBasedDataCollector):
@@ -49,8 +80,10 @@ class MovementPruner(TrainingPruner):
     training_steps=None, regular_scale=None, movement_mode='hard', sparse_granularity='finegrained')``
     or the old ``(model, config_list, trainer, traced_optimizer, criterion, training_epochs,
     warm_up_step, cool_down_beginning_step)``. Every number comes from :func:`purecompress.movement`
-    (``regular_scale`` with the evaluator API only, as NNI). ``sparse_granularity='auto'`` (Hugging
-    Face attention heads) is not provided.
+    (``regular_scale`` with the evaluator API only, as NNI). ``sparse_granularity='auto'`` learns
+    one score per block of the attention weights and per row/column of the MLP weights
+    (:func:`auto_blocks`), as NNI 2.10 does for BERT, BART and T5; the blocks are found by structure
+    (:func:`~purecompress.head_blocks`), so GPT-2, ViT and Llama get them too.
     """
 
     new_api = ("evaluator", "warm_up_step", "cool_down_beginning_step", "training_epochs", "training_steps",
@@ -73,11 +106,10 @@ class MovementPruner(TrainingPruner):
         self.regular_scale: float | None = parsed.get("regular_scale")
         self.movement_mode = check_mode("MovementPruner movement_mode", parsed.get("movement_mode", "hard"),
                                          ("hard", "soft"))
-        granularity = parsed.get("sparse_granularity", "finegrained")
-        if granularity == "auto":
-            raise NotImplementedError("MovementPruner(sparse_granularity='auto') needs NNI's Hugging Face model "
-                                      "parsers and is not provided; use 'finegrained'")
-        check_mode("MovementPruner sparse_granularity", granularity, ("finegrained",))
+        self.sparse_granularity = check_mode("MovementPruner sparse_granularity",
+                                             parsed.get("sparse_granularity", "finegrained"), ("finegrained", "auto"))
+        # found before wrapping: the wrappers hide the layer types the structure is read from
+        self._head_blocks = head_blocks(model, required=False) if model is not None else ()
         self._transform: Transform | None = None
         self._state: MovementState | None = None
         self._grads: dict[str, Tensor] = {}
@@ -95,9 +127,12 @@ class MovementPruner(TrainingPruner):
     def _start(self) -> None:
         """The core transform for the wrappers' configs (final sparsities) and its first state."""
         targets = self.targets()
+        block = None
+        if self.sparse_granularity == "auto":
+            block = auto_blocks(self._head_blocks, {n: t.shape for n, t in targets.items()})
         self._transform = movement(list(targets), sparsities(targets), warm_up=self.warm_up_step,
                                    cool_down=self.cool_down_beginning_step, mode=self.movement_mode,
-                                   regular_scale=self.regular_scale if self.using_evaluator else None)
+                                   regular_scale=self.regular_scale if self.using_evaluator else None, block=block)
         self._state = self._transform.init(self._weights())
         self._grads = {}
 
