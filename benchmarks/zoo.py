@@ -9,7 +9,8 @@ sweep), one row:
 - **sets**: the dependency sets of the pruned layers (``pc.channel_dependency``, depthwise convs
   coupled to their producers) with more than one member;
 - 50% dependency-aware L1 channel pruning of every Conv/Linear but the classifier
-  (``pc.l1_norm`` + ``pc.allocate_dependency_aware``), then ``pc.propagate`` and ``pc.shrink``:
+  (``pc.l1_norm`` + ``pc.allocate_dependency_aware``; on transformers, which ``pc.head_blocks``
+  finds, half of the attention heads and MLP neurons of every block by L1 instead), then ``pc.shrink``:
   **masked vs compact** (``report.output_error``), **kept** (the fraction of output channels the
   pruned layers keep, min-max: asked 0.5), **dense** (layers shrink left with channels it was asked
   to remove, where the report says so), **params** and **MACs** after / before (the same counter,
@@ -353,10 +354,17 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
         sets = pc.channel_dependency(model, example, couple_depthwise=True)
         groups = pc.group_dependency(model, example)
         row["sets"] = sum(1 for s in sets if len({*s} & {*pruned}) > 1)
-        metrics = pc.l1_norm(params, plan)
-        masks = pc.allocate_dependency_aware(metrics, sparsity, channel_sets=sets, groups=groups)
-        shapes = {k: tuple(v.shape) for k, v in params.items() if k.endswith(".bias")}
-        masks = pc.bias_masks(masks, shapes)
+        blocks = pc.head_blocks(model)
+        if blocks:  # a transformer: half of the heads and of the MLP neurons of every block, by L1
+            scores = pc.head_scores(blocks, pc.level(params, pc.head_block_params(blocks)))
+            masks = pc.head_masks(blocks, pc.allocate_heads(blocks, scores, sparsity), params)
+            row["units"] = "heads+neurons"
+            pruned = []
+        else:
+            metrics = pc.l1_norm(params, plan)
+            masks = pc.allocate_dependency_aware(metrics, sparsity, channel_sets=sets, groups=groups)
+            shapes = {k: tuple(v.shape) for k, v in params.items() if k.endswith(".bias")}
+            masks = pc.bias_masks(masks, shapes)
         compact, report = pc.shrink(model, masks, example)
     except Exception as err:  # noqa: BLE001
         row["shrink"] = f"{type(err).__name__}: {str(err)[:160]}"
