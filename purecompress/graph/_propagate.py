@@ -36,6 +36,7 @@ __all__ = [
     "EmptyLayerError",
     "FIRST_ONLY",
     "Liveness",
+    "Propagated",
     "ShrinkError",
     "Track",
     "UnbalancedGroupsError",
@@ -927,12 +928,14 @@ class ChannelPlan:
         slices: module name -> :class:`ChannelSlice` for every module that changes.
         fold_error: producer name -> max abs deviation of the folded constants over the output
             elements that are used (0.0: the fold is exact).
-        masks: the propagated masks (see the module docstring).
+        masks, params, inexact: what :func:`propagate` returns (see :class:`Propagated`).
     """
 
     slices: dict[str, ChannelSlice]
     fold_error: dict[str, float]
     masks: Masks
+    params: dict[str, Tensor]
+    inexact: dict[str, float]
 
 
 
@@ -1039,8 +1042,69 @@ def analyse(
         slices, fold_error = _slices(classes, calls, modules, recorder.values, live)
         if not exact or not _keep_inexact(classes, calls, fold_error, recorder.values):
             break
-    plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls))
+    shrunk = dict(slices), dict(fold_error)  # the compact model's plan; the propagation may keep more
+    prop_masks, prop_params, prop_error = _propagation(model, masks, params, classes, calls, modules,
+                                                       recorder.values, live, strict, slices, fold_error)
+    plan = ChannelPlan(*shrunk, prop_masks, prop_params,
+                       {k: v for k, v in prop_error.items() if v > EXACT_TOL})
     return Analysis(plan, masked, output, given, _sizes(gm, recorder.values))
+
+
+def _fold_target(name: str, call: Call, modules: Mapping[str, nn.Module], sl: ChannelSlice,
+                 masks: Mapping[str, Mask]) -> tuple[str, float] | None:
+    """Where the dense model can hold a producer's folded constant: ``(param name, sign)``.
+
+    Its own bias (when no mask zeroes it at a kept output), else the running mean of a BatchNorm
+    that alone reads its output (``bn(y + d) == bn'(y)`` with ``running_mean' = running_mean - d``,
+    in eval mode; in training the batch mean removes ``d`` from both). None: nowhere.
+    """
+    prefix = f"{name}." if name else ""
+    module = modules[name]
+    keep_out = sl.keep_out if sl.keep_out is not None else torch.ones(call.c_out, dtype=torch.bool)
+    if getattr(module, "bias", None) is not None:
+        mask = masks.get(prefix + "bias")
+        if mask is None or bool(mask.to_dense().bool().cpu()[keep_out].all()):
+            return prefix + "bias", 1.0
+        return None
+    users = list(call.node.users)
+    if len(users) != 1 or users[0].op != "call_module" or call.cd_out != 1:
+        return None
+    bn = modules[str(users[0].target)]
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_mean is not None:
+        return f"{users[0].target}.running_mean", -1.0
+    return None
+
+
+def _propagation(
+    model: nn.Module, masks: Mapping[str, Mask], params: Mapping[str, Tensor] | None, classes: Classes,
+    calls: Mapping[str, Call], modules: Mapping[str, nn.Module], values: Mapping[fx.Node, Any], live: Liveness,
+    strict: bool, slices: dict[str, ChannelSlice], fold_error: dict[str, float],
+) -> tuple[Masks, dict[str, Tensor], dict[str, float]]:
+    """The masks and params of :func:`propagate`: the removed channels zeroed, their constants
+    moved into the dense model's biases / BatchNorm running means. A constant with no such place
+    (a bias-free consumer not followed by a BatchNorm) keeps its channels in the masks (the
+    compact model still folds it, into a new bias). Blocks ``classes`` further."""
+    while True:
+        targets = {}
+        homeless = {}
+        for name, sl in slices.items():
+            if sl.bias_delta is None or not bool(sl.bias_delta.ne(0).any()):
+                continue
+            target = _fold_target(name, calls[name], modules, sl, masks)
+            if target is None:
+                homeless[name] = float("inf")  # _keep_inexact blocks the removed non-zero inputs
+            else:
+                targets[name] = target
+        if not homeless or not _keep_inexact(classes, calls, homeless, values):
+            break
+        _resolve_groups(classes, calls, modules, strict)
+        slices, fold_error = _slices(classes, calls, modules, values, live)
+    out = {**params_of(model), **(params or {})}
+    for name, (key, sign) in targets.items():
+        delta = slices[name].bias_delta
+        assert delta is not None
+        out[key] = out[key] + sign * delta.to(out[key])
+    return _propagated(model, masks, slices, calls), out, fold_error
 
 
 
@@ -1094,6 +1158,34 @@ def _slices(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, n
 
 
 
+@attrs.frozen
+class Propagated:
+    """What :func:`propagate` returns: the masked model the compact one computes, as data.
+
+    ``functional_call(model, apply_masks(params, masks), x)`` computes what the compact model of
+    :func:`~purecompress.shrink` (same masks) computes, exactly and on every input: every channel
+    that shrinking removes is zeroed by ``masks``, and the constant those channels still emitted
+    in the user's masked model (a bias, BatchNorm's beta through ReLU) is added to the next layer's
+    bias, or to the running mean of the BatchNorm after a bias-free conv, in ``params``.
+    It equals the *user's* masked model (``apply_masks(params_of(model), user_masks)``) wherever
+    those folds are exact: everywhere but at the borders of zero-padded convs (``inexact`` lists
+    those layers with the deviation on the example inputs; ``exact=True`` keeps their channels).
+    A constant the dense model has no bias (nor BatchNorm) for keeps its channels unmasked.
+
+    Attributes:
+        masks: the user's masks plus the masks of producers' output rows and biases, norm weights
+            and biases, and consumers' input columns of the removed channels.
+        params: every parameter and buffer of the model (or the ``params`` given), with the
+            folded constants added; the tensors that do not change are the model's own.
+        inexact: producer name -> max abs deviation of its fold from the user's masked model on
+            the example inputs, for the folds above :data:`EXACT_TOL`.
+    """
+
+    masks: Masks
+    params: dict[str, Tensor]
+    inexact: dict[str, float]
+
+
 def propagate(
     model: nn.Module,
     masks: Mapping[str, Mask],
@@ -1101,13 +1193,16 @@ def propagate(
     *,
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    exact: bool = False,
     params: Mapping[str, Tensor] | None = None,
     capture_method: Method = "auto",
-) -> Masks:
-    """The full masks implied by ``masks``: every channel that shrinking removes, masked everywhere.
+) -> Propagated:
+    """The full masks implied by ``masks`` (every channel that shrinking removes, masked
+    everywhere) and the params that keep the masked model's function.
 
-    Applied with :func:`~purecompress.apply_masks`, they give a masked model whose outputs equal
-    the compact model's from :func:`~purecompress.graph` (use them to fine-tune).
+    Fine-tune ``apply_masks(result.params, result.masks)``: it is the compact model's function
+    exactly, and the user's masked model's up to ``result.inexact`` (see :class:`Propagated`);
+    ``shrink(model, result.masks, x, params=result.params)`` then has nothing left to fold.
 
     Args:
         model: the dense model (not modified).
@@ -1115,18 +1210,24 @@ def propagate(
         example_inputs: a tensor, tuple or dict of inputs.
         leaf_modules: passed to :func:`~purecompress.graph`.
         replacements: extra replacement-table entries.
+        exact: keep the channels whose constants cannot be folded exactly (``inexact`` is then
+            empty: the result equals the user's masked model everywhere).
         params: values to use instead of the model's parameters and buffers.
         capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
 
     Returns:
-        The given masks (combined where a key repeats) plus the masks of producers' output rows
-        and biases, norm weights and biases, and consumers' input columns of removed channels.
+        A :class:`Propagated` record (``masks``, ``params``, ``inexact``).
 
-    >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
     >>> keep = torch.tensor([True, False, True, True]).reshape(4, 1, 1, 1)
-    >>> m = propagate(net, {'0.weight': Mask(keep, (4, 3, 1, 1))}, torch.randn(1, 3, 4, 4))
-    >>> sorted(m), m['3.weight'].keep.flatten().tolist()
-    (['0.bias', '0.weight', '1.bias', '1.weight', '3.weight'], [True, False, True, True, True, False, True, True])
+    >>> x = torch.randn(1, 3, 4, 4)
+    >>> _ = torch.nn.init.constant_(net.eval()[1].bias, 0.5)  # channel 1 still emits relu(0.5)
+    >>> out = propagate(net, {'0.weight': Mask(keep, (4, 3, 1, 1))}, x)
+    >>> sorted(out.masks), out.masks['3.weight'].keep.flatten().tolist()
+    (['0.weight', '1.bias', '1.weight', '3.weight'], [True, False, True, True, True, False, True, True])
+    >>> torch.allclose(out.params['3.bias'], net[3].bias + 0.5 * net[3].weight[:, 1, 0, 0]), out.inexact
+    (True, {})
     """
-    return channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                        params=params, capture_method=capture_method).masks
+    plan = channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
+                        exact=exact, params=params, capture_method=capture_method)
+    return Propagated(plan.masks, plan.params, plan.inexact)

@@ -6,8 +6,9 @@ private copy of the model, and checks the compact model against the masked one o
 inputs. Removed channels that still carried a constant (a bias, BatchNorm beta through ReLU) are
 folded into the consumer's bias; that is exact for Linear layers, 1x1 or unpadded convs and after
 global pooling. Behind a zero-padded conv the constant differs at the borders: the report lists
-those layers with the measured deviation (``ShrinkReport.inexact``), and the propagated masks
-(``ShrinkReport.masks``) give a masked model the compact one matches exactly.
+those layers with the measured deviation (``ShrinkReport.inexact``), and the propagated masks and
+params (``ShrinkReport.masks``, ``ShrinkReport.params``) give a masked model the compact one
+matches exactly.
 """
 
 from __future__ import annotations
@@ -61,13 +62,14 @@ class ShrinkReport:
         output_error: relative error ``|compact - masked| / |masked|`` on the example inputs.
         inexact: layers whose folded constants deviate (zero-padded convs), with the deviation.
         replaced: names of the modules that were rebuilt.
-        masks: the propagated masks: every parameter the user's masks kill, BatchNorm included.
-            Two models, both exact: the compact model returned with this report equals the model
-            with the *user's* masks applied (``output_error``; a pruned channel's constant, e.g.
-            BatchNorm's beta through ReLU, is folded into the next layer's bias), while these
-            masks zero that constant, so applied to the dense model they can differ from it.
-            Fine-tune with these masks, then ``shrink(model, report.masks, x)``: that compact
-            model equals the model with them applied (``tests/test_shrink.py`` checks both).
+        masks, params: what :func:`~purecompress.propagate` returns for the same masks (see
+            :class:`~purecompress.graph.Propagated`): ``apply_masks(report.params, report.masks)``
+            is the compact model's function exactly, on every input. The masks alone, applied to
+            the model's own params, are *not*: they zero the constants that pruned channels still
+            emit (BatchNorm's beta through ReLU), which ``params`` moves into the next bias or
+            BatchNorm running mean. The compact model equals the *user's* masked model up to
+            ``inexact`` (``output_error`` measures it). Fine-tune from these, then
+            ``shrink(model, report.masks, x, params=tuned)`` (``tests/test_shrink.py``).
     """
 
     layers: tuple[LayerShrink, ...]
@@ -79,6 +81,7 @@ class ShrinkReport:
     inexact: dict[str, float]
     replaced: tuple[str, ...]
     masks: Masks
+    params: dict[str, Tensor]
 
     def table(self) -> str:
         """A markdown table of the layers and the totals."""
@@ -218,4 +221,5 @@ def shrink(
         inexact=inexact,
         replaced=tuple(plan.slices),
         masks=plan.masks,
+        params=plan.params,
     )
