@@ -108,9 +108,11 @@ def kind_of(
         module = modules[str(node.target)]
         names = [cls.__name__ for cls in type(module).__mro__]
         named = next((_KINDS[n] for n in names if n in _KINDS), None)
-        if named in ("batchnorm", "instancenorm", "groupnorm"):
-            return named
         entry = replacement_for(module, extra)
+        if named in ("batchnorm", "instancenorm", "groupnorm") or (
+            named == "layernorm" and entry is replacement_for(module)  # the table's entry, not the user's
+        ):
+            return named
         if entry is not None:
             return entry.kind
     else:
@@ -425,10 +427,13 @@ class Liveness:
         varies: node -> where the value depends on the model's input.
         used: node -> where the value can change the model's output.
         kinds: node -> op kind (see :func:`kind_of`).
+        prune_norms: whether LayerNorm / GroupNorm modules pass channels on one by one (their
+            statistics then leave out the removed channels; see :func:`analyse`).
     """
 
-    def __init__(self, values: dict, varies: dict, used: dict, kinds: dict) -> None:
+    def __init__(self, values: dict, varies: dict, used: dict, kinds: dict, prune_norms: bool = False) -> None:
         self.values, self.varies, self.used, self.kinds = values, varies, used, kinds
+        self.prune_norms = prune_norms
 
     def dead(self, node: fx.Node, dim: int) -> Tensor:
         """``[C]`` bool: channels of ``node`` along ``dim`` that are constant or unused everywhere."""
@@ -439,15 +444,20 @@ class Liveness:
 
 
 def liveness(
-    gm: fx.GraphModule, values: dict[fx.Node, Any], extra: Mapping[type[nn.Module], Replacement] | None = None
+    gm: fx.GraphModule, values: dict[fx.Node, Any], extra: Mapping[type[nn.Module], Replacement] | None = None,
+    *, prune_norms: bool = False,
 ) -> Liveness:
     """Run the forward (varies) and backward (used) passes over a graph and its reference values.
+
+    With ``prune_norms``, a LayerNorm (over one dim) or GroupNorm module maps each channel to
+    itself, as BatchNorm does, instead of to its whole normalised group.
 
     Args:
         gm: a graph from :func:`~purecompress.graph`; its modules hold the weights
             (masked) whose zeros are structural.
         values: every node's value on the example inputs.
         extra: extra replacement-table entries (they give the kinds of custom modules).
+        prune_norms: the norms' channel map described above.
     """
     modules = dict(gm.named_modules())
     varies: dict[fx.Node, Any] = {}
@@ -467,7 +477,11 @@ def liveness(
             varies[node] = optree.tree_map(
                 lambda v, f=fill: torch.full(v.shape, f, device=v.device) if _is_tensor(v) else v, value)
             continue
-        fn, inputs = _structural(node, kind, modules, values, varies)
+        norm = _prunable_norm(node, modules, kind) if prune_norms else None
+        if norm is not None:
+            fn, inputs = _norm_channels(norm, values[node].shape), _data_inputs(node, values)[:1]
+        else:
+            fn, inputs = _structural(node, kind, modules, values, varies)
         inputs = [n for n in inputs if n in varies]
         with torch.no_grad():
             if inputs:
@@ -490,7 +504,26 @@ def liveness(
             grads = pullback(used[node])
         for n, g in zip(inputs, grads):
             used[n] = optree.tree_map(lambda u, d: ((u != 0) | (d != 0)).float() if _is_tensor(u) else u, used[n], g)
-    return Liveness(values, varies, used, kinds)
+    return Liveness(values, varies, used, kinds, prune_norms)
+
+
+def _prunable_norm(node: fx.Node, modules: Mapping[str, nn.Module], kind: str) -> nn.Module | None:
+    """The LayerNorm (over its last dim only) or GroupNorm module ``node`` calls, else None."""
+    if node.op != "call_module" or kind not in ("layernorm", "groupnorm"):
+        return None
+    module = modules[str(node.target)]
+    if isinstance(module, nn.GroupNorm) or (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1):
+        return module
+    return None
+
+
+def _norm_channels(module: nn.Module, shape: torch.Size) -> Callable[[Tensor], Tensor]:
+    """A norm that maps each channel to itself (times ``weight != 0``): dim 1 for GroupNorm, -1 for LayerNorm."""
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        return lambda x: x
+    gamma = _gamma(module, shape) if isinstance(module, nn.GroupNorm) else (weight.detach() != 0).float()
+    return lambda x: x * gamma
 
 
 
@@ -683,6 +716,8 @@ def trace_channels(
         entry = replacement_for(module, extra) if module is not None else None
         first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         tin = tracks.get(first) if first is not None and isinstance(tracks.get(first), Track) else None
+        if kind == "layernorm" and not (live.prune_norms and _prunable_norm(node, modules, kind) is not None):
+            entry = None  # its statistics mix the channels: the layernorm branch below
         if entry is not None and isinstance(value, Tensor) and first is not None:
             x = values[first]
             cd_in, cd_out = entry.channel_dim % x.dim(), entry.channel_dim % value.dim()
@@ -929,6 +964,9 @@ class ChannelPlan:
         fold_error: producer name -> max abs deviation of the folded constants over the output
             elements that are used (0.0: the fold is exact).
         masks, params, inexact: what :func:`propagate` returns (see :class:`Propagated`).
+        norms: LayerNorm / GroupNorm module name -> what happened to its channels: removed
+            (``prune_norms``; its statistics change, the compact model differs from the masked
+            one) or kept although the masks prune them, and why.
     """
 
     slices: dict[str, ChannelSlice]
@@ -936,6 +974,7 @@ class ChannelPlan:
     masks: Masks
     params: dict[str, Tensor]
     inexact: dict[str, float]
+    norms: dict[str, str]
 
 
 
@@ -982,6 +1021,7 @@ def channel_plan(
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
     exact: bool = False,
+    prune_norms: bool = False,
     params: Mapping[str, Tensor] | None = None,
     capture_method: Method = "auto",
 ) -> ChannelPlan:
@@ -997,6 +1037,11 @@ def channel_plan(
             unbalanced grouped conv.
         exact: keep the channels whose constant cannot be folded exactly (behind zero-padded
             convs), so that the compact model equals the masked one everywhere.
+        prune_norms: remove channels through LayerNorm (over its last dim: ``normalized_shape``,
+            weight and bias sliced) and GroupNorm (the same count from every group that keeps
+            any). That changes their statistics, so the compact model is *not* the masked one
+            there; ``norms`` names them. Without it their channels are kept (whole GroupNorm
+            groups still go, exactly) and ``norms`` names each norm that kept pruned channels.
         params: parameter (and buffer) values to use instead of the model's own, e.g. the
             fine-tuned :data:`~purecompress.Params` of a functional training loop.
         capture_method: ``method`` of :func:`~purecompress.graph.capture` (``"auto"``: torch.fx,
@@ -1006,7 +1051,8 @@ def channel_plan(
         EmptyLayerError: a layer would lose all its output channels.
     """
     return analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                   strict=strict, exact=exact, params=params, capture_method=capture_method).plan
+                   strict=strict, exact=exact, prune_norms=prune_norms, params=params,
+                   capture_method=capture_method).plan
 
 
 
@@ -1019,6 +1065,7 @@ def analyse(
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
     exact: bool = False,
+    prune_norms: bool = False,
     params: Mapping[str, Tensor] | None = None,
     capture_method: Method = "auto",
 ) -> Analysis:
@@ -1031,22 +1078,23 @@ def analyse(
     recorder = _Recorder(gm)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         output = recorder.run(*bound.args, *bound.kwargs.values())
-    live = liveness(gm, recorder.values, replacements)
+    live = liveness(gm, recorder.values, replacements, prune_norms=prune_norms)
     classes, calls, consumers = trace_channels(gm, live, replacements)
     for x, cd, track in consumers:  # the conflict rule: dead at every consumer
         if track is not None:
             classes.block(track.ids[~live.dead(x, cd)])
     modules = dict(gm.named_modules())
     while True:
-        _resolve_groups(classes, calls, modules, strict)
+        _resolve_groups(classes, calls, modules, strict, prune_norms)
         slices, fold_error = _slices(classes, calls, modules, recorder.values, live)
         if not exact or not _keep_inexact(classes, calls, fold_error, recorder.values):
             break
     shrunk = dict(slices), dict(fold_error)  # the compact model's plan; the propagation may keep more
+    norms = _norm_notes(gm, slices, live, _reshaped_norms(classes, calls, modules))
     prop_masks, prop_params, prop_error = _propagation(model, masks, params, classes, calls, modules,
                                                        recorder.values, live, strict, slices, fold_error)
     plan = ChannelPlan(*shrunk, prop_masks, prop_params,
-                       {k: v for k, v in prop_error.items() if v > EXACT_TOL})
+                       {k: v for k, v in prop_error.items() if v > EXACT_TOL}, norms)
     return Analysis(plan, masked, output, given, _sizes(gm, recorder.values))
 
 
@@ -1097,7 +1145,7 @@ def _propagation(
                 targets[name] = target
         if not homeless or not _keep_inexact(classes, calls, homeless, values):
             break
-        _resolve_groups(classes, calls, modules, strict)
+        _resolve_groups(classes, calls, modules, strict, live.prune_norms)
         slices, fold_error = _slices(classes, calls, modules, values, live)
     out = {**params_of(model), **(params or {})}
     for name, (key, sign) in targets.items():
@@ -1109,15 +1157,19 @@ def _propagation(
 
 
 def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, nn.Module],
-                    strict: bool) -> None:
-    """Block channels until every grouped conv is balanced and every GroupNorm loses whole groups."""
+                    strict: bool, prune_norms: bool = False) -> None:
+    """Block channels until every grouped conv is balanced and every GroupNorm loses whole groups
+    (``prune_norms``: the same number of channels from each group that keeps any)."""
     changed = True
     while changed:
         changed = False
         for name, call in calls.items():
             module = modules[name]
             if isinstance(module, nn.GroupNorm) and call.tin is not None:
-                if not _whole_groups(_keep(classes, call.tin, call.c_in), module.num_groups):
+                keep = _keep(classes, call.tin, call.c_in)
+                g = module.num_groups
+                fits = _balanced(keep, keep, g) if prune_norms else _whole_groups(keep, g)
+                if not (fits or keep.all()):
                     classes.block(call.tin.ids)  # a group's statistics need all of its channels
                     changed = True
                 continue
@@ -1141,19 +1193,84 @@ def _slices(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, n
     """The slice of every module that changes, and the deviation of every fold."""
     slices: dict[str, ChannelSlice] = {}
     fold_error: dict[str, float] = {}
+    reshaped = _reshaped_norms(classes, calls, modules)
     for name, call in calls.items():
         keep_in = _keep(classes, call.tin, call.c_in)
         keep_out = _keep(classes, call.tout, call.c_out) if call.kind == "producer" else keep_in
         if call.kind == "producer" and not keep_out.any():
             raise EmptyLayerError(f"all {call.c_out} output channels of layer {name!r} would be removed")
         delta = None
-        if call.kind == "producer" and not call.depthwise and not keep_in.all():
+        # behind a norm whose statistics change the removed channels are not constants: dropped, not folded
+        if (call.kind == "producer" and not call.depthwise and not keep_in.all()
+                and not _behind(call.node.args[0], reshaped, live)):
             x = call.node.args[0]
             delta, fold_error[name] = _fold(modules[name], values[x], ~keep_in, call.cd_in, call.cd_out,
                                             live.used[call.node], keep_out)
         if not (keep_in.all() and keep_out.all()) or delta is not None:
             slices[name] = ChannelSlice(keep_in, keep_out if call.kind == "producer" else None, delta)
     return slices, fold_error
+
+
+def _reshaped_norms(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, nn.Module]) -> set[str]:
+    """The norm layers that lose channels and so change their statistics (``prune_norms``): every
+    LayerNorm that loses any, every GroupNorm that loses part of a group."""
+    out = set()
+    for name, call in calls.items():
+        module = modules[name]
+        if not isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or call.tin is None:
+            continue
+        keep = _keep(classes, call.tin, call.c_in)
+        if not keep.all() and (isinstance(module, nn.LayerNorm) or not _whole_groups(keep, module.num_groups)):
+            out.add(name)
+    return out
+
+
+def _behind(node: Any, norms: set[str], live: Liveness) -> bool:
+    """Whether ``node`` is one of ``norms``' outputs, through ops of one tensor input that keep channels."""
+    while isinstance(node, fx.Node):
+        if node.op == "call_module" and str(node.target) in norms:
+            return True
+        if live.kinds.get(node) not in ("elementwise", "index", "spatial") or not node.args:
+            return False
+        inputs = _tensor_inputs(node, live.values)
+        if len(inputs) != 1:
+            return False
+        node = inputs[0]
+    return False
+
+
+def _norm_notes(gm: fx.GraphModule, slices: Mapping[str, ChannelSlice], live: Liveness,
+                reshaped: set[str]) -> dict[str, str]:
+    """Per LayerNorm / GroupNorm module: that it lost channels and changed its statistics, or that
+    it kept channels the masks prune (constant at its input), and why."""
+    notes: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or live.kinds[node] not in ("layernorm", "groupnorm"):
+            continue
+        name, first = str(node.target), node.args[0] if node.args else None
+        module = gm.get_submodule(name)
+        if not isinstance(first, fx.Node) or not isinstance(live.values.get(first), Tensor) or name in notes:
+            continue
+        kind = type(module).__name__
+        sl = slices.get(name)
+        removed = 0 if sl is None or sl.keep_in is None else int((~sl.keep_in).sum())
+        if name in reshaped:
+            notes[name] = (f"{kind}: {removed} channels removed (prune_norms): its statistics change, so the "
+                           "compact model is not the masked one here (output_error)")
+            continue
+        kept = int(live.dead(first, 1 if live.kinds[node] == "groupnorm" else -1).sum()) - removed
+        if kept <= 0:
+            continue
+        if live.prune_norms and isinstance(module, nn.LayerNorm) and len(module.normalized_shape) > 1:
+            why = "it normalises over more than the channel dim"
+        elif live.prune_norms:
+            why = "another use of the channels keeps them, or a GroupNorm's groups would keep different counts"
+        elif isinstance(module, nn.GroupNorm):
+            why = "only whole groups go without changing its statistics; prune_norms=True removes them"
+        else:
+            why = "it normalises over them; prune_norms=True removes them, changing its statistics"
+        notes[name] = f"{kind}: keeps {kept} channels the masks prune (constant at its input): {why}"
+    return notes
 
 
 
@@ -1179,11 +1296,14 @@ class Propagated:
             folded constants added; the tensors that do not change are the model's own.
         inexact: producer name -> max abs deviation of its fold from the user's masked model on
             the example inputs, for the folds above :data:`EXACT_TOL`.
+        norms: see :class:`ChannelPlan` (with ``prune_norms`` the masked model keeps the removed
+            channels in those norms' statistics, the compact model does not).
     """
 
     masks: Masks
     params: dict[str, Tensor]
     inexact: dict[str, float]
+    norms: dict[str, str]
 
 
 def propagate(
@@ -1194,6 +1314,7 @@ def propagate(
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     exact: bool = False,
+    prune_norms: bool = False,
     params: Mapping[str, Tensor] | None = None,
     capture_method: Method = "auto",
 ) -> Propagated:
@@ -1212,6 +1333,8 @@ def propagate(
         replacements: extra replacement-table entries.
         exact: keep the channels whose constants cannot be folded exactly (``inexact`` is then
             empty: the result equals the user's masked model everywhere).
+        prune_norms: remove channels through LayerNorm / GroupNorm too (see :func:`channel_plan`;
+            the masked model then differs from the compact one at those norms, ``norms``).
         params: values to use instead of the model's parameters and buffers.
         capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
 
@@ -1229,5 +1352,5 @@ def propagate(
     (True, {})
     """
     plan = channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                        exact=exact, params=params, capture_method=capture_method)
-    return Propagated(plan.masks, plan.params, plan.inexact)
+                        exact=exact, prune_norms=prune_norms, params=params, capture_method=capture_method)
+    return Propagated(plan.masks, plan.params, plan.inexact, plan.norms)

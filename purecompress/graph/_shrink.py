@@ -70,6 +70,8 @@ class ShrinkReport:
             BatchNorm running mean. The compact model equals the *user's* masked model up to
             ``inexact`` (``output_error`` measures it). Fine-tune from these, then
             ``shrink(model, report.masks, x, params=tuned)`` (``tests/test_shrink.py``).
+        norms: LayerNorm / GroupNorm name -> channels removed through it (``prune_norms``: its
+            statistics change, so ``output_error`` is not a failure there) or kept, and why.
     """
 
     layers: tuple[LayerShrink, ...]
@@ -82,6 +84,7 @@ class ShrinkReport:
     replaced: tuple[str, ...]
     masks: Masks
     params: dict[str, Tensor]
+    norms: dict[str, str]
 
     def table(self) -> str:
         """A markdown table of the layers and the totals."""
@@ -151,6 +154,7 @@ def shrink(
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
     exact: bool = False,
+    prune_norms: bool = False,
     params: Mapping[str, Tensor] | None = None,
     capture_method: Method = "auto",
 ) -> tuple[nn.Module, ShrinkReport]:
@@ -165,6 +169,9 @@ def shrink(
         strict: raise on unbalanced grouped convs instead of keeping their channels.
         exact: keep the channels whose constants cannot be folded exactly (behind zero-padded
             convs): the compact model then equals the masked one everywhere, a little larger.
+        prune_norms: remove channels through LayerNorm / GroupNorm too (see
+            :func:`~purecompress.graph.channel_plan`): their statistics change, so the compact
+            model differs from the masked one (``output_error`` measures it, ``norms`` says where).
         params: parameter (and buffer) values to use instead of the model's own (e.g. the
             fine-tuned params of a functional loop); the compact model is built from them.
         capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
@@ -188,7 +195,8 @@ def shrink(
     (3, 3, True)
     """
     analysis = analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                       strict=strict, exact=exact, params=params, capture_method=capture_method)
+                       strict=strict, exact=exact, prune_norms=prune_norms, params=params,
+                       capture_method=capture_method)
     plan, compact = analysis.plan, analysis.masked
     for name, sl in plan.slices.items():
         module = compact.get_submodule(name)
@@ -222,4 +230,5 @@ def shrink(
         replaced=tuple(plan.slices),
         masks=plan.masks,
         params=plan.params,
+        norms=plan.norms,
     )
