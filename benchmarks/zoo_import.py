@@ -41,6 +41,8 @@ def declare_detection_ops() -> None:
     global _library
     if _library is not None or hasattr(torch.ops.torchvision, "nms") or _extension_loads():
         return
+    if _library is not None:  # _extension_loads' find_spec ran the import hook, which declared them
+        return
     library = torch.library.Library("torchvision", "DEF")
     for schema in _DETECTION_OPS:
         library.define(schema)
