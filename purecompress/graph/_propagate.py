@@ -1287,7 +1287,9 @@ class Propagated:
     It equals the *user's* masked model (``apply_masks(params_of(model), user_masks)``) wherever
     those folds are exact: everywhere but at the borders of zero-padded convs (``inexact`` lists
     those layers with the deviation on the example inputs; ``exact=True`` keeps their channels).
-    A constant the dense model has no bias (nor BatchNorm) for keeps its channels unmasked.
+    A constant the dense model has no bias (nor BatchNorm) for keeps its channels unmasked, so
+    there the result is the user's masked model and the compact model (which folds it into a new
+    bias) differs from both by its own fold deviation (:attr:`ShrinkReport.inexact`).
 
     Attributes:
         masks: the user's masks plus the masks of producers' output rows and biases, norm weights
