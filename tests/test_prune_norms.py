@@ -140,6 +140,25 @@ def test_groupnorm_unequal_groups_keep_their_channels_even_with_the_option() -> 
     assert compact.c1.out_channels == 16 and "keeps 3 channels" in report.norms["n1"]
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """timm / torchvision style: channels first outside, permuted to last inside its own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                            self.eps).permute(0, 3, 1, 2)
+
+
+def test_a_layernorm_subclass_with_its_own_forward_keeps_its_channels() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), LayerNorm2d(8), nn.Conv2d(8, 4, 1)).eval()
+    keep = torch.arange(8) % 2 == 0
+    masks = {"0.weight": pc.Mask(keep.reshape(8, 1, 1, 1), (8, 3, 1, 1)), "0.bias": pc.Mask(keep, (8,))}
+    x = torch.randn(2, 3, 6, 6)
+    compact, report = shrink(model, masks, x, leaf_modules=[LayerNorm2d], prune_norms=True)
+    assert compact[0].out_channels == 8 and report.output_error <= 1e-5
+    assert "keeps 4 channels" in report.norms["1"]
+
+
 def test_whole_groupnorm_groups_go_exactly_without_the_option() -> None:
     torch.manual_seed(0)
     model, x = randomize_norms(GroupNormNet()), torch.randn(2, 3, 8, 8)

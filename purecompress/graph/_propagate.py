@@ -339,6 +339,8 @@ def _statistics(kind: str, module: nn.Module, node: fx.Node, shape: torch.Size) 
             .reshape(shape)
             * gamma
         )
+    if kind == "layernorm" and _own_forward(module):
+        return lambda x: _any_over(x, list(range(1, ndim)), shape)  # e.g. LayerNorm2d: assume every element mixes
     if kind == "layernorm":
         k = len(module.normalized_shape)
         weight = getattr(module, "weight", None)
@@ -507,11 +509,23 @@ def liveness(
     return Liveness(values, varies, used, kinds, prune_norms)
 
 
+def _own_forward(module: nn.Module) -> bool:
+    """Whether a norm subclass replaces its torch base's forward (``LayerNorm2d`` permutes inside it)."""
+    base = next((c for c in type(module).__mro__ if c.__module__.startswith("torch.nn")), nn.Module)
+    return type(module).forward is not getattr(base, "forward", None)
+
+
 def _prunable_norm(node: fx.Node, modules: Mapping[str, nn.Module], kind: str) -> nn.Module | None:
-    """The LayerNorm (over its last dim only) or GroupNorm module ``node`` calls, else None."""
+    """The LayerNorm (over its last dim only) or GroupNorm module ``node`` calls, else None.
+
+    Subclasses with a forward of their own (timm's and torchvision's ``LayerNorm2d`` permute
+    inside it) are not known to normalise the dim their parameters suggest: None.
+    """
     if node.op != "call_module" or kind not in ("layernorm", "groupnorm"):
         return None
     module = modules[str(node.target)]
+    if _own_forward(module):
+        return None
     if isinstance(module, nn.GroupNorm) or (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1):
         return module
     return None
@@ -1258,10 +1272,13 @@ def _norm_notes(gm: fx.GraphModule, slices: Mapping[str, ChannelSlice], live: Li
             notes[name] = (f"{kind}: {removed} channels removed (prune_norms): its statistics change, so the "
                            "compact model is not the masked one here (output_error)")
             continue
-        kept = int(live.dead(first, 1 if live.kinds[node] == "groupnorm" else -1).sum()) - removed
+        channels_last = isinstance(module, nn.LayerNorm) and not _own_forward(module)
+        kept = int(live.dead(first, -1 if channels_last else 1).sum()) - removed
         if kept <= 0:
             continue
-        if live.prune_norms and isinstance(module, nn.LayerNorm) and len(module.normalized_shape) > 1:
+        if live.prune_norms and _own_forward(module):
+            why = "its forward is its own, so which dims it normalises is not known"
+        elif live.prune_norms and isinstance(module, nn.LayerNorm) and len(module.normalized_shape) > 1:
             why = "it normalises over more than the channel dim"
         elif live.prune_norms:
             why = "another use of the channels keeps them, or a GroupNorm's groups would keep different counts"
