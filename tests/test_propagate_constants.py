@@ -83,14 +83,20 @@ def test_bias_free_consumer_folds_into_the_next_batchnorm_running_mean() -> None
     assert rel(prop_y, user) <= 1e-6 and rel(compact, user) <= 1e-6
 
 
-def test_a_constant_with_no_bias_to_go_to_keeps_its_channels_in_the_masks() -> None:
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_constant_with_no_bias_to_go_to_keeps_its_channels_in_the_masks(k: int) -> None:
     torch.manual_seed(0)
-    net = chain(1, bias=False)
+    net = chain(k, bias=False)
     x, other = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
-    user, prop_y, compact, prop, _ = three(net, ROWS, x, other)
+    user, prop_y, compact, prop, report = three(net, ROWS, x, other)
     assert "3.weight" not in prop.masks and "1.bias" not in prop.masks  # relu(beta) still reaches conv 3
     assert rel(prop_y, user) <= 1e-6 and rel(compact, user) <= 1e-6
     assert torch.equal(prop.params["1.bias"], net[1].bias)
+    assert report.inexact == {}
+    if k == 1:  # folded exactly into a new bias of the compact conv
+        assert "3" in report.replaced and net[3].bias is None
+    else:  # 3x3 zero-padded: no exact fold and no bias to hold it: shrink keeps the channels too
+        assert "3" not in report.replaced
 
 
 @pytest.mark.parametrize("name", ["resnet", "mlp", "vgg", "mobilenet"])

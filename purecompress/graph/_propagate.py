@@ -1101,7 +1101,10 @@ def analyse(
     while True:
         _resolve_groups(classes, calls, modules, strict, prune_norms)
         slices, fold_error = _slices(classes, calls, modules, recorder.values, live)
-        if not exact or not _keep_inexact(classes, calls, fold_error, recorder.values):
+        # an inexact fold that propagate's params could not hold either: keep its channels in both
+        _, homeless = _fold_targets(slices, calls, modules, masks)
+        blocking = fold_error if exact else {n: fold_error[n] for n in homeless}
+        if not _keep_inexact(classes, calls, blocking, recorder.values):
             break
     shrunk = dict(slices), dict(fold_error)  # the compact model's plan; the propagation may keep more
     norms = _norm_notes(gm, slices, live, _reshaped_norms(classes, calls, modules))
@@ -1137,6 +1140,23 @@ def _fold_target(name: str, call: Call, modules: Mapping[str, nn.Module], sl: Ch
     return None
 
 
+def _fold_targets(slices: Mapping[str, ChannelSlice], calls: Mapping[str, Call], modules: Mapping[str, nn.Module],
+                  masks: Mapping[str, Mask]) -> tuple[dict[str, tuple[str, float]], list[str]]:
+    """Per producer with a folded constant, its place in the dense model's params; and the
+    producers that have none."""
+    targets: dict[str, tuple[str, float]] = {}
+    homeless: list[str] = []
+    for name, sl in slices.items():
+        if sl.bias_delta is None or not bool(sl.bias_delta.ne(0).any()):
+            continue
+        target = _fold_target(name, calls[name], modules, sl, masks)
+        if target is None:
+            homeless.append(name)
+        else:
+            targets[name] = target
+    return targets, homeless
+
+
 def _propagation(
     model: nn.Module, masks: Mapping[str, Mask], params: Mapping[str, Tensor] | None, classes: Classes,
     calls: Mapping[str, Call], modules: Mapping[str, nn.Module], values: Mapping[fx.Node, Any], live: Liveness,
@@ -1145,19 +1165,12 @@ def _propagation(
     """The masks and params of :func:`propagate`: the removed channels zeroed, their constants
     moved into the dense model's biases / BatchNorm running means. A constant with no such place
     (a bias-free consumer not followed by a BatchNorm) keeps its channels in the masks (the
-    compact model still folds it, into a new bias). Blocks ``classes`` further."""
+    compact model folds it into a new bias: :func:`analyse` already kept those whose fold is
+    inexact). Blocks ``classes`` further."""
     while True:
-        targets = {}
-        homeless = {}
-        for name, sl in slices.items():
-            if sl.bias_delta is None or not bool(sl.bias_delta.ne(0).any()):
-                continue
-            target = _fold_target(name, calls[name], modules, sl, masks)
-            if target is None:
-                homeless[name] = float("inf")  # _keep_inexact blocks the removed non-zero inputs
-            else:
-                targets[name] = target
-        if not homeless or not _keep_inexact(classes, calls, homeless, values):
+        targets, homeless = _fold_targets(slices, calls, modules, masks)
+        # _keep_inexact blocks the removed non-zero inputs of these
+        if not homeless or not _keep_inexact(classes, calls, dict.fromkeys(homeless, math.inf), values):
             break
         _resolve_groups(classes, calls, modules, strict, live.prune_norms)
         slices, fold_error = _slices(classes, calls, modules, values, live)
@@ -1304,9 +1317,9 @@ class Propagated:
     It equals the *user's* masked model (``apply_masks(params_of(model), user_masks)``) wherever
     those folds are exact: everywhere but at the borders of zero-padded convs (``inexact`` lists
     those layers with the deviation on the example inputs; ``exact=True`` keeps their channels).
-    A constant the dense model has no bias (nor BatchNorm) for keeps its channels unmasked, so
-    there the result is the user's masked model and the compact model (which folds it into a new
-    bias) differs from both by its own fold deviation (:attr:`ShrinkReport.inexact`).
+    A constant the dense model has no bias (nor BatchNorm) for keeps its channels unmasked here
+    (the user's masked model), and the compact model folds it into a new bias where that is
+    exact and keeps those channels too where it is not, so the two still agree.
 
     Attributes:
         masks: the user's masks plus the masks of producers' output rows and biases, norm weights
