@@ -62,7 +62,7 @@ def resnet(blocks: tuple[int, ...] = (2, 2, 2, 2), width: int = 16) -> nn.Module
 
 def ours(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, ...]], dict[str, int]]:
     graph = capture(model, x)
-    return channel_dependency(graph), group_dependency(graph)
+    return channel_dependency(graph, couple_depthwise=False), group_dependency(graph)  # NNI's sets, compared
 
 
 def nni(model: nn.Module, x: torch.Tensor) -> tuple[list[set[str]], dict[str, int]]:

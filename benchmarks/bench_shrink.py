@@ -87,7 +87,8 @@ def main() -> None:
          f"{compact_s * 1000:.1f} ms", f"{dense_s / compact_s:.2f}x"],
     ]))
     print(f"\ncompact vs masked output rel. error on the example: {report.output_error:.1e} "
-          f"(folds behind zero-padded convs are inexact; the propagated masks make it exact)")
+          "(folds behind zero-padded convs are inexact; report.masks with report.params give the compact "
+          "model's function exactly)")
 
 
 if __name__ == "__main__":

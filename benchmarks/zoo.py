@@ -354,7 +354,10 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
         sets = pc.channel_dependency(model, example, couple_depthwise=True)
         groups = pc.group_dependency(model, example)
         row["sets"] = sum(1 for s in sets if len({*s} & {*pruned}) > 1)
-        blocks = pc.head_blocks(model)
+        try:
+            blocks = pc.head_blocks(model)
+        except ValueError:  # no attention or MLP block of a known layout: a CNN
+            blocks = None
         if blocks:  # a transformer: half of the heads and of the MLP neurons of every block, by L1
             scores = pc.head_scores(blocks, pc.level(params, pc.head_block_params(blocks)))
             masks = pc.head_masks(blocks, pc.allocate_heads(blocks, scores, sparsity), params)

@@ -41,6 +41,8 @@ def declare_detection_ops() -> None:
     global _library
     if _library is not None or hasattr(torch.ops.torchvision, "nms") or _extension_loads():
         return
+    if _library is not None:  # _extension_loads' find_spec ran the import hook, which declared them
+        return
     # a FRAGMENT, not DEF: a second copy of this module (imported as ``zoo_import`` by a script and
     # as ``benchmarks.zoo_import`` by a package) finds the ops defined and leaves them
     library = torch.library.Library("torchvision", "FRAGMENT")

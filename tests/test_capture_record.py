@@ -197,13 +197,13 @@ def test_functional_ops_through_dependency_aware_masks_propagate_and_shrink() ->
                                       groups=group_dependency(model, x))
     masks = pc.bias_masks(masks, {k: v for e in plan for k, v in e.params.items()})
     full = propagate(model, masks, x)
-    assert full["fc1.weight"].keep.float().mean() == 0.5  # conv2's channels followed through to fc1
+    assert full.masks["fc1.weight"].keep.float().mean() == 0.5  # conv2's channels followed through to fc1
     compact, report = shrink(model, masks, x)
     assert (compact.conv1.out_channels, compact.conv2.in_channels, compact.conv2.out_channels) == (3, 3, 8)
     assert compact.fc1.in_features == 8 * 4 * 4 and report.replaced == ("conv1", "conv2", "fc1")
     y = seeded(compact, x)
     assert y.shape == (5, 5)
-    assert rel(y, seeded(functional_call, model, pc.apply_masks(params, full), (x,))) <= 1e-5
+    assert rel(y, seeded(functional_call, model, pc.apply_masks(full.params, full.masks), (x,))) <= 1e-5
     assert rel(y, seeded(functional_call, model, pc.apply_masks(params, masks), (x,))) <= 1e-5
 
 
@@ -431,7 +431,7 @@ def test_propagate_and_shrink_run_on_the_recorded_bert_graph() -> None:
     for i in (0, 1):  # half of the MLP neurons of each layer
         masks[f"encoder.layer.{i}.intermediate.dense.weight"] = pc.Mask(keep.reshape(64, 1), (64, 32))
         masks[f"encoder.layer.{i}.intermediate.dense.bias"] = pc.Mask(keep, (64,))
-    full = propagate(model, masks, TEXT)
+    full = propagate(model, masks, TEXT).masks
     assert full["encoder.layer.1.output.dense.weight"].keep[0].tolist() == keep.tolist()  # its input columns
     compact, report = shrink(model, masks, TEXT)
     assert compact.encoder.layer[0].intermediate.dense.out_features == 32

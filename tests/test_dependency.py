@@ -224,9 +224,12 @@ def test_grouped_and_depthwise_convs() -> None:
         "conv3": 8,  # own groups 2, feeds GroupNorm(8): lcm
         "norm": 8,
     }
-    assert channel_dependency(model, X[:, :, :4, :4]) == [
+    assert channel_dependency(model, X[:, :, :4, :4], couple_depthwise=False) == [
         ("conv1",), ("conv2",), ("dw",), ("pw",), ("conv3",), ("fc",)
-    ]  # fmt: skip
+    ]  # fmt: skip  (NNI's sets)
+    assert channel_dependency(model, X[:, :, :4, :4]) == [
+        ("conv1",), ("conv2", "dw"), ("pw",), ("conv3",), ("fc",)
+    ]  # fmt: skip  (the default: the depthwise conv shares its producer's mask)
 
 
 def test_linear_after_flatten_and_residual_groups() -> None:

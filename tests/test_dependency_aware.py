@@ -62,7 +62,8 @@ def test_grouped_conv_keeps_the_same_count_in_each_group() -> None:
     for name in ("c1.weight", "g.weight"):
         per_group = masks[name].keep.flatten().reshape(4, 3).sum(1)
         assert per_group.tolist() == [2, 2, 2, 2]  # 3 - int(3 * 0.5) per group of 3
-    assert masks["dw.weight"].keep.sum().item() == 6
+    # the depthwise conv shares g's mask (the default couple_depthwise=True): 2 of 3 in each group
+    assert torch.equal(masks["dw.weight"].keep.flatten(), masks["g.weight"].keep.flatten())
 
 
 def test_set_uses_min_sparsity_and_per_layer_outside_sets() -> None:

@@ -37,7 +37,7 @@ class Residual(nn.Module):
 def test_chain_masks_bn_and_consumer_columns() -> None:
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
     masks = {"0.weight": rows((4, 3, 3, 3), [2]), "0.bias": Mask(torch.tensor([True, True, False, True]), (4,))}
-    out = propagate(net, masks, torch.randn(2, 3, 6, 6))
+    out = propagate(net, masks, torch.randn(2, 3, 6, 6)).masks
     assert out["1.weight"].keep.tolist() == [True, True, False, True]
     assert out["1.bias"].keep.tolist() == [True, True, False, True]
     cols = out["4.weight"].to_dense()[0].reshape(4, 16)  # flatten: channel-major features

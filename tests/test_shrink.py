@@ -205,13 +205,15 @@ def test_compact_matches_propagated_masks(name: str, sparsity: float, dependency
     if not report.inexact:  # every fold exact: the compact model is the user's masked model
         assert rel(y, masked_output(model, masks, x)) <= 1e-5
     assert report.output_error == pytest.approx(rel(y, masked_output(model, masks, x)), abs=1e-5)
-    # the propagated masks: same compact shapes, and masked == compact exactly
-    tuned, exact = shrink(model, report.masks, x)
+    # the propagated masks and params: the compact model's function; shrunk again, the same model
+    with torch.no_grad():
+        assert rel(functional_call(model, pc.apply_masks(report.params, report.masks), (x,)), y) <= 1e-5
+    tuned, exact = shrink(model, report.masks, x, params=report.params)
     shapes = {k: v.shape for k, v in compact.state_dict().items()}
     assert all(shapes.get(k, v.shape) == v.shape for k, v in tuned.state_dict().items())
     assert not exact.inexact
     with torch.no_grad():
-        assert rel(tuned(x), masked_output(model, report.masks, x)) <= 1e-5
+        assert rel(tuned(x), y) <= 1e-5
     again, _ = shrink(model, masks, x)
     again.load_state_dict(compact.state_dict(), strict=True)
     if name in ("vgg", "conv1d", "mlp"):  # plain chains: every masked layer keeps exactly its kept rows

@@ -27,7 +27,7 @@ def prune_half(model: nn.Module, x: torch.Tensor, skip: tuple[str, ...]) -> pc.M
                                                                         "op_names": names}])))
     masks = pc.allocate_dependency_aware(metrics, 0.5, channel_sets=channel_dependency(graph, couple_depthwise=True),
                                          groups=group_dependency(graph))
-    return propagate(model, masks, x)
+    return propagate(model, masks, x).masks
 
 
 def shrunk(model: nn.Module, x: torch.Tensor, skip: tuple[str, ...]) -> tuple[nn.Module, pc.ShrinkReport]:

@@ -474,7 +474,7 @@ class _MaskingPruner(Pruner):
                                  "torch.rand(1, 3, 224, 224)) to find the layers whose channels must agree")
             self._unwrap_model()
             try:
-                self.channel_sets = channel_dependency(model, dummy_input)
+                self.channel_sets = channel_dependency(model, dummy_input, couple_depthwise=False)  # NNI's sets
                 self.groups = group_dependency(model, dummy_input)
             finally:
                 self._wrap_model()

@@ -141,7 +141,8 @@ class ChannelDependency(_SetDependency):
         super().__init__(model, dummy_input, traced_model)
         self.prune_type = prune_type
         types = PRODUCER_TYPES if prune_type == "Filter" else (nn.BatchNorm2d,)
-        self._sets = _outer_sets(model, channel_dependency(model, dummy_input, producer_types=types))
+        self._sets = _outer_sets(model, channel_dependency(model, dummy_input, producer_types=types,
+                                                           couple_depthwise=False))  # NNI's sets
 
 
 class InputChannelDependency(_SetDependency):

@@ -36,6 +36,7 @@ __all__ = [
     "EmptyLayerError",
     "FIRST_ONLY",
     "Liveness",
+    "Propagated",
     "ShrinkError",
     "Track",
     "UnbalancedGroupsError",
@@ -108,9 +109,11 @@ def kind_of(
         module = modules[str(node.target)]
         names = [cls.__name__ for cls in type(module).__mro__]
         named = next((_KINDS[n] for n in names if n in _KINDS), None)
-        if named in ("batchnorm", "instancenorm", "groupnorm"):
-            return named
         entry = replacement_for(module, extra)
+        if named in ("batchnorm", "instancenorm", "groupnorm") or (
+            named == "layernorm" and entry is replacement_for(module)  # the table's entry, not the user's
+        ):
+            return named
         if entry is not None:
             return entry.kind
     else:
@@ -337,6 +340,8 @@ def _statistics(kind: str, module: nn.Module, node: fx.Node, shape: torch.Size) 
             .reshape(shape)
             * gamma
         )
+    if kind == "layernorm" and _own_forward(module):
+        return lambda x: _any_over(x, list(range(1, ndim)), shape)  # e.g. LayerNorm2d: assume every element mixes
     if kind == "layernorm":
         k = len(module.normalized_shape)
         weight = getattr(module, "weight", None)
@@ -441,10 +446,13 @@ class Liveness:
         varies: node -> where the value depends on the model's input.
         used: node -> where the value can change the model's output.
         kinds: node -> op kind (see :func:`kind_of`).
+        prune_norms: whether LayerNorm / GroupNorm modules pass channels on one by one (their
+            statistics then leave out the removed channels; see :func:`analyse`).
     """
 
-    def __init__(self, values: dict, varies: dict, used: dict, kinds: dict) -> None:
+    def __init__(self, values: dict, varies: dict, used: dict, kinds: dict, prune_norms: bool = False) -> None:
         self.values, self.varies, self.used, self.kinds = values, varies, used, kinds
+        self.prune_norms = prune_norms
 
     def dead(self, node: fx.Node, dim: int) -> Tensor:
         """``[C]`` bool: channels of ``node`` along ``dim`` that are constant or unused everywhere."""
@@ -467,15 +475,20 @@ def _tensors_only(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def liveness(
-    gm: fx.GraphModule, values: dict[fx.Node, Any], extra: Mapping[type[nn.Module], Replacement] | None = None
+    gm: fx.GraphModule, values: dict[fx.Node, Any], extra: Mapping[type[nn.Module], Replacement] | None = None,
+    *, prune_norms: bool = False,
 ) -> Liveness:
     """Run the forward (varies) and backward (used) passes over a graph and its reference values.
+
+    With ``prune_norms``, a LayerNorm (over one dim) or GroupNorm module maps each channel to
+    itself, as BatchNorm does, instead of to its whole normalised group.
 
     Args:
         gm: a graph from :func:`~purecompress.graph`; its modules hold the weights
             (masked) whose zeros are structural.
         values: every node's value on the example inputs.
         extra: extra replacement-table entries (they give the kinds of custom modules).
+        prune_norms: the norms' channel map described above.
     """
     modules = dict(gm.named_modules())
     varies: dict[fx.Node, Any] = {}
@@ -495,7 +508,11 @@ def liveness(
             varies[node] = optree.tree_map(
                 lambda v, f=fill: torch.full(v.shape, f, device=v.device) if _is_tensor(v) else v, value)
             continue
-        fn, inputs = _structural(node, kind, modules, values, varies)
+        norm = _prunable_norm(node, modules, kind) if prune_norms else None
+        if norm is not None:
+            fn, inputs = _norm_channels(norm, values[node].shape), _data_inputs(node, values)[:1]
+        else:
+            fn, inputs = _structural(node, kind, modules, values, varies)
         inputs = [n for n in inputs if n in varies]
         with torch.no_grad():
             if inputs:
@@ -518,7 +535,38 @@ def liveness(
             grads = pullback(used[node])
         for n, g in zip(inputs, grads):
             used[n] = optree.tree_map(lambda u, d: ((u != 0) | (d != 0)).float() if _is_tensor(u) else u, used[n], g)
-    return Liveness(values, varies, used, kinds)
+    return Liveness(values, varies, used, kinds, prune_norms)
+
+
+def _own_forward(module: nn.Module) -> bool:
+    """Whether a norm subclass replaces its torch base's forward (``LayerNorm2d`` permutes inside it)."""
+    base = next((c for c in type(module).__mro__ if c.__module__.startswith("torch.nn")), nn.Module)
+    return type(module).forward is not getattr(base, "forward", None)
+
+
+def _prunable_norm(node: fx.Node, modules: Mapping[str, nn.Module], kind: str) -> nn.Module | None:
+    """The LayerNorm (over its last dim only) or GroupNorm module ``node`` calls, else None.
+
+    Subclasses with a forward of their own (timm's and torchvision's ``LayerNorm2d`` permute
+    inside it) are not known to normalise the dim their parameters suggest: None.
+    """
+    if node.op != "call_module" or kind not in ("layernorm", "groupnorm"):
+        return None
+    module = modules[str(node.target)]
+    if _own_forward(module):
+        return None
+    if isinstance(module, nn.GroupNorm) or (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1):
+        return module
+    return None
+
+
+def _norm_channels(module: nn.Module, shape: torch.Size) -> Callable[[Tensor], Tensor]:
+    """A norm that maps each channel to itself (times ``weight != 0``): dim 1 for GroupNorm, -1 for LayerNorm."""
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        return lambda x: x
+    gamma = _gamma(module, shape) if isinstance(module, nn.GroupNorm) else (weight.detach() != 0).float()
+    return lambda x: x * gamma
 
 
 
@@ -741,6 +789,8 @@ def trace_channels(
         entry = replacement_for(module, extra) if module is not None else None
         first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         tin = tracks.get(first) if first is not None and isinstance(tracks.get(first), Track) else None
+        if kind == "layernorm" and not (live.prune_norms and _prunable_norm(node, modules, kind) is not None):
+            entry = None  # its statistics mix the channels: the layernorm branch below
         if entry is not None and isinstance(value, Tensor) and first is not None:
             x = values[first]
             cd_in, cd_out = entry.channel_dim % x.dim(), entry.channel_dim % value.dim()
@@ -987,7 +1037,10 @@ class ChannelPlan:
         slices: module name -> :class:`ChannelSlice` for every module that changes.
         fold_error: producer name -> max abs deviation of the folded constants over the output
             elements that are used (0.0: the fold is exact).
-        masks: the propagated masks (see the module docstring).
+        masks, params, inexact: what :func:`propagate` returns (see :class:`Propagated`).
+        norms: LayerNorm / GroupNorm module name -> what happened to its channels: removed
+            (``prune_norms``; its statistics change, the compact model differs from the masked
+            one) or kept although the masks prune them, and why.
         dense: every masked layer (its mask removes output channels) that keeps some of those
             channels, with the reason (the op that blocks them, a LayerNorm they meet,
             unbalanced groups, an inexact constant with ``exact=True``, no replacement for its
@@ -997,6 +1050,9 @@ class ChannelPlan:
     slices: dict[str, ChannelSlice]
     fold_error: dict[str, float]
     masks: Masks
+    params: dict[str, Tensor]
+    inexact: dict[str, float]
+    norms: dict[str, str]
     dense: dict[str, str] = attrs.field(factory=dict)
 
 
@@ -1044,6 +1100,7 @@ def channel_plan(
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
     exact: bool = False,
+    prune_norms: bool = False,
     params: Mapping[str, Tensor] | None = None,
     capture_method: Method = "auto",
 ) -> ChannelPlan:
@@ -1060,6 +1117,11 @@ def channel_plan(
             keeps any keeps as many as the fullest (NNI 2.10's rule).
         exact: keep the channels whose constant cannot be folded exactly (behind zero-padded
             convs), so that the compact model equals the masked one everywhere.
+        prune_norms: remove channels through LayerNorm (over its last dim: ``normalized_shape``,
+            weight and bias sliced) and GroupNorm (the same count from every group that keeps
+            any). That changes their statistics, so the compact model is *not* the masked one
+            there; ``norms`` names them. Without it their channels are kept (whole GroupNorm
+            groups still go, exactly) and ``norms`` names each norm that kept pruned channels.
         params: parameter (and buffer) values to use instead of the model's own, e.g. the
             fine-tuned :data:`~purecompress.Params` of a functional training loop.
         capture_method: ``method`` of :func:`~purecompress.graph.capture` (``"auto"``: torch.fx,
@@ -1069,7 +1131,8 @@ def channel_plan(
         EmptyLayerError: a layer would lose all its output channels.
     """
     return analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                   strict=strict, exact=exact, params=params, capture_method=capture_method).plan
+                   strict=strict, exact=exact, prune_norms=prune_norms, params=params,
+                   capture_method=capture_method).plan
 
 
 
@@ -1082,6 +1145,7 @@ def analyse(
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
     exact: bool = False,
+    prune_norms: bool = False,
     params: Mapping[str, Tensor] | None = None,
     capture_method: Method = "auto",
 ) -> Analysis:
@@ -1094,7 +1158,7 @@ def analyse(
     recorder = _Recorder(gm)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         output = recorder.run(*bound.args, *bound.kwargs.values())
-    live = liveness(gm, recorder.values, replacements)
+    live = liveness(gm, recorder.values, replacements, prune_norms=prune_norms)
     classes, calls, consumers = trace_channels(gm, live, replacements)
     for x, cd, track in consumers:  # the conflict rule: dead at every consumer
         classes.reason = (f"its channels are live at node {x.name!r}: another mask keeps channels they meet "
@@ -1104,13 +1168,122 @@ def analyse(
     modules = dict(gm.named_modules())
     _keep_constant_fed(classes, calls, live, masks, modules)
     while True:
-        _resolve_groups(classes, calls, modules, strict)
+        _resolve_groups(classes, calls, modules, strict, prune_norms)
         slices, fold_error = _slices(classes, calls, modules, recorder.values, live)
-        if not exact or not _keep_inexact(classes, calls, fold_error, recorder.values):
+        # an inexact fold that propagate's params could not hold either: keep its channels in both
+        _, homeless = _fold_targets(slices, calls, modules, masks)
+        blocking = fold_error if exact else {n: fold_error[n] for n in homeless}
+        if not _keep_inexact(classes, calls, blocking, recorder.values):
             break
-    plan = ChannelPlan(slices, fold_error, _propagated(model, masks, slices, calls),
-                       _dense(model, masks, classes, calls, replacements))
+    shrunk = dict(slices), dict(fold_error)  # the compact model's plan; the propagation may keep more
+    dense = _dense(model, masks, classes, calls, replacements)  # before the propagation blocks more
+    norms = _norm_notes(gm, slices, live, _reshaped_norms(classes, calls, modules))
+    prop_masks, prop_params, prop_error = _propagation(model, masks, params, classes, calls, modules,
+                                                       recorder.values, live, strict, slices, fold_error)
+    plan = ChannelPlan(*shrunk, prop_masks, prop_params,
+                       {k: v for k, v in prop_error.items() if v > EXACT_TOL}, norms, dense)
     return Analysis(plan, masked, output, given, _sizes(gm, recorder.values))
+
+
+FoldTarget = tuple[str, float, int]
+
+
+def _cat_offset(node: fx.Node, part: fx.Node) -> int | None:
+    """The channel offset of ``part`` in ``node`` when ``node`` concatenates along dim 1, else None."""
+    if node.op != "call_function" or node.target is not torch.cat:
+        return None
+    parts = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    if dim != 1 or not isinstance(parts, (list, tuple)) or list(parts).count(part) != 1:
+        return None
+    offset = 0
+    for p in parts:
+        if p is part:
+            return offset
+        meta = p.meta.get("tensor_meta") if isinstance(p, fx.Node) else None
+        if meta is None or not hasattr(meta, "shape"):
+            return None
+        offset += int(meta.shape[1])
+    return None
+
+
+def _fold_target(name: str, call: Call, modules: Mapping[str, nn.Module], sl: ChannelSlice,
+                 masks: Mapping[str, Mask]) -> FoldTarget | None:
+    """Where the dense model can hold a producer's folded constant: ``(param name, sign, offset)``.
+
+    Its own bias (when no mask zeroes it at a kept output), else the running mean of a BatchNorm
+    that alone reads its output (``bn(y + d) == bn'(y)`` with ``running_mean' = running_mean - d``,
+    in eval mode; in training the batch mean removes ``d`` from both), directly or through a
+    channel concatenation that only the BatchNorm reads (timm's ``MixedConv2d``: the producer's
+    part of the running mean, from ``offset``). None: nowhere.
+    """
+    prefix = f"{name}." if name else ""
+    module = modules[name]
+    keep_out = sl.keep_out if sl.keep_out is not None else torch.ones(call.c_out, dtype=torch.bool)
+    if getattr(module, "bias", None) is not None:
+        mask = masks.get(prefix + "bias")
+        if mask is None or bool(mask.to_dense().bool().cpu()[keep_out].all()):
+            return prefix + "bias", 1.0, 0
+        return None
+    users = list(call.node.users)
+    if len(users) != 1 or call.cd_out != 1:
+        return None
+    reader, offset = users[0], 0
+    if reader.op == "call_function":
+        cat_offset = _cat_offset(reader, call.node)
+        if cat_offset is None or len(reader.users) != 1:
+            return None
+        reader, offset = next(iter(reader.users)), cat_offset
+    if reader.op != "call_module":
+        return None
+    bn = modules[str(reader.target)]
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_mean is not None:
+        return f"{reader.target}.running_mean", -1.0, offset
+    return None
+
+
+def _fold_targets(slices: Mapping[str, ChannelSlice], calls: Mapping[str, Call], modules: Mapping[str, nn.Module],
+                  masks: Mapping[str, Mask]) -> tuple[dict[str, FoldTarget], list[str]]:
+    """Per producer with a folded constant, its place in the dense model's params; and the
+    producers that have none."""
+    targets: dict[str, FoldTarget] = {}
+    homeless: list[str] = []
+    for name, sl in slices.items():
+        if sl.bias_delta is None or not bool(sl.bias_delta.ne(0).any()):
+            continue
+        target = _fold_target(name, calls[name], modules, sl, masks)
+        if target is None:
+            homeless.append(name)
+        else:
+            targets[name] = target
+    return targets, homeless
+
+
+def _propagation(
+    model: nn.Module, masks: Mapping[str, Mask], params: Mapping[str, Tensor] | None, classes: Classes,
+    calls: Mapping[str, Call], modules: Mapping[str, nn.Module], values: Mapping[fx.Node, Any], live: Liveness,
+    strict: bool, slices: dict[str, ChannelSlice], fold_error: dict[str, float],
+) -> tuple[Masks, dict[str, Tensor], dict[str, float]]:
+    """The masks and params of :func:`propagate`: the removed channels zeroed, their constants
+    moved into the dense model's biases / BatchNorm running means. A constant with no such place
+    (a bias-free consumer not followed by a BatchNorm) keeps its channels in the masks (the
+    compact model folds it into a new bias: :func:`analyse` already kept those whose fold is
+    inexact). Blocks ``classes`` further."""
+    while True:
+        targets, homeless = _fold_targets(slices, calls, modules, masks)
+        # _keep_inexact blocks the removed non-zero inputs of these
+        if not homeless or not _keep_inexact(classes, calls, dict.fromkeys(homeless, math.inf), values):
+            break
+        _resolve_groups(classes, calls, modules, strict, live.prune_norms)
+        slices, fold_error = _slices(classes, calls, modules, values, live)
+    out = {**params_of(model), **(params or {})}
+    for name, (key, sign, offset) in targets.items():
+        delta = slices[name].bias_delta
+        assert delta is not None
+        moved = out[key].clone()
+        moved[offset: offset + delta.numel()] += sign * delta.to(moved)
+        out[key] = moved
+    return _propagated(model, masks, slices, calls), out, fold_error
 
 
 
@@ -1169,15 +1342,19 @@ def _dense(model: nn.Module, masks: Mapping[str, Mask], classes: Classes, calls:
 
 
 def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, nn.Module],
-                    strict: bool) -> None:
-    """Block channels until every grouped conv is balanced and every GroupNorm loses whole groups."""
+                    strict: bool, prune_norms: bool = False) -> None:
+    """Block channels until every grouped conv is balanced and every GroupNorm loses whole groups
+    (``prune_norms``: the same number of channels from each group that keeps any)."""
     changed = True
     while changed:
         changed = False
         for name, call in calls.items():
             module = modules[name]
             if isinstance(module, nn.GroupNorm) and call.tin is not None:
-                if not _whole_groups(_keep(classes, call.tin, call.c_in), module.num_groups):
+                keep = _keep(classes, call.tin, call.c_in)
+                g = module.num_groups
+                fits = _balanced(keep, keep, g) if prune_norms else _whole_groups(keep, g)
+                if not (fits or keep.all()):
                     classes.reason = f"GroupNorm {name!r} would lose part of a group"
                     classes.block(call.tin.ids)  # a group's statistics need all of its channels
                     changed = True
@@ -1226,13 +1403,16 @@ def _slices(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, n
     """The slice of every module that changes, and the deviation of every fold."""
     slices: dict[str, ChannelSlice] = {}
     fold_error: dict[str, float] = {}
+    reshaped = _reshaped_norms(classes, calls, modules)
     for name, call in calls.items():
         keep_in = _keep(classes, call.tin, call.c_in)
         keep_out = _keep(classes, call.tout, call.c_out) if call.kind == "producer" else keep_in
         if call.kind == "producer" and not keep_out.any():
             raise EmptyLayerError(f"all {call.c_out} output channels of layer {name!r} would be removed")
         delta = None
-        if call.kind == "producer" and not call.depthwise and not keep_in.all():
+        # behind a norm whose statistics change the removed channels are not constants: dropped, not folded
+        if (call.kind == "producer" and not call.depthwise and not keep_in.all()
+                and not _behind(call.node.args[0], reshaped, live)):
             x = call.node.args[0]
             delta, fold_error[name] = _fold(modules[name], values[x], ~keep_in, call.cd_in, call.cd_out,
                                             live.used[call.node], keep_out)
@@ -1241,6 +1421,104 @@ def _slices(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, n
     return slices, fold_error
 
 
+def _reshaped_norms(classes: Classes, calls: Mapping[str, Call], modules: Mapping[str, nn.Module]) -> set[str]:
+    """The norm layers that lose channels and so change their statistics (``prune_norms``): every
+    LayerNorm that loses any, every GroupNorm that loses part of a group."""
+    out = set()
+    for name, call in calls.items():
+        module = modules[name]
+        if not isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or call.tin is None:
+            continue
+        keep = _keep(classes, call.tin, call.c_in)
+        if not keep.all() and (isinstance(module, nn.LayerNorm) or not _whole_groups(keep, module.num_groups)):
+            out.add(name)
+    return out
+
+
+def _behind(node: Any, norms: set[str], live: Liveness) -> bool:
+    """Whether ``node`` is one of ``norms``' outputs, through ops of one tensor input that keep channels."""
+    while isinstance(node, fx.Node):
+        if node.op == "call_module" and str(node.target) in norms:
+            return True
+        if live.kinds.get(node) not in ("elementwise", "index", "spatial") or not node.args:
+            return False
+        inputs = _tensor_inputs(node, live.values)
+        if len(inputs) != 1:
+            return False
+        node = inputs[0]
+    return False
+
+
+def _norm_notes(gm: fx.GraphModule, slices: Mapping[str, ChannelSlice], live: Liveness,
+                reshaped: set[str]) -> dict[str, str]:
+    """Per LayerNorm / GroupNorm module: that it lost channels and changed its statistics, or that
+    it kept channels the masks prune (constant at its input), and why."""
+    notes: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or live.kinds[node] not in ("layernorm", "groupnorm"):
+            continue
+        name, first = str(node.target), node.args[0] if node.args else None
+        module = gm.get_submodule(name)
+        if not isinstance(first, fx.Node) or not isinstance(live.values.get(first), Tensor) or name in notes:
+            continue
+        kind = type(module).__name__
+        sl = slices.get(name)
+        removed = 0 if sl is None or sl.keep_in is None else int((~sl.keep_in).sum())
+        if name in reshaped:
+            notes[name] = (f"{kind}: {removed} channels removed (prune_norms): its statistics change, so the "
+                           "compact model is not the masked one here (output_error)")
+            continue
+        channels_last = isinstance(module, nn.LayerNorm) and not _own_forward(module)
+        kept = int(live.dead(first, -1 if channels_last else 1).sum()) - removed
+        if kept <= 0:
+            continue
+        if live.prune_norms and _own_forward(module):
+            why = "its forward is its own, so which dims it normalises is not known"
+        elif live.prune_norms and isinstance(module, nn.LayerNorm) and len(module.normalized_shape) > 1:
+            why = "it normalises over more than the channel dim"
+        elif live.prune_norms:
+            why = "another use of the channels keeps them, or a GroupNorm's groups would keep different counts"
+        elif isinstance(module, nn.GroupNorm):
+            why = "only whole groups go without changing its statistics; prune_norms=True removes them"
+        else:
+            why = "it normalises over them; prune_norms=True removes them, changing its statistics"
+        notes[name] = f"{kind}: keeps {kept} channels the masks prune (constant at its input): {why}"
+    return notes
+
+
+
+
+@attrs.frozen
+class Propagated:
+    """What :func:`propagate` returns: the masked model the compact one computes, as data.
+
+    ``functional_call(model, apply_masks(params, masks), x)`` computes what the compact model of
+    :func:`~purecompress.shrink` (same masks) computes, exactly and on every input: every channel
+    that shrinking removes is zeroed by ``masks``, and the constant those channels still emitted
+    in the user's masked model (a bias, BatchNorm's beta through ReLU) is added to the next layer's
+    bias, or to the running mean of the BatchNorm after a bias-free conv, in ``params``.
+    It equals the *user's* masked model (``apply_masks(params_of(model), user_masks)``) wherever
+    those folds are exact: everywhere but at the borders of zero-padded convs (``inexact`` lists
+    those layers with the deviation on the example inputs; ``exact=True`` keeps their channels).
+    A constant the dense model has no bias (nor BatchNorm) for keeps its channels unmasked here
+    (the user's masked model), and the compact model folds it into a new bias where that is
+    exact and keeps those channels too where it is not, so the two still agree.
+
+    Attributes:
+        masks: the user's masks plus the masks of producers' output rows and biases, norm weights
+            and biases, and consumers' input columns of the removed channels.
+        params: every parameter and buffer of the model (or the ``params`` given), with the
+            folded constants added; the tensors that do not change are the model's own.
+        inexact: producer name -> max abs deviation of its fold from the user's masked model on
+            the example inputs, for the folds above :data:`EXACT_TOL`.
+        norms: see :class:`ChannelPlan` (with ``prune_norms`` the masked model keeps the removed
+            channels in those norms' statistics, the compact model does not).
+    """
+
+    masks: Masks
+    params: dict[str, Tensor]
+    inexact: dict[str, float]
+    norms: dict[str, str]
 
 
 def propagate(
@@ -1250,13 +1528,17 @@ def propagate(
     *,
     leaf_modules: Iterable[str | type[nn.Module]] = (),
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    exact: bool = False,
+    prune_norms: bool = False,
     params: Mapping[str, Tensor] | None = None,
     capture_method: Method = "auto",
-) -> Masks:
-    """The full masks implied by ``masks``: every channel that shrinking removes, masked everywhere.
+) -> Propagated:
+    """The full masks implied by ``masks`` (every channel that shrinking removes, masked
+    everywhere) and the params that keep the masked model's function.
 
-    Applied with :func:`~purecompress.apply_masks`, they give a masked model whose outputs equal
-    the compact model's from :func:`~purecompress.graph` (use them to fine-tune).
+    Fine-tune ``apply_masks(result.params, result.masks)``: it is the compact model's function
+    exactly, and the user's masked model's up to ``result.inexact`` (see :class:`Propagated`);
+    ``shrink(model, result.masks, x, params=result.params)`` then has nothing left to fold.
 
     Args:
         model: the dense model (not modified).
@@ -1264,18 +1546,26 @@ def propagate(
         example_inputs: a tensor, tuple or dict of inputs.
         leaf_modules: passed to :func:`~purecompress.graph`.
         replacements: extra replacement-table entries.
+        exact: keep the channels whose constants cannot be folded exactly (``inexact`` is then
+            empty: the result equals the user's masked model everywhere).
+        prune_norms: remove channels through LayerNorm / GroupNorm too (see :func:`channel_plan`;
+            the masked model then differs from the compact one at those norms, ``norms``).
         params: values to use instead of the model's parameters and buffers.
         capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
 
     Returns:
-        The given masks (combined where a key repeats) plus the masks of producers' output rows
-        and biases, norm weights and biases, and consumers' input columns of removed channels.
+        A :class:`Propagated` record (``masks``, ``params``, ``inexact``).
 
-    >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
     >>> keep = torch.tensor([True, False, True, True]).reshape(4, 1, 1, 1)
-    >>> m = propagate(net, {'0.weight': Mask(keep, (4, 3, 1, 1))}, torch.randn(1, 3, 4, 4))
-    >>> sorted(m), m['3.weight'].keep.flatten().tolist()
-    (['0.bias', '0.weight', '1.bias', '1.weight', '3.weight'], [True, False, True, True, True, False, True, True])
+    >>> x = torch.randn(1, 3, 4, 4)
+    >>> _ = torch.nn.init.constant_(net.eval()[1].bias, 0.5)  # channel 1 still emits relu(0.5)
+    >>> out = propagate(net, {'0.weight': Mask(keep, (4, 3, 1, 1))}, x)
+    >>> sorted(out.masks), out.masks['3.weight'].keep.flatten().tolist()
+    (['0.weight', '1.bias', '1.weight', '3.weight'], [True, False, True, True, True, False, True, True])
+    >>> torch.allclose(out.params['3.bias'], net[3].bias + 0.5 * net[3].weight[:, 1, 0, 0]), out.inexact
+    (True, {})
     """
-    return channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                        params=params, capture_method=capture_method).masks
+    plan = channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
+                        exact=exact, prune_norms=prune_norms, params=params, capture_method=capture_method)
+    return Propagated(plan.masks, plan.params, plan.inexact, plan.norms)

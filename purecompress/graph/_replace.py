@@ -2,10 +2,11 @@
 
 A :class:`Replacement` says how channels flow through a module type (``'producer'``: Conv/Linear,
 new output channels from all input channels; ``'channelwise'``: BatchNorm, InstanceNorm,
-GroupNorm, PReLU, output channel ``c`` from input channel ``c``) and how to build the smaller module from a
-:class:`ChannelSlice`. The default entries copy the module and swap its tensors and channel counts,
-so a subclass (timm's ``Conv2dSame``, ``BatchNormAct2d`` with its activation) keeps its class and
-its extra attributes. :data:`REPLACEMENTS` is the default table; :func:`~purecompress.shrink`
+GroupNorm, PReLU, and LayerNorm with ``prune_norms``: output channel ``c`` from input channel
+``c``) and how to build the smaller module from a :class:`ChannelSlice`. The default entries copy
+the module and swap its tensors and channel counts, so a subclass (timm's ``Conv2dSame``,
+``BatchNormAct2d`` with its activation) keeps its class and its extra attributes.
+:data:`REPLACEMENTS` is the default table; :func:`~purecompress.shrink`
 takes extra entries (``replacements={MyNorm: Replacement('channelwise', fn)}``) that win over it.
 Nothing here edits a module in place: each function returns a new module.
 """
@@ -130,11 +131,27 @@ def _norm(module: nn.Module, sl: ChannelSlice) -> nn.Module:
 
 
 def _group_norm(module: nn.Module, sl: ChannelSlice) -> nn.Module:
-    """GroupNorm: the analysis removes whole groups only."""
+    """GroupNorm: the analysis removes whole groups, or (``prune_norms``) the same count from each."""
     keep = sl.keep_in if sl.keep_in is not None else torch.ones(module.num_channels, dtype=torch.bool)
     groups = int(keep.reshape(module.num_groups, -1).any(1).sum())
     idx = keep.nonzero().flatten()
     return _swap(module, _per_channel(module, idx, module.num_channels), num_groups=groups, num_channels=len(idx))
+
+
+def _layer_norm(module: nn.Module, sl: ChannelSlice) -> nn.Module:
+    """LayerNorm over one dim (only with ``prune_norms``): the kept features, weight and bias sliced.
+
+    A copy of the module (subclasses keep their forward), with ``normalized_shape`` and the
+    affine parameters of the kept features only.
+    """
+    idx = _index(sl.keep_in, module.normalized_shape[0])
+    new = copy.deepcopy(module)
+    new.normalized_shape = (len(idx),)
+    for name in ("weight", "bias"):
+        p = getattr(module, name, None)
+        if p is not None:
+            setattr(new, name, nn.Parameter(p.detach()[idx].clone(), requires_grad=p.requires_grad))
+    return new
 
 
 def _prelu(module: nn.Module, sl: ChannelSlice) -> nn.Module:
@@ -156,6 +173,7 @@ REPLACEMENTS: Mapping[type[nn.Module], Replacement] = {
     nn.InstanceNorm1d: _CHANNELWISE, nn.InstanceNorm2d: _CHANNELWISE, nn.InstanceNorm3d: _CHANNELWISE,
     nn.PReLU: Replacement("channelwise", _prelu),
     nn.GroupNorm: Replacement("channelwise", _group_norm),
+    nn.LayerNorm: Replacement("channelwise", _layer_norm, -1),  # used only with prune_norms
 }  # fmt: skip
 
 

@@ -6,8 +6,9 @@ private copy of the model, and checks the compact model against the masked one o
 inputs. Removed channels that still carried a constant (a bias, BatchNorm beta through ReLU) are
 folded into the consumer's bias; that is exact for Linear layers, 1x1 or unpadded convs and after
 global pooling. Behind a zero-padded conv the constant differs at the borders: the report lists
-those layers with the measured deviation (``ShrinkReport.inexact``), and the propagated masks
-(``ShrinkReport.masks``) give a masked model the compact one matches exactly.
+those layers with the measured deviation (``ShrinkReport.inexact``), and the propagated masks and
+params (``ShrinkReport.masks``, ``ShrinkReport.params``) give a masked model the compact one
+matches exactly.
 """
 
 from __future__ import annotations
@@ -64,13 +65,16 @@ class ShrinkReport:
         output_error: relative error ``|compact - masked| / |masked|`` on the example inputs.
         inexact: layers whose folded constants deviate (zero-padded convs), with the deviation.
         replaced: names of the modules that were rebuilt.
-        masks: the propagated masks: every parameter the user's masks kill, BatchNorm included.
-            Two models, both exact: the compact model returned with this report equals the model
-            with the *user's* masks applied (``output_error``; a pruned channel's constant, e.g.
-            BatchNorm's beta through ReLU, is folded into the next layer's bias), while these
-            masks zero that constant, so applied to the dense model they can differ from it.
-            Fine-tune with these masks, then ``shrink(model, report.masks, x)``: that compact
-            model equals the model with them applied (``tests/test_shrink.py`` checks both).
+        masks, params: what :func:`~purecompress.propagate` returns for the same masks (see
+            :class:`~purecompress.graph.Propagated`): ``apply_masks(report.params, report.masks)``
+            is the compact model's function exactly, on every input. The masks alone, applied to
+            the model's own params, are *not*: they zero the constants that pruned channels still
+            emit (BatchNorm's beta through ReLU), which ``params`` moves into the next bias or
+            BatchNorm running mean. The compact model equals the *user's* masked model up to
+            ``inexact`` (``output_error`` measures it). Fine-tune from these, then
+            ``shrink(model, report.masks, x, params=tuned)`` (``tests/test_shrink.py``).
+        norms: LayerNorm / GroupNorm name -> channels removed through it (``prune_norms``: its
+            statistics change, so ``output_error`` is not a failure there) or kept, and why.
         dense: every masked layer (a layer whose mask removes output channels) that the compact
             model keeps some of those channels of, with the reason: the op that blocks them
             (``blocked by op X at node 'Y'``), a LayerNorm they meet, unbalanced groups, a
@@ -88,6 +92,8 @@ class ShrinkReport:
     inexact: dict[str, float]
     replaced: tuple[str, ...]
     masks: Masks
+    params: dict[str, Tensor]
+    norms: dict[str, str]
     dense: dict[str, str] = attrs.field(factory=dict)
 
     def table(self) -> str:
@@ -163,6 +169,7 @@ def shrink(
     replacements: Mapping[type[nn.Module], Replacement] | None = None,
     strict: bool = False,
     exact: bool = False,
+    prune_norms: bool = False,
     params: Mapping[str, Tensor] | None = None,
     capture_method: Method = "auto",
 ) -> tuple[nn.Module, ShrinkReport]:
@@ -178,6 +185,9 @@ def shrink(
             groups balance (see :func:`~purecompress.graph.channel_plan`).
         exact: keep the channels whose constants cannot be folded exactly (behind zero-padded
             convs): the compact model then equals the masked one everywhere, a little larger.
+        prune_norms: remove channels through LayerNorm / GroupNorm too (see
+            :func:`~purecompress.graph.channel_plan`): their statistics change, so the compact
+            model differs from the masked one (``output_error`` measures it, ``norms`` says where).
         params: parameter (and buffer) values to use instead of the model's own (e.g. the
             fine-tuned params of a functional loop); the compact model is built from them.
         capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
@@ -211,7 +221,8 @@ def shrink(
     if any(c.param in masks for b in blocks if b.kind == "attention" for c in b.cuts):
         return shrink_heads(model, masks, example_inputs, blocks=blocks, params=params)
     analysis = analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
-                       strict=strict, exact=exact, params=params, capture_method=capture_method)
+                       strict=strict, exact=exact, prune_norms=prune_norms, params=params,
+                       capture_method=capture_method)
     plan, compact = analysis.plan, analysis.masked
     for name, sl in plan.slices.items():
         module = compact.get_submodule(name)
@@ -253,4 +264,6 @@ def shrink(
         replaced=tuple(plan.slices),
         masks=plan.masks,
         dense=plan.dense,
+        params=plan.params,
+        norms=plan.norms,
     )

@@ -234,4 +234,6 @@ def shrink_heads(
         inexact={},
         replaced=tuple(dict.fromkeys(replaced)),
         masks=dict(masks),
+        params=dict(values),  # a removed head or neuron emits no constant: nothing moves
+        norms={},
     )

@@ -14,6 +14,7 @@ from torch import nn
 nni = pytest.importorskip("nni", reason="parity tests need nni==2.10.1 as the oracle")
 shape_dependency = pytest.importorskip("nni.compression.pytorch.utils.shape_dependency")
 
+from purecompress.compat.shape_dependency import ChannelDependency  # noqa: E402
 from purecompress.graph import capture, channel_dependency, group_dependency  # noqa: E402
 from tests.models_blocks import Basic, Bottleneck, conv_bn  # noqa: E402
 
@@ -90,10 +91,12 @@ def nni_oracle(cls_name: str, model: nn.Module, x: torch.Tensor) -> Any:
 def test_channel_dependency_matches_nni(name: str) -> None:
     torch.manual_seed(0)
     model = MODELS[name]().eval()
-    ours = channel_dependency(model, X)
+    ours = channel_dependency(model, X, couple_depthwise=False)  # NNI's rule (the core default couples)
     theirs = nni_oracle("ChannelDependency", model, X)
     assert {frozenset(s) for s in ours} == {frozenset(s) for s in theirs}
     assert any(len(s) > 1 for s in ours)  # the model really has dependencies
+    compat = ChannelDependency(model, X).dependency_sets  # what NNI scripts get: NNI's sets
+    assert {frozenset(s) for s in compat} == {frozenset(s) for s in theirs}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -126,6 +129,6 @@ def _hf(name: str) -> tuple[nn.Module, torch.Tensor]:
 def test_recorded_transformers_match_nni(name: str) -> None:
     """torch.fx cannot trace these; the recorded run (method='auto' falls back to it) gives NNI's sets."""
     model, x = _hf(name)
-    ours = channel_dependency(model, x)
+    ours = channel_dependency(model, x, couple_depthwise=False)
     theirs = nni_oracle("ChannelDependency", model, (x,))
     assert {frozenset(s) for s in ours} == {frozenset(s) for s in theirs}

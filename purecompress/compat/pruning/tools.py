@@ -745,7 +745,9 @@ class DependencyAwareAllocator(SparsityAllocator):
             pruner._unwrap_model()
             try:
                 graph = capture(pruner._bound(), dummy_input)
-                channel_dependency = channels(graph) if channel_dependency is None else channel_dependency
+                # NNI's rule for parity: depthwise convs choose their channels apart from their producers
+                channel_dependency = (channels(graph, couple_depthwise=False) if channel_dependency is None
+                                      else channel_dependency)
                 group_dependency = groups(graph) if group_dependency is None else group_dependency
             except GraphCaptureError as err:
                 raise GraphCaptureError(
