@@ -5,6 +5,9 @@ Issue 13's measuring stick. Every model is built with random weights from code (
 downloaded. Per model, in its own subprocess (a crash or a timeout is a row, not the end of the
 sweep), one row:
 
+Zero-initialised weights (torchvision ViT's head, timm's residual BatchNorm scales) get random
+values first (:func:`trained_like`), as training would give them.
+
 - **captured**: ``pc.capture`` on the example input and the method that ran (``fx`` / ``record``);
 - **sets**: the dependency sets of the pruned layers (``pc.channel_dependency``, depthwise convs
   coupled to their producers) with more than one member;
@@ -190,7 +193,29 @@ def build(spec: str, size: int = 64) -> tuple[nn.Module, Any]:
     else:
         raise ValueError(f"unknown model family {family!r} in {spec!r} (use timm:NAME, hf:NAME, local:NAME or a "
                          "torchvision name)")
-    return model.eval(), example
+    return trained_like(model).eval(), example
+
+
+def trained_like(model: nn.Module) -> nn.Module:
+    """Give zero-initialised weights random values, as training would (in place; returns ``model``).
+
+    Libraries zero-init some layers so that a fresh model starts as an identity or a constant:
+    torchvision's ViT head, timm's last BatchNorm scale of each residual block. With those zeros,
+    every channel feeding them is dead in fact, and pruning removes whole layers
+    (``EmptyLayerError``), which says nothing about a trained model. Weights (not biases) that are
+    all zero get ``N(0, 0.02)``; all-zero BatchNorm / LayerNorm scales get ``U(0.5, 1.5)``.
+    """
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, nn.Parameter) or bool(weight.ne(0).any()):
+                continue
+            if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+                weight.copy_(torch.rand(weight.shape, generator=gen) + 0.5)
+            else:
+                weight.copy_(torch.randn(weight.shape, generator=gen) * 0.02)
+    return model
 
 
 def classifier(model: nn.Module) -> str | None:
