@@ -70,7 +70,9 @@ def keep_top(score: Tensor, k: int | Tensor, dim: int = -1) -> Tensor:
     """Bool mask of the ``k`` largest entries along ``dim``; ties keep the lower index.
 
     Linear time (``kthvalue``), no ``.item()`` under transforms: usable under ``vmap`` and
-    ``torch.compile``. NaN counts as the smallest value.
+    ``torch.compile``. NaN counts as the smallest value. Outside transforms, rows of at least 1024
+    entries (a multiple of 256) along the last dim are selected by a sampled bracket and counts
+    instead of a ``kthvalue`` per row (benchmarks/RESULTS.md: about 4x faster), with the same result.
 
     >>> keep_top(torch.tensor([1., 3., 3., 0.]), 2)
     tensor([False,  True,  True, False])
