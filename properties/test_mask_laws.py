@@ -133,3 +133,53 @@ def test_a_block_mask_equals_its_dense_expansion(data: st.DataObject, shape: tup
     t = data.draw(int_tensors(shape)) + 1
     assert torch.equal(mask.apply(t), t * mask.to_dense())
     assert int(mask.kept()) == int(mask.to_dense().sum())
+
+
+def _rows(kind: str, rows: int, n: int, seed: int) -> torch.Tensor:
+    """Rows long enough for keep_top's bracketed row path, of one kind (ties, NaN, adversarial)."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(rows, n, generator=gen)
+    if kind == "ties":  # few distinct values: the threshold is tied almost always
+        return torch.randint(0, 5, (rows, n), generator=gen).float()
+    if kind == "nan":
+        return base.masked_fill(torch.rand(rows, n, generator=gen) < 0.3, math.nan)
+    if kind == "mostly_nan":  # fewer finite entries than k: NaN entries are kept, lower index first
+        return base.masked_fill(torch.rand(rows, n, generator=gen) < 0.9, math.nan)
+    if kind == "tie_at_median":  # a few entries equal to the value the 50% selection stops at
+        row = base.clone()
+        cols = torch.randint(0, n, (rows, 6), generator=gen)
+        return row.scatter(1, cols, row.kthvalue(n // 2, -1, keepdim=True).values.expand(rows, 6))
+    if kind == "all_equal":
+        return torch.full((rows, n), 1.5)
+    if kind == "infinite":
+        return base.masked_fill(torch.rand(rows, n, generator=gen) < 0.2, math.inf).masked_fill(
+            torch.rand(rows, n, generator=gen) < 0.2, -math.inf)
+    if kind == "adversarial":  # sorted rows with a block of one value right at the median, and a
+        # strided sample that sees only the large entries
+        row = base.sort(-1).values
+        row[:, n // 2 - 40: n // 2 + 40] = row[:, n // 2: n // 2 + 1]
+        row[:, :: n // 128] = 1e6
+        return row
+    return base * torch.rand(rows, 1, generator=gen) * 10  # random, with a scale per row
+
+
+_KINDS = ["random", "ties", "tie_at_median", "nan", "mostly_nan", "all_equal", "infinite", "adversarial"]
+
+
+@given(st.sampled_from(_KINDS),
+       st.integers(1, 5), st.sampled_from([1024, 2048]), st.integers(0, 2**16),
+       st.lists(st.floats(0.0, 1.0), min_size=1, max_size=3), st.sampled_from([torch.float32, torch.float64]))
+@example("random", 3, 1024, 0, [0.5], torch.float32)
+@example("adversarial", 2, 1024, 1, [0.5, 0.49], torch.float32)
+@example("tie_at_median", 4, 1024, 2, [0.5], torch.float32)
+def test_keep_top_on_long_rows_equals_the_kthvalue_selection(kind: str, rows: int, n: int, seed: int,
+                                                             sparsities: list[float], dtype: torch.dtype) -> None:
+    from purecompress.pruning._allocators import _keep_top_kth, _rows_fast
+
+    score = _rows(kind, rows, n, seed).to(dtype)
+    for s in sparsities:
+        k = int(pc.kept_count(n, s))
+        if not 0 < k < n:  # all or nothing: no selection at all
+            continue
+        assert _rows_fast(score, k, -1)
+        assert torch.equal(pc.keep_top(score, k), _keep_top_kth(torch.nan_to_num(score, nan=-math.inf), k, -1))

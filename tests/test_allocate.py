@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -318,3 +320,33 @@ def test_sampled_selection_is_exact_on_large_and_adversarial_inputs(kind: str) -
     for rank in (1, 7, n // 3, n // 2, n - 3, n):
         assert torch.equal(_kth_smallest_sampled(x, rank), torch.kthvalue(x, rank).values)
     assert pc.keep_top(x, n // 2).sum() == n // 2
+
+
+def test_keep_top_row_path_resolves_most_rows_itself_and_falls_back_exactly() -> None:
+    # Rows past the chunk size, with tied, NaN, all-equal rows mixed in at known indices: the
+    # bracketed row path must give the kthvalue path's mask, and settle the plain rows by itself.
+    from purecompress.pruning._allocators import _ROWS_CHUNK, _keep_top_kth, _keep_top_rows_chunk
+
+    gen = torch.Generator().manual_seed(0)
+    score = torch.randn(_ROWS_CHUNK + 37, 1024, generator=gen) * torch.rand(_ROWS_CHUNK + 37, 1, generator=gen)
+    score[5] = 2.0
+    score[_ROWS_CHUNK + 3] = torch.randint(0, 3, (1024,), generator=gen).float()
+    score[_ROWS_CHUNK + 9, ::3] = float("nan")
+    for k in (1, 300, 512, 1000):
+        expected = _keep_top_kth(torch.nan_to_num(score, nan=-math.inf), k, -1)
+        assert torch.equal(pc.keep_top(score, k), expected)
+    out = torch.empty(_ROWS_CHUNK, 1024, dtype=torch.bool)
+    missed = _keep_top_rows_chunk(score[:_ROWS_CHUNK], 512, torch.empty_like(out), out)
+    assert 5 in missed.tolist() and missed.numel() < 20
+
+
+def test_keep_top_row_path_is_not_used_under_vmap_or_for_short_rows() -> None:
+    from purecompress.pruning._allocators import _rows_fast
+
+    assert not _rows_fast(torch.zeros(4, 1000), 10, -1)  # not a multiple of 256
+    assert not _rows_fast(torch.zeros(4, 512), 10, -1)  # short
+    assert not _rows_fast(torch.zeros(4, 1024), 10, 0)  # not the last dim
+    assert not _rows_fast(torch.zeros(4, 1024), torch.tensor(10), -1)  # tensor k: the ranked path
+    seen = []
+    torch.func.vmap(lambda s: seen.append(_rows_fast(s, 10, -1)) or s)(torch.zeros(3, 4, 1024))
+    assert seen == [False]

@@ -70,14 +70,19 @@ def keep_top(score: Tensor, k: int | Tensor, dim: int = -1) -> Tensor:
     """Bool mask of the ``k`` largest entries along ``dim``; ties keep the lower index.
 
     Linear time (``kthvalue``), no ``.item()`` under transforms: usable under ``vmap`` and
-    ``torch.compile``. NaN counts as the smallest value.
+    ``torch.compile``. NaN counts as the smallest value. Outside transforms, rows of at least 1024
+    entries (a multiple of 256) along the last dim are selected by a sampled bracket and counts
+    instead of a ``kthvalue`` per row (benchmarks/RESULTS.md: about 4x faster), with the same result.
 
     >>> keep_top(torch.tensor([1., 3., 3., 0.]), 2)
     tensor([False,  True,  True, False])
     >>> keep_top(torch.tensor([2., 2., 2.]), 2)
     tensor([ True,  True, False])
     """
-    return _keep_top(torch.nan_to_num(_as_float(score), nan=-math.inf), k, dim)
+    score = _as_float(score)
+    if _rows_fast(score, k, dim):  # NaN handled inside: no full-size nan_to_num copy
+        return _keep_top_rows(score, k)  # type: ignore[arg-type]
+    return _keep_top(torch.nan_to_num(score, nan=-math.inf), k, dim)
 
 
 
@@ -86,10 +91,8 @@ def _as_float(score: Tensor) -> Tensor:
     return score.to(torch.promote_types(score.dtype, torch.float32))
 
 
-
-
 def _keep_top(score: Tensor, k: int | Tensor, dim: int) -> Tensor:
-    """:func:`keep_top` for a float tensor without NaN."""
+    """:func:`keep_top` for a float tensor without NaN (the row path also takes NaN)."""
     if isinstance(k, Tensor):
         return _keep_top_ranked(score, k, dim)
     n = score.shape[dim]
@@ -97,6 +100,15 @@ def _keep_top(score: Tensor, k: int | Tensor, dim: int) -> Tensor:
         return torch.ones_like(score, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(score, dtype=torch.bool)
+    if _rows_fast(score, k, dim):
+        return _keep_top_rows(score, k)
+    return _keep_top_kth(score, k, dim)
+
+
+def _keep_top_kth(score: Tensor, k: int, dim: int) -> Tensor:
+    """:func:`_keep_top` for ``0 < k < n`` by a ``kthvalue`` threshold and the tie rule (the exact
+    path that :func:`_keep_top_rows` falls back to, and the one under transforms)."""
+    n = score.shape[dim]
     if score.dim() == 1 and n > _SAMPLED_SELECT_MIN and not is_traced(score):
         threshold = _kth_smallest_sampled(score, n - k).reshape(1)
     else:
@@ -120,6 +132,122 @@ def _keep_top_ranked(score: Tensor, k: Tensor, dim: int) -> Tensor:
 
 
 _SAMPLED_SELECT_MIN = 1 << 16
+
+
+#: The bracketed row selection (:func:`_keep_top_rows`) runs for rows at least this long whose
+#: length is a multiple of 256 (its bit-packed counts read a row as whole groups of 64 int32 words).
+_ROWS_MIN = 1024
+_ROWS_CHUNK = 512  # rows per chunk: bounds the bool scratch buffer
+_ROWS_SAMPLE = 128  # sampled entries per row
+_ROWS_Z = 3.0  # bracket half-width in standard deviations of the rank estimate
+_ROWS_ROUNDS = 2  # count-only rounds that narrow the bracket before the band is extracted
+_ROWS_BAND_MAX = 256  # rows whose final band holds more entries take the kthvalue path
+
+
+def _rows_fast(score: Tensor, k: int | Tensor, dim: int) -> bool:
+    """Whether :func:`_keep_top_rows` applies: an int ``k`` strictly inside ``(0, n)``, selection
+    along the last dim of long rows, and no transform (it branches on data)."""
+    if isinstance(k, Tensor) or score.dim() < 2 or dim not in (-1, score.dim() - 1):
+        return False
+    n = score.shape[-1]
+    return (0 < k < n and n >= _ROWS_MIN and n % 256 == 0 and score.numel() > 0
+            and score.dtype in (torch.float32, torch.float64) and not is_traced(score))
+
+
+def _keep_top_rows(score: Tensor, k: int) -> Tensor:
+    """:func:`keep_top` along the last dim of long rows (NaN allowed), in a few elementwise passes.
+
+    The same mask as the ``kthvalue`` path, found without a selection over every row: per row a
+    strided sample brackets the k-th largest value ``t``, two rounds of counting (``score > x`` at
+    probes interpolated between the bracket's exact counts) narrow the bracket to a few dozen
+    entries, only those entries are extracted and sorted, and the mask is ``score >= t``. A row
+    falls back to ``kthvalue`` (exact, with the tie rule) when its bracket missed, its band stayed
+    wide, or ``t`` is tied with an entry that must be dropped; the result never depends on luck.
+    Costs about 4 passes over the scores on one thread, against about 9 for ``kthvalue`` alone
+    (benchmarks/RESULTS.md).
+    """
+    shape = score.shape
+    n = shape[-1]
+    flat = score.reshape(-1, n)
+    r = flat.shape[0]
+    with torch.no_grad():
+        out = torch.empty((r, n), dtype=torch.bool, device=score.device)
+        buf = torch.empty((min(_ROWS_CHUNK, r), n), dtype=torch.bool, device=score.device)
+        missed = []
+        for r0 in range(0, r, _ROWS_CHUNK):
+            r1 = min(r0 + _ROWS_CHUNK, r)
+            rows = _keep_top_rows_chunk(flat[r0:r1], k, buf[: r1 - r0], out[r0:r1])
+            if rows.numel():
+                missed.append(rows + r0)
+        if missed:
+            rows = torch.cat(missed)
+            out[rows] = _keep_top_kth(torch.nan_to_num(flat[rows], nan=-math.inf), k, -1)
+    return out.reshape(shape)
+
+
+def _count_above(score: Tensor, x: Tensor, buf: Tensor) -> Tensor:
+    """``(score > x).sum(-1, keepdim=True)`` as int32, counted on the bool bytes packed four to an
+    int32 word (64 words summed per lane, so no byte lane overflows): bool sums upcast to int64
+    and cost as much as the comparison itself."""
+    torch.gt(score, x, out=buf)
+    words = buf.view(torch.int32).view(buf.shape[0], -1, 64).sum(-1, dtype=torch.int32)
+    lanes = (words & 0xFF) + ((words >> 8) & 0xFF) + ((words >> 16) & 0xFF) + ((words >> 24) & 0xFF)
+    return lanes.sum(-1, keepdim=True, dtype=torch.int32)
+
+
+def _row_bracket(score: Tensor, k: int, buf: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per row ``lo, hi`` with exact ``above_lo = #(score > lo)`` and ``above_hi = #(score > hi)``;
+    the k-th largest lies in ``(lo, hi]`` exactly when ``above_hi < k <= above_lo``."""
+    r, n = score.shape
+    sample = torch.nan_to_num(score[:, :: max(1, n // _ROWS_SAMPLE)], nan=-math.inf)
+    m = sample.shape[1]
+    p = (n - k) / n
+    pos = (n - k + 0.5) / n * m - 0.5  # the k-th largest's position in the ascending sample
+    margin = _ROWS_Z * math.sqrt(m * p * (1 - p)) + 1.0
+    first, last = math.floor(pos - margin), math.ceil(pos + margin)
+    lo = (torch.kthvalue(sample, first + 1, -1, keepdim=True).values if first >= 0
+          else sample.new_full((r, 1), -math.inf))
+    hi = (torch.kthvalue(sample, last + 1, -1, keepdim=True).values if last < m
+          else sample.new_full((r, 1), math.inf))
+    above_lo, above_hi = _count_above(score, lo, buf), _count_above(score, hi, buf)
+    for _ in range(_ROWS_ROUNDS):
+        band = (above_lo - above_hi).clamp_min(1).to(score.dtype)
+        rank = (k - above_hi).to(score.dtype)  # of the k-th largest inside the band, from the top
+        f = (rank / band).clamp(0, 1)
+        half = _ROWS_Z * torch.sqrt(band * f * (1 - f)) + 1.0
+        width = hi - lo
+        for frac in ((rank - 0.5 + half) / band, (rank - 0.5 - half) / band):
+            x = hi - frac.clamp(0, 1) * width  # linear in the counts between lo and hi
+            x = torch.where(torch.isfinite(x), x, hi)  # an infinite end: no probe (never NaN)
+            count = _count_above(score, x, buf)
+            lower = count >= k  # x < t; otherwise t <= x: every probe tightens one side exactly
+            raise_lo, cut_hi = lower & (x > lo), ~lower & (x < hi)
+            lo, above_lo = torch.where(raise_lo, x, lo), torch.where(raise_lo, count, above_lo)
+            hi, above_hi = torch.where(cut_hi, x, hi), torch.where(cut_hi, count, above_hi)
+    return lo, hi, above_lo, above_hi
+
+
+def _keep_top_rows_chunk(score: Tensor, k: int, buf: Tensor, out: Tensor) -> Tensor:
+    """Write the mask of a chunk of rows into ``out``; return the rows left for the fallback."""
+    r = score.shape[0]
+    lo, hi, above_lo, above_hi = _row_bracket(score, k, buf)
+    ok = (above_hi < k) & (k <= above_lo) & (above_lo - above_hi <= _ROWS_BAND_MAX)
+    counts = torch.where(ok, above_lo - above_hi, 0)[:, 0]
+    torch.gt(score, torch.where(ok, lo, hi), out=buf)  # an empty band for the rows that missed
+    buf &= score <= hi
+    values = score[buf]  # row-major: each row's band entries, in order
+    width = max(int(counts.max()), 1)
+    band = score.new_full((r, width), -math.inf)
+    row = torch.repeat_interleave(torch.arange(r, device=score.device), counts)
+    start = torch.cumsum(counts, 0) - counts
+    band[row, torch.arange(values.numel(), device=score.device) - start[row]] = values
+    band = torch.sort(band, -1, descending=True).values
+    t = band.gather(1, (k - above_hi).clamp(1, width).long() - 1)
+    above = above_hi + (band > t).sum(-1, keepdim=True)
+    tied = (band == t).sum(-1, keepdim=True)
+    ok &= above + tied == k  # otherwise some entry equal to t is dropped: the tie rule decides
+    torch.ge(score, t, out=out)  # NaN compares False: never kept on these rows
+    return (~ok[:, 0]).nonzero()[:, 0]
 
 
 

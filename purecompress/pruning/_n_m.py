@@ -164,8 +164,9 @@ def allocate_n_m(metrics: Metrics, n: int | Mapping[str, int], m: int, *,
         if tuple(metric.score.shape) != tuple(metric.shape):
             raise ValueError(f"N:M needs an element-granularity metric; {name!r} has scores of shape "
                              f"{tuple(metric.score.shape)} for a parameter of shape {metric.shape}")
-        score = torch.nan_to_num(metric.score.to(torch.promote_types(metric.score.dtype, torch.float32)),
-                                 nan=-math.inf)
+        # NaN stays: the selection ranks it lowest itself (one full-size copy fewer); a prior's
+        # pruned entries go to -inf, which ties with NaN exactly as NaN -> -inf would
+        score = metric.score.to(torch.promote_types(metric.score.dtype, torch.float32))
         previous = prior.get(name) if prior else None
         if previous is not None:
             score = score.masked_fill(~previous.broadcastable().expand(metric.shape), -math.inf)
