@@ -383,7 +383,7 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
             blocks = pc.head_blocks(model)
         except ValueError:  # no attention or MLP block of a known layout: a CNN
             blocks = None
-        if blocks:  # a transformer: half of the heads and of the MLP neurons of every block, by L1
+        if blocks and any(b.kind == "attention" for b in blocks):  # a transformer: half of the heads and of the MLP neurons of every block, by L1
             scores = pc.head_scores(blocks, pc.level(params, pc.head_block_params(blocks)))
             masks = pc.head_masks(blocks, pc.allocate_heads(blocks, scores, sparsity), params)
             row["units"] = "heads+neurons"
@@ -404,7 +404,9 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
     macs_before, macs_after = _macs(model, example), _macs(compact, example)
     row["macs"] = (macs_before, macs_after) if macs_before else (report.flops_before, report.flops_after)
     timed: dict[str, nn.Module] = {"dense": model, "compact": compact}
-    if peer:
+    if peer and isinstance(example, dict):
+        row["tp"] = "not run (transformers need Torch-Pruning's per-model head setup)"
+    elif peer:
         tp_model, status = _torch_pruning(model, example, last)
         row["tp"] = status
         if tp_model is not None:

@@ -1384,6 +1384,8 @@ def _pad_groups(classes: Classes, call: Call, keep_in: Tensor, keep_out: Tensor,
     """
     ins, outs = keep_in.reshape(groups, -1), keep_out.reshape(groups, -1)
     live = ins.any(1) | outs.any(1)
+    if not bool(live.any()):
+        return False
     padded = False
     for track, chunks in ((call.tin, ins), (call.tout, outs)):
         if track is None:
