@@ -1,0 +1,67 @@
+"""ConvNeXt-style residual streams through LayerNorm and layer scale (issue 13).
+
+``channel_dependency(..., through_norms=True)`` follows channels to the dim that holds them, so the
+stem and every block's last Linear share one set across channels-last LayerNorms, a traced
+``LayerNorm2d`` and ``x * layer_scale``; without it the sets are NNI's (dim 1 only).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import purecompress as pc
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's: channels first outside, a channels-last layer_norm inside (traced through)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+
+
+class Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.fc1, self.fc2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.layer_scale = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(F.gelu(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
+        return x + self.layer_scale * y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtLike(nn.Module):
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.stem, self.stem_norm = nn.Conv2d(3, c, 2, stride=2), LayerNorm2d(c)
+        self.stage1 = nn.Sequential(Block(c), Block(c))
+        self.down_norm, self.down = LayerNorm2d(c), nn.Conv2d(c, 2 * c, 2, stride=2)
+        self.stage2 = nn.Sequential(Block(2 * c))
+        self.head = nn.Linear(2 * c, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stage1(self.stem_norm(self.stem(x)))
+        return self.head(self.stage2(self.down(self.down_norm(y))).mean((2, 3)))
+
+
+STREAM1 = ("stem", "stage1.0.dw", "stage1.0.fc2", "stage1.1.dw", "stage1.1.fc2")
+STREAM2 = ("down", "stage2.0.dw", "stage2.0.fc2")
+
+
+def test_through_norms_puts_each_residual_stream_in_one_set() -> None:
+    sets = pc.channel_dependency(ConvNeXtLike(), torch.randn(1, 3, 24, 24), through_norms=True)
+    assert STREAM1 in sets and STREAM2 in sets
+    assert ("stage1.0.fc1",) in sets and ("head",) in sets
+
+
+def test_without_through_norms_the_sets_stop_at_the_permutes() -> None:
+    sets = pc.channel_dependency(ConvNeXtLike(), torch.randn(1, 3, 24, 24))  # H != C: no coincidence
+    assert ("stage1.0.fc2",) in sets and not any({"stem", "stage1.0.fc2"} <= set(s) for s in sets)
