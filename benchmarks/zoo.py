@@ -37,6 +37,7 @@ Run::
     python benchmarks/zoo.py --all                  # every torchvision classification model, the timm list, HF
     python benchmarks/zoo.py --models resnet18 timm:efficientnet_b0 hf:bert local:mobilenet
     python benchmarks/zoo.py --out /tmp/zoo.md      # also write the markdown table
+    python benchmarks/zoo.py --models convnext_tiny --prune-norms   # channels through LayerNorm too
 
 The test suite runs a fast subset of the same pipeline (``tests/test_zoo.py``, :func:`run_model`).
 """
@@ -348,8 +349,13 @@ def _torch_pruning(model: nn.Module, example: Any, last: str | None) -> tuple[nn
 
 
 def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool = True, quant: bool = True,
-              sparsity: float = 0.5) -> dict[str, Any]:
-    """One zoo row for ``spec`` (see the module docstring); never raises: a failed step is its message."""
+              sparsity: float = 0.5, prune_norms: bool = False) -> dict[str, Any]:
+    """One zoo row for ``spec`` (see the module docstring); never raises: a failed step is its message.
+
+    ``prune_norms``: the dependency sets follow channels through LayerNorm / GroupNorm and layer
+    scales (``channel_dependency(through_norms=True)``) and ``shrink`` removes them there
+    (``prune_norms=True``; the compact model then differs from the masked one at those norms).
+    """
     import purecompress as pc
 
     row: dict[str, Any] = {"model": spec}
@@ -376,7 +382,7 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
     params = pc.params_of(model)
     pruned = list(plan.modules)
     try:
-        sets = pc.channel_dependency(model, example, couple_depthwise=True)
+        sets = pc.channel_dependency(model, example, couple_depthwise=True, through_norms=prune_norms)
         groups = pc.group_dependency(model, example)
         row["sets"] = sum(1 for s in sets if len({*s} & {*pruned}) > 1)
         try:
@@ -393,7 +399,7 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
             masks = pc.allocate_dependency_aware(metrics, sparsity, channel_sets=sets, groups=groups)
             shapes = {k: tuple(v.shape) for k, v in params.items() if k.endswith(".bias")}
             masks = pc.bias_masks(masks, shapes)
-        compact, report = pc.shrink(model, masks, example)
+        compact, report = pc.shrink(model, masks, example, prune_norms=prune_norms)
     except Exception as err:  # noqa: BLE001
         row["shrink"] = f"{type(err).__name__}: {str(err)[:160]}"
         return row
@@ -475,7 +481,7 @@ HEADER = ("| model | captured | sets | masked vs compact | kept (asked 0.50) | d
 def _run_isolated(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--one", spec, "--size", str(args.size), "--latency-rounds",
            str(args.latency_rounds), *(["--no-peer"] if args.no_peer else []),
-           *(["--no-quant"] if args.no_quant else [])]
+           *(["--no-quant"] if args.no_quant else []), *(["--prune-norms"] if args.prune_norms else [])]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False,
                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -497,6 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     parser.add_argument("--no-peer", action="store_true", help="skip Torch-Pruning")
     parser.add_argument("--no-quant", action="store_true", help="skip the QAT step and the QDQ export")
+    parser.add_argument("--prune-norms", action="store_true",
+                        help="prune channels through LayerNorm/GroupNorm (channel_dependency through_norms, shrink "
+                             "prune_norms): changes their statistics")
     parser.add_argument("--out", type=Path, help="also write the table as markdown to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -504,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.one:
         try:
             row = run_model(args.one, size=args.size, latency_rounds=args.latency_rounds, peer=not args.no_peer,
-                            quant=not args.no_quant)
+                            quant=not args.no_quant, prune_norms=args.prune_norms)
         except Exception:  # noqa: BLE001
             row = {"model": args.one, "error": traceback.format_exc().strip().splitlines()[-1][:120]}
         print(json.dumps(row, default=str))

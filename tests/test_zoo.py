@@ -46,6 +46,17 @@ def test_torchvision_models(name: str) -> None:
     _check(row)
 
 
+@pytest.mark.skipif(not _has("torchvision"), reason="torchvision is not installed")
+def test_convnext_prune_norms_shrinks_the_residual_stream() -> None:
+    """The README's numbers: torchvision convnext_tiny, 64x64, 50% dependency-aware L1."""
+    plain = zoo.run_model("convnext_tiny", latency_rounds=0, peer=False, quant=False)
+    row = zoo.run_model("convnext_tiny", latency_rounds=0, peer=False, quant=False, prune_norms=True)
+    assert 0.52 < plain["macs"][1] / plain["macs"][0] < 0.55 and plain["masked_vs_compact"] <= 1e-5
+    assert row["macs"][1] / row["macs"][0] < 0.27 and row["dense_layers"] == {}
+    assert tuple(row["kept"]) == (0.5, 0.5)
+    assert 1e-4 < row["masked_vs_compact"] < 1.0  # the norms' statistics change
+
+
 @pytest.mark.skipif(not _has("transformers"), reason="transformers is not installed")
 @pytest.mark.parametrize("name", ["bert", "llama"])
 def test_hugging_face_models_capture_and_shrink(name: str) -> None:

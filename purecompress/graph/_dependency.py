@@ -210,6 +210,7 @@ def channel_dependency(
     capture_method: Method = "auto",
     producer_types: tuple[type[nn.Module], ...] = PRODUCER_TYPES,
     couple_depthwise: bool = True,
+    through_norms: bool = False,
 ) -> list[tuple[str, ...]]:
     """Sets of layers whose output channels must share one mask (NNI's ``ChannelDependency``).
 
@@ -229,6 +230,13 @@ def channel_dependency(
             was asked. False is NNI 2.10's rule (its ``ChannelDependency``; compat passes it): the
             two are chosen independently and shrinking removes their union, so 50% asked removes
             up to 75% of the block (MobileNetV2: 0.15 of its MACs left instead of 0.29).
+        through_norms: follow the channels to whichever dim holds them (a Linear's last dim, a
+            ``permute`` moving them; other views pass them only when the dims up to theirs keep
+            their sizes), so that channels-last LayerNorms (ConvNeXt's ``permute -> LayerNorm ->
+            Linear``, torchvision's ``LayerNorm2d``) and layer scales pass them and a residual
+            stream's producers (stem, every block's last Linear) share one set. Pair it with
+            ``prune_norms=True`` in :func:`~purecompress.shrink`, which removes those channels
+            through the norms. False (the default) is NNI's rule: channels at dim 1 only.
 
     Returns:
         A partition of the producer layers called in the graph, by module name: a layer with no
@@ -248,6 +256,8 @@ def channel_dependency(
     """
     gm = _graph(model, example_inputs, leaf_modules, capture_method)
     modules = dict(gm.named_modules())
+    if through_norms:
+        return _axis_dependency(gm, modules, producer_types, couple_depthwise)
     parent: dict[str, str] = {}  # union-find over producer names; roots are earliest members
     rank: dict[str, int] = {}  # graph position of each producer's first call
     sources: dict[fx.Node, frozenset[str]] = {}  # nearest producers whose channels reach a node
@@ -266,6 +276,100 @@ def channel_dependency(
         joins = _JOINS.get(kind)
         if joins is not None:
             _union(parent, rank, frozenset().union(*(sources[x] for x in joins(node))))
+    return _partition(parent)
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
+
+
+_MOVES = {"permute", "transpose", "swapaxes", "movedim"}
+
+
+def _moved(node: fx.Node, axis: int, ndim: int) -> int | None:
+    """Where ``permute`` / ``transpose`` / ``movedim`` put dim ``axis`` of their input."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    rest = list(node.args[1:])
+    try:
+        if name == "permute":
+            dims = [int(d) % ndim for d in (rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple))
+                                            else rest)]
+            return dims.index(axis)
+        if name in ("transpose", "swapaxes"):
+            a, b = (int(d) % ndim for d in rest[:2])
+            return b if axis == a else a if axis == b else axis
+        dims = list(range(ndim))
+        dims.insert(int(rest[1]) % ndim, dims.pop(int(rest[0]) % ndim))
+        return dims.index(axis)
+    except (ValueError, TypeError, IndexError):  # sizes or dims that are not literals
+        return None
+
+
+def _axis_flow(node: fx.Node, kind: Kind, sources: dict[fx.Node, frozenset[str]], axes: dict[fx.Node, int]
+               ) -> tuple[frozenset[str], int | None, list[fx.Node]]:
+    """``through_norms``: the producers whose channels reach ``node``, the dim they sit at, and the
+    inputs whose channels meet there."""
+    out = _shape(node)
+    tracked = [x for x in node.all_input_nodes if sources.get(x) and x in axes]
+    if out is None or not tracked or kind is Kind.MIX:
+        return frozenset(), None, []
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if name in _MOVES:
+        x = tracked[0]
+        axis = _moved(node, axes[x], len(out)) if x is node.args[0] else None
+        return (sources[x], axis, []) if axis is not None else (frozenset(), None, [])
+    if kind in (Kind.KEEP, Kind.MERGE):  # element-wise: right-aligned dims, not broadcast along the channels
+        placed: dict[int, list[fx.Node]] = {}
+        for x in tracked:
+            shape = _shape(x)
+            axis = axes[x] + len(out) - len(shape) if shape is not None else -1
+            if axis >= 0 and shape is not None and shape[axes[x]] == out[axis]:
+                placed.setdefault(axis, []).append(x)
+        if not placed:
+            return frozenset(), None, []
+        axis, met = next(iter(placed.items()))
+        return frozenset().union(*(sources[x] for x in met)), axis, met if kind is Kind.MERGE else []
+    if kind is Kind.CAT:
+        dim = _cat_dim(node)
+        met = [x for x in tracked if axes[x] != dim]
+        return frozenset().union(*(sources[x] for x in met)), (axes[met[0]] if met else None), met
+    # views and reductions: channels stay when every dim up to theirs keeps its size
+    kept = [x for x in tracked if (s := _shape(x)) is not None and len(out) > axes[x]
+            and s[: axes[x] + 1] == out[: axes[x] + 1]]
+    if not kept:
+        return frozenset(), None, []
+    axis = axes[kept[0]]
+    kept = [x for x in kept if axes[x] == axis]
+    return frozenset().union(*(sources[x] for x in kept)), axis, kept if kind is Kind.STACK else []
+
+
+def _axis_dependency(gm: fx.GraphModule, modules: dict[str, nn.Module], producer_types: tuple[type[nn.Module], ...],
+                     couple_depthwise: bool) -> list[tuple[str, ...]]:
+    """:func:`channel_dependency` with ``through_norms``: each node's channels at a tracked dim."""
+    parent: dict[str, str] = {}
+    rank: dict[str, int] = {}
+    sources: dict[fx.Node, frozenset[str]] = {}
+    axes: dict[fx.Node, int] = {}
+    for node in gm.graph.nodes:
+        name = _producer(node, modules, producer_types)
+        shape = _shape(node)
+        if name is not None:
+            parent.setdefault(name, name)
+            rank.setdefault(name, len(rank))
+            sources[node] = frozenset((name,))
+            if shape is not None and len(shape) > 1:
+                axes[node] = len(shape) - 1 if isinstance(modules[name], nn.Linear) else 1
+            feeding = node.args[0] if node.args else None
+            if couple_depthwise and is_depthwise(modules[name]) and isinstance(feeding, fx.Node) \
+                    and axes.get(feeding) == 1:
+                _union(parent, rank, {name} | set(sources.get(feeding, ())))
+            continue
+        found, axis, met = _axis_flow(node, _kind(node, modules), sources, axes)
+        sources[node] = found
+        if axis is not None:
+            axes[node] = axis
+        _union(parent, rank, frozenset().union(*(sources[x] for x in met)))
     return _partition(parent)
 
 

@@ -366,9 +366,15 @@ class Classes:
 
     Attributes:
         reason: what the next :meth:`block` records as the reason (set by the pass that blocks).
+        params: (``prune_norms``) parameter or buffer name -> ``(dim, ids)``: a tensor of the model
+            read by the graph (``get_attr``: a layer scale, a traced ``LayerNorm2d``'s weight) that
+            spans channels along ``dim`` and is sliced with their classes.
+        norm_owners: the modules whose weight a functional ``layer_norm`` reads among ``params``.
     """
 
     def __init__(self) -> None:
+        self.params: dict[str, tuple[int, Tensor]] = {}
+        self.norm_owners: set[str] = set()
         self.parent: list[int] = []
         self.blocked: list[bool] = []
         self.reasons: dict[int, str] = {}
@@ -410,6 +416,17 @@ class Classes:
                 if self.blocked[ry] and not self.blocked[rx]:
                     self.reasons[rx] = self.reasons.get(ry, self.reason)
                 self.blocked[rx] = self.blocked[rx] or self.blocked[ry]
+
+    def slice_param(self, name: str, dim: int, ids: Tensor) -> None:
+        """Slice the model tensor ``name`` along ``dim`` with the classes ``ids`` (one decision for every use)."""
+        before = self.params.get(name)
+        if before is None:
+            self.params[name] = (dim, ids)
+        elif before[0] == dim and before[1].numel() == ids.numel():
+            self.union(before[1], ids)
+        else:
+            self.reason = f"model tensor {name!r} is read along different channel dims"
+            self.block(torch.cat([before[1], ids]))
 
     def removed(self, ids: Tensor) -> Tensor:
         """``[C]`` bool: the channels whose class is removed (not blocked)."""
@@ -511,6 +528,10 @@ def liveness(
         norm = _prunable_norm(node, modules, kind) if prune_norms else None
         if norm is not None:
             fn, inputs = _norm_channels(norm, values[node].shape), _data_inputs(node, values)[:1]
+        elif prune_norms and _functional_norm(node):
+            affine = _norm_affine(node)
+            gamma = (values[affine[0]] != 0).float() if affine and node.args[2:3] == (affine[0],) else 1.0
+            fn, inputs = (lambda x, g=gamma: x * g), _data_inputs(node, values)[:1]
         else:
             fn, inputs = _structural(node, kind, modules, values, varies)
         inputs = [n for n in inputs if n in varies]
@@ -558,6 +579,27 @@ def _prunable_norm(node: fx.Node, modules: Mapping[str, nn.Module], kind: str) -
     if isinstance(module, nn.GroupNorm) or (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1):
         return module
     return None
+
+
+def _functional_norm(node: fx.Node) -> bool:
+    """Whether ``node`` is ``F.layer_norm`` over the last dim only (a traced ``LayerNorm2d``'s body),
+    its weight and bias (if any) read from the model."""
+    if node.op != "call_function" or op_name(node) != "layer_norm":
+        return False
+    shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
+    affine = [*node.args[2:4], node.kwargs.get("weight"), node.kwargs.get("bias")]
+    nodes = [a for a in affine if isinstance(a, fx.Node)]
+    return isinstance(shape, (tuple, list)) and len(shape) == 1 and all(a.op == "get_attr" for a in nodes)
+
+
+def _norm_affine(node: fx.Node) -> list[fx.Node]:
+    return [a for a in (*node.args[2:4], node.kwargs.get("weight"), node.kwargs.get("bias")) if isinstance(a, fx.Node)]
+
+
+def _norm_owner(node: fx.Node) -> str | None:
+    """The module holding a functional norm's weight (``'features.0.1'``), when :func:`_functional_norm`."""
+    affine = _norm_affine(node) if _functional_norm(node) else []
+    return str(affine[0].target).rpartition(".")[0] if affine else None
 
 
 def _norm_channels(module: nn.Module, shape: torch.Size) -> Callable[[Tensor], Tensor]:
@@ -637,7 +679,8 @@ def _follow(result: Tensor, track: Track, node: fx.Node, *, pieces: bool = False
 
 
 
-def _merge(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, classes: Classes) -> Track | None:
+def _merge(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, classes: Classes,
+           slice_params: bool = False) -> Track | None:
     r = value.dim()
     tensors = [n for n in node.all_input_nodes if isinstance(values[n], Tensor)]
     if op_name(node) in FIRST_ONLY:
@@ -659,6 +702,9 @@ def _merge(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, class
         if isinstance(tracks.get(n), Track):
             continue
         pos = cd - (r - values[n].dim())
+        if slice_params and n.op == "get_attr" and pos >= 0 and values[n].shape[pos] == value.shape[cd]:
+            classes.slice_param(str(n.target), pos, out.ids)  # a layer scale: sliced with the channels
+            continue
         if pos >= 0 and values[n].shape[pos] != 1:  # a full-channel operand that has no class
             classes.reason += f" (its operand {n.name!r} spans the channels and comes from no layer shrink slices)"
             classes.block(out.ids)
@@ -815,7 +861,14 @@ def trace_channels(
                 calls[name] = call
             tracks[node] = tout
         elif kind == "elementwise":
-            tracks[node] = _merge(node, value, values, tracks, classes) if isinstance(value, Tensor) else None
+            tracks[node] = (_merge(node, value, values, tracks, classes, live.prune_norms)
+                            if isinstance(value, Tensor) else None)
+        elif live.prune_norms and _functional_norm(node) and tin is not None and isinstance(value, Tensor) \
+                and tin.cd == value.dim() - 1:
+            tracks[node] = tin  # a traced LayerNorm2d's channels-last layer_norm: its weight and bias sliced
+            for arg in _norm_affine(node):
+                classes.slice_param(str(arg.target), 0, tin.ids)
+                classes.norm_owners.add(str(arg.target).rpartition(".")[0])
         elif (
             kind in ("spatial", "layernorm", "softmax", "batchnorm", "instancenorm")
             and tin is not None
@@ -1045,6 +1098,10 @@ class ChannelPlan:
             channels, with the reason (the op that blocks them, a LayerNorm they meet,
             unbalanced groups, an inexact constant with ``exact=True``, no replacement for its
             class, ...).
+        sliced: (``prune_norms``) model tensors read by the graph outside a layer call that lose
+            channels: name -> ``(dim, keep)``, ``keep`` the ``[C]`` bool of what stays along
+            ``dim`` (a layer scale ``[C, 1, 1]`` multiplied into the removed channels, a traced
+            ``LayerNorm2d``'s weight and bias).
     """
 
     slices: dict[str, ChannelSlice]
@@ -1054,6 +1111,7 @@ class ChannelPlan:
     inexact: dict[str, float]
     norms: dict[str, str]
     dense: dict[str, str] = attrs.field(factory=dict)
+    sliced: dict[str, tuple[int, Tensor]] = attrs.field(factory=dict)
 
 
 
@@ -1176,13 +1234,36 @@ def analyse(
         if not _keep_inexact(classes, calls, blocking, recorder.values):
             break
     shrunk = dict(slices), dict(fold_error)  # the compact model's plan; the propagation may keep more
+    sliced = _param_slices(classes)
     dense = _dense(model, masks, classes, calls, replacements)  # before the propagation blocks more
-    norms = _norm_notes(gm, slices, live, _reshaped_norms(classes, calls, modules))
+    norms = _norm_notes(gm, slices, live, _reshaped_norms(classes, calls, modules), sliced)
     prop_masks, prop_params, prop_error = _propagation(model, masks, params, classes, calls, modules,
                                                        recorder.values, live, strict, slices, fold_error)
+    prop_masks.update(_param_masks(_param_slices(classes), prop_masks, params_of(model)))
     plan = ChannelPlan(*shrunk, prop_masks, prop_params,
-                       {k: v for k, v in prop_error.items() if v > EXACT_TOL}, norms, dense)
+                       {k: v for k, v in prop_error.items() if v > EXACT_TOL}, norms, dense, sliced)
     return Analysis(plan, masked, output, given, _sizes(gm, recorder.values))
+
+
+def _param_slices(classes: Classes) -> dict[str, tuple[int, Tensor]]:
+    out = {}
+    for name, (dim, ids) in classes.params.items():
+        keep = ~classes.removed(ids)
+        if not bool(keep.all()):
+            out[name] = (dim, keep)
+    return out
+
+
+def _param_masks(sliced: Mapping[str, tuple[int, Tensor]], masks: Mapping[str, Mask],
+                 params: Mapping[str, Tensor]) -> Masks:
+    """The masks zeroing the sliced model tensors' removed channels (for :func:`propagate`)."""
+    out: Masks = {}
+    for name, (dim, keep) in sliced.items():
+        shape = tuple(params[name].shape)
+        view = [1] * len(shape)
+        view[dim] = -1
+        out[name] = _and(masks.get(name), Mask(keep.reshape(view), shape))
+    return out
 
 
 FoldTarget = tuple[str, float, int]
@@ -1434,13 +1515,17 @@ def _reshaped_norms(classes: Classes, calls: Mapping[str, Call], modules: Mappin
         keep = _keep(classes, call.tin, call.c_in)
         if not keep.all() and (isinstance(module, nn.LayerNorm) or not _whole_groups(keep, module.num_groups)):
             out.add(name)
+    for param in _param_slices(classes):  # traced LayerNorm2d: its owner loses channels
+        owner = param.rpartition(".")[0]
+        if owner in classes.norm_owners:
+            out.add(owner)
     return out
 
 
 def _behind(node: Any, norms: set[str], live: Liveness) -> bool:
     """Whether ``node`` is one of ``norms``' outputs, through ops of one tensor input that keep channels."""
     while isinstance(node, fx.Node):
-        if node.op == "call_module" and str(node.target) in norms:
+        if node.op == "call_module" and str(node.target) in norms or _norm_owner(node) in norms:
             return True
         if live.kinds.get(node) not in ("elementwise", "index", "spatial") or not node.args:
             return False
@@ -1452,10 +1537,16 @@ def _behind(node: Any, norms: set[str], live: Liveness) -> bool:
 
 
 def _norm_notes(gm: fx.GraphModule, slices: Mapping[str, ChannelSlice], live: Liveness,
-                reshaped: set[str]) -> dict[str, str]:
+                reshaped: set[str], sliced: Mapping[str, tuple[int, Tensor]]) -> dict[str, str]:
     """Per LayerNorm / GroupNorm module: that it lost channels and changed its statistics, or that
     it kept channels the masks prune (constant at its input), and why."""
     notes: dict[str, str] = {}
+    for param, (_, keep) in sliced.items():
+        owner = param.rpartition(".")[0]
+        if owner in reshaped and owner not in notes:
+            notes[owner] = ("traced channels-last layer_norm: "
+                            f"{int((~keep).sum())} channels removed (prune_norms): its statistics change, so the "
+                            "compact model is not the masked one here (output_error)")
     for node in gm.graph.nodes:
         if node.op != "call_module" or live.kinds[node] not in ("layernorm", "groupnorm"):
             continue

@@ -81,6 +81,9 @@ class ShrinkReport:
             constant that cannot be folded exactly (``exact=True``), no replacement for its
             class, ... Empty when every channel the masks remove is gone. ``shrink`` logs a
             warning naming them.
+        sliced: (``prune_norms``) model tensors read outside a layer call that lost channels
+            (a layer scale ``x * gamma`` with ``gamma`` ``[C, 1, 1]``, a traced ``LayerNorm2d``'s
+            weight and bias, whose ``normalized_shape`` follows): name -> what was kept.
     """
 
     layers: tuple[LayerShrink, ...]
@@ -95,6 +98,7 @@ class ShrinkReport:
     params: dict[str, Tensor]
     norms: dict[str, str]
     dense: dict[str, str] = attrs.field(factory=dict)
+    sliced: dict[str, str] = attrs.field(factory=dict)
 
     def table(self) -> str:
         """A markdown table of the layers and the totals; the ``left dense`` column gives the
@@ -123,6 +127,26 @@ class ShrinkReport:
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def _slice_tensors(compact: nn.Module, sliced: Mapping[str, tuple[int, Tensor]]) -> dict[str, str]:
+    """Slice the model tensors of ``sliced`` in ``compact`` (a LayerNorm owner's ``normalized_shape``
+    follows its weight); what was kept, per name."""
+    notes = {}
+    for name, (dim, keep) in sliced.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = compact.get_submodule(owner_name)
+        old = getattr(owner, leaf)
+        new = old.detach().index_select(dim, keep.nonzero().flatten().to(old.device)).clone()
+        if leaf in owner._parameters:
+            owner._parameters[leaf] = nn.Parameter(new, requires_grad=old.requires_grad)
+        else:
+            owner._buffers[leaf] = new
+        if isinstance(owner, nn.LayerNorm) and leaf in ("weight", "bias"):
+            owner.normalized_shape = (int(keep.sum()),)
+        notes[name] = (f"{tuple(old.shape)} -> {tuple(new.shape)}: {int(keep.sum())} of {keep.numel()} channels "
+                       f"kept along dim {dim} (prune_norms)")
+    return notes
 
 
 def _rel_error(a: Any, b: Any) -> float:
@@ -234,6 +258,7 @@ def shrink(
         fix = composite_of(module) if plan.slices else None
         for key, value in (fix(module) if fix is not None else {}).items():
             setattr(module, key, value)
+    sliced = _slice_tensors(compact, plan.sliced)
     args, kwargs = analysis.inputs
     compact.eval()
     try:
@@ -266,4 +291,5 @@ def shrink(
         dense=plan.dense,
         params=plan.params,
         norms=plan.norms,
+        sliced=sliced,
     )
