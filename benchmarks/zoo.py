@@ -14,7 +14,8 @@ values first (:func:`trained_like`), as training would give them.
 - 50% dependency-aware L1 channel pruning of every Conv/Linear but the classifier
   (``pc.l1_norm`` + ``pc.allocate_dependency_aware``; on transformers, which ``pc.head_blocks``
   finds, half of the attention heads and MLP neurons of every block by L1 instead), then ``pc.shrink``:
-  **masked vs compact** (``report.output_error``), **kept** (the fraction of output channels the
+  **masked vs compact** (``report.output_error``; with the count of inexact folds, constants of
+  pruned channels folded at zero-padded borders, ``report.inexact``), **kept** (the fraction of output channels the
   pruned layers keep, min-max: asked 0.5), **dense** (layers shrink left with channels it was asked
   to remove, where the report says so), **params** and **MACs** after / before (the same counter,
   ``pc.count_flops_params``, for every model), **latency** compact / dense;
@@ -389,7 +390,7 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
             blocks = pc.head_blocks(model)
         except ValueError:  # no attention or MLP block of a known layout: a CNN
             blocks = None
-        if blocks and any(b.kind == "attention" for b in blocks):  # a transformer: half of the heads and of the MLP neurons of every block, by L1
+        if blocks and any(b.kind == "attention" for b in blocks):  # transformer: half its heads, neurons (L1)
             scores = pc.head_scores(blocks, pc.level(params, pc.head_block_params(blocks)))
             masks = pc.head_masks(blocks, pc.allocate_heads(blocks, scores, sparsity), params)
             row["units"] = "heads+neurons"
@@ -404,6 +405,7 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
         row["shrink"] = f"{type(err).__name__}: {str(err)[:160]}"
         return row
     row["masked_vs_compact"] = report.output_error
+    row["inexact"] = dict(report.inexact)  # folds at zero-padded borders: exact=True keeps those channels
     row["kept"] = _kept(model, compact, pruned)
     row["dense_layers"] = dict(getattr(report, "dense", {}) or {})
     row["params"] = (report.params_before, report.params_after)
@@ -459,7 +461,7 @@ def format_row(row: dict[str, Any]) -> str:
     tp_lat = f"{lat['tp'] / lat['dense']:.2f}" if "tp" in lat else ""
     cells += [
         str(row.get("sets", "")),
-        f"{row['masked_vs_compact']:.1e}",
+        f"{row['masked_vs_compact']:.1e}" + (f" ({len(row['inexact'])} inexact folds)" if row.get("inexact") else ""),
         "" if kept is None else f"{kept[0]:.2f}-{kept[1]:.2f}",
         f"{len(dense)}" + (f" ({next(iter(dense.values()))[:40]})" if dense else ""),
         _ratio(row.get("params")),
