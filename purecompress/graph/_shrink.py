@@ -100,6 +100,17 @@ class ShrinkReport:
     dense: dict[str, str] = attrs.field(factory=dict)
     sliced: dict[str, str] = attrs.field(factory=dict)
 
+    @classmethod
+    def of(cls, model: nn.Module, compact: nn.Module, layers: Iterable[LayerShrink], **rest: Any) -> ShrinkReport:
+        """The report of shrinking ``model`` into ``compact``: the totals from the models and the
+        ``layers`` rows; ``rest`` gives the other attributes."""
+        rows = tuple(layers)
+        return cls(layers=rows,
+                   params_before=sum(p.numel() for p in model.parameters()),
+                   params_after=sum(p.numel() for p in compact.parameters()),
+                   flops_before=sum(r.flops_before for r in rows),
+                   flops_after=sum(r.flops_after for r in rows), **rest)
+
     def table(self) -> str:
         """A markdown table of the layers and the totals; the ``left dense`` column gives the
         reason of every layer in :attr:`dense`."""
@@ -278,12 +289,8 @@ def shrink(
     ratio = {name: float(sl.keep_in.float().mean()) for name, sl in plan.slices.items() if sl.keep_in is not None}
     layers = _layers(model, compact, analysis.sizes, plan.fold_error, ratio)
     inexact = {k: v for k, v in plan.fold_error.items() if v > EXACT_TOL}
-    return compact, ShrinkReport(
-        layers=tuple(layers),
-        params_before=sum(p.numel() for p in model.parameters()),
-        params_after=sum(p.numel() for p in compact.parameters()),
-        flops_before=sum(r.flops_before for r in layers),
-        flops_after=sum(r.flops_after for r in layers),
+    return compact, ShrinkReport.of(
+        model, compact, layers,
         output_error=_rel_error(output, analysis.output),
         inexact=inexact,
         replaced=tuple(plan.slices),

@@ -224,12 +224,8 @@ def shrink_heads(
                                   sum(p.numel() for p in module.parameters(recurse=False)),
                                   w_before * before_pos.get(name, 0) // batch,
                                   module.get_parameter("weight").numel() * after_pos.get(name, 0) // batch))
-    return compact, ShrinkReport(
-        layers=tuple(layers),
-        params_before=sum(p.numel() for p in model.parameters()),
-        params_after=sum(p.numel() for p in compact.parameters()),
-        flops_before=sum(r.flops_before for r in layers),
-        flops_after=sum(r.flops_after for r in layers),
+    return compact, ShrinkReport.of(
+        model, compact, layers,
         output_error=_max_rel_error(out, masked_out),
         inexact={},
         replaced=tuple(dict.fromkeys(replaced)),

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 nni = pytest.importorskip("nni", reason="parity tests need nni==2.10.1 as the oracle")
@@ -20,23 +19,11 @@ import nni.algorithms.compression.pytorch.pruning as NV1  # noqa: E402
 from schema import SchemaError  # noqa: E402
 
 import purecompress.compat.pruning_v1 as V1  # noqa: E402
+from tests.compat.test_pruning_v1_parity import Net  # noqa: E402  # conv-BN-relu x2 -> linear, [N, 1, 12, 12]
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
 
 
-class Net(nn.Module):
-    """conv -> BN -> relu (x2) -> linear, on ``[N, 1, 12, 12]``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 10, 3), nn.BatchNorm2d(10)
-        self.fc = nn.Linear(10, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
 
 
 class Model(nn.Module):
