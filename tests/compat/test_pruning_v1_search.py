@@ -19,7 +19,7 @@ import nni.algorithms.compression.pytorch.pruning as NV1  # noqa: E402
 from schema import SchemaError  # noqa: E402
 
 import purecompress.compat.pruning_v1 as V1  # noqa: E402
-from tests.compat.test_pruning_v1_parity import Net  # noqa: E402  # conv-BN-relu x2 -> linear, [N, 1, 12, 12]
+from tests.compat.test_pruning_v1_parity import Net, _masks  # noqa: E402  # conv-BN-relu x2 -> linear, [N, 1, 12, 12]
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
 
@@ -73,11 +73,6 @@ def _trainer(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, epoc
         optimizer.zero_grad()
         criterion(model(x), y).backward()
         optimizer.step()
-
-
-def _masks(pruner: object) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    return {w.name: (w.weight_mask.clone(), None if w.bias_mask is None else w.bias_mask.clone())
-            for w in pruner.get_modules_wrapper()}  # type: ignore[attr-defined]
 
 
 def _assert_same_masks(ours: dict, theirs: dict) -> None:
