@@ -204,27 +204,35 @@ def test_admm_masks_equal_the_admm_transform_in_the_same_loop(granularity: str) 
     assert_same(pruner.compress()[1], core)
 
 
-def test_movement_masks_equal_the_movement_transform_in_the_same_loop() -> None:
-    config = [{"sparsity": 0.5, "op_types": ["Linear"]}]
-    m = model()
-    reference = copy.deepcopy(m)
-    plan = plan_of(reference, config)
-    tx = pc.movement(plan, 0.5, warm_up=0, cool_down=4)
+def movement_loop(reference: nn.Module, tx: Any, names: list[str], batches: Any,
+                  logits: Any = lambda out: out) -> Any:
+    """Train ``reference`` (SGD, lr 0.05, 2 epochs) with ``tx``'s masks applied, the movement
+    transform updated from the masked weights' gradients each step, as the compat pruner's loop
+    does; the final state."""
     state = tx.init(pc.params_of(reference))
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.05)
-    names = list(plan.targets())
     reference.train()
     for _ in range(2):  # epochs
-        for x, y in BATCHES:
+        for x, y in batches:
             optimizer.zero_grad()
             masked = pc.apply_masks(dict(reference.named_parameters()), state.masks)
             for name in names:
                 masked[name].retain_grad()
             out = functional_call(reference, {**masked, **dict(reference.named_buffers())}, (x,))
-            F.cross_entropy(out, y).backward()
+            F.cross_entropy(logits(out), y).backward()
             grads = {n: masked[n].grad for n in names}
             _, state = tx.update(pc.params_of(reference), state, grads=grads)
             optimizer.step()
+    return state
+
+
+def test_movement_masks_equal_the_movement_transform_in_the_same_loop() -> None:
+    config = [{"sparsity": 0.5, "op_types": ["Linear"]}]
+    m = model()
+    reference = copy.deepcopy(m)
+    plan = plan_of(reference, config)
+    names = list(plan.targets())
+    state = movement_loop(reference, pc.movement(plan, 0.5, warm_up=0, cool_down=4), names, BATCHES)
     core = with_bias({n: state.masks[n] for n in names}, plan)
     pruner = compat.MovementPruner(m, config, **legacy(0.05, m), training_epochs=2, warm_up_step=0,
                                    cool_down_beginning_step=4)

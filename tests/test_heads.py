@@ -12,6 +12,7 @@ import purecompress as pc
 from purecompress.graph import ShrinkError
 
 transformers = pytest.importorskip("transformers", reason="transformers builds the HF models")
+from tests.test_capture_record import hf as hf_model  # noqa: E402
 
 IDS = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
 TEXT = {"input_ids": IDS}
@@ -19,21 +20,8 @@ PIXELS = {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().
 
 
 def hf(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    t = transformers
-    make = {
-        "bert": lambda: t.BertModel(t.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                                 num_attention_heads=4, intermediate_size=64,
-                                                 max_position_embeddings=64)),
-        "gpt2": lambda: t.GPT2LMHeadModel(t.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                                       bos_token_id=0, eos_token_id=0)),
-        "vit": lambda: t.ViTModel(t.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
-                                              num_attention_heads=4, intermediate_size=64)),
-        "llama": lambda: t.LlamaForCausalLM(t.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
-                                                          num_hidden_layers=2, num_attention_heads=4,
-                                                          num_key_value_heads=2, max_position_embeddings=64)),
-    }[name]
-    return make().eval()
+    """The small Hugging Face models of the capture tests (``gpt2`` with its LM head)."""
+    return hf_model("gpt2_lm" if name == "gpt2" else name)
 
 
 INPUTS = {"bert": TEXT, "gpt2": TEXT, "vit": PIXELS, "llama": TEXT}

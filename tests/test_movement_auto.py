@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 import purecompress as pc
 from purecompress import compat
 from purecompress.compat.evaluator import TorchEvaluator
 from purecompress.compat.pruning import MovementPruner
 from purecompress.compat.pruning.movement_pruner import auto_blocks
+from tests.test_compat_contract_pruning import movement_loop
 
 transformers = pytest.importorskip("transformers", reason="transformers builds BERT")
 
@@ -94,20 +94,7 @@ def test_auto_masks_equal_the_blocked_movement_transform_in_the_same_loop() -> N
     names = list(plan.targets())
     blocks = auto_blocks(pc.head_blocks(reference), {n: tuple(reference.get_parameter(n).shape) for n in names})
     tx = pc.movement(names, 0.5, warm_up=0, cool_down=4, block=blocks)
-    state = tx.init(pc.params_of(reference))
-    optimizer = torch.optim.SGD(reference.parameters(), lr=0.05)
-    reference.train()
-    for _ in range(2):  # epochs
-        for x, y in BATCHES:
-            optimizer.zero_grad()
-            masked = pc.apply_masks(dict(reference.named_parameters()), state.masks)
-            for name in names:
-                masked[name].retain_grad()
-            out = functional_call(reference, {**masked, **dict(reference.named_buffers())}, (x,))
-            F.cross_entropy(out.logits, y).backward()
-            grads = {n: masked[n].grad for n in names}
-            _, state = tx.update(pc.params_of(reference), state, grads=grads)
-            optimizer.step()
+    state = movement_loop(reference, tx, names, BATCHES, logits=lambda out: out.logits)
     core = pc.bias_masks({n: state.masks[n] for n in names}, {k: v for e in plan for k, v in e.params.items()})
     evaluator = TorchEvaluator(training, compat.trace(torch.optim.SGD)(m.parameters(), lr=0.05), F.cross_entropy)
     pruner = MovementPruner(m, copy.deepcopy(CONFIG), evaluator, training_epochs=2, warm_up_step=0,

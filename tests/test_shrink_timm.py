@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
 import purecompress as pc
-from purecompress.graph import capture, channel_dependency, group_dependency, propagate, shrink
+from purecompress.graph import capture, channel_dependency, group_dependency, propagate
+from tests.test_shrink_graphs import shrunk as shrunk_checked
 
 timm = pytest.importorskip("timm")
 layers = pytest.importorskip("timm.layers")
@@ -32,13 +32,7 @@ def prune_half(model: nn.Module, x: torch.Tensor, skip: tuple[str, ...]) -> pc.M
 
 def shrunk(model: nn.Module, x: torch.Tensor, skip: tuple[str, ...]) -> tuple[nn.Module, pc.ShrinkReport]:
     """Shrink the pruned model and check the compact model against the masked one."""
-    masks = prune_half(model, x, skip)
-    compact, report = shrink(model, masks, x)
-    masked = functional_call(model, pc.apply_masks(pc.params_of(model), masks), (x,))
-    with torch.no_grad():
-        out = compact(x)
-    assert float((out - masked).norm() / masked.norm()) <= 1e-5
-    return compact, report
+    return shrunk_checked(model, prune_half(model, x, skip), x)
 
 
 def trained_like(model: nn.Module) -> nn.Module:
