@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import attrs
 import optree
@@ -191,3 +192,102 @@ def test_a_replaced_submodule_is_used_not_the_traced_one() -> None:
     g, _ = q(model, params, q.init(params), x)
     assert torch.equal(g, hook_q(model, params, hook_q.init(params), x)[0])
     assert torch.equal(g, model(x)) is False  # still quantized (weights and inputs)
+
+
+def test_a_weight_only_compiled_qat_step_is_one_graph() -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _mlp()
+    q = pq.qat(model, [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Linear"]}], warn=False)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    x = torch.randn(4, 16)
+
+    def loss(p: dict[str, Tensor], s: pq.QuantState) -> tuple[Tensor, pq.QuantState]:
+        y, s = q(model, p, s, x)
+        return y.square().mean(), s
+
+    step = grad(loss, has_aux=True)
+    state = q.init(params)
+    explained = torch._dynamo.explain(step)(params, state)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    eager = step(params, state)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(params, state)
+    for c, e in zip(optree.tree_leaves(compiled, namespace=NAMESPACE), optree.tree_leaves(eager, namespace=NAMESPACE),
+                    strict=True):
+        torch.testing.assert_close(c, e, rtol=0, atol=1e-6)
+
+
+def test_the_compiled_relu_before_a_site_has_relus_values_and_gradients() -> None:
+    from purecompress.quant._sites import _relu
+
+    a = torch.tensor([-2.0, -0.0, 0.0, 1e-30, 3.0, float("nan"), float("-inf"), float("inf")])
+    g = torch.randn(a.shape)
+
+    def value_and_grad(relu: Any, a: Tensor) -> tuple[Tensor, Tensor]:
+        y, vjp = torch.func.vjp(relu, a)
+        return y, vjp(g)[0]
+
+    expected = value_and_grad(torch.relu, a)
+    compiled = torch.compile(lambda a: value_and_grad(_relu, a), backend="aot_eager", fullgraph=True)(a)
+    for c, e in zip(compiled, expected, strict=True):
+        torch.testing.assert_close(c, e, rtol=0, atol=0, equal_nan=True)
+    vmapped = torch.compile(torch.vmap(_relu), backend="aot_eager")(a.reshape(2, 4))
+    assert torch.equal(vmapped.reshape(-1).nan_to_num(), torch.relu(a).nan_to_num())
+
+
+class _Relus(nn.Module):
+    """The three ways to write a ReLU before a quantized Linear, one in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2, self.fc3, self.fc4 = (nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 8),
+                                                            nn.Linear(8, 8), nn.Linear(8, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.fc2(self.act(self.fc1(x)))
+        x = self.fc3(torch.relu(x))
+        return self.fc4(nn.functional.relu(x, inplace=True))
+
+
+def test_relus_read_only_by_a_site_are_replaced_and_compiled_steps_equal_eager() -> None:
+    from purecompress.quant._sites import _relu
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _Relus()
+    q = pq.qat(model, [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": ["Linear"]}], warn=False)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    x = torch.randn(6, 8)
+    state = q.init(params)
+    q(model, params, state, x)
+    assert q.sites is not None
+    entries = [e for e in q.sites._entries.values() if e is not None]
+    assert entries
+    for entry in entries:  # each of the three ReLUs, the in-place ones too, only feeds a site
+        assert sum(n.target is _relu for n in entry.gm.graph.nodes) == 3
+        (act,) = entry.inlined  # the graph's shell of model.act: it shares the module's hook dicts
+        assert type(act) is nn.ReLU and act._forward_hooks is model.act._forward_hooks
+
+    def loss(p: dict[str, Tensor], s: pq.QuantState) -> tuple[Tensor, pq.QuantState]:
+        y, s = q(model, p, s, x)
+        return y.square().mean(), s
+
+    eager = grad(loss, has_aux=True)(params, state)
+    compiled = torch.compile(grad(loss, has_aux=True), fullgraph=True, backend="aot_eager")(params, state)
+    for c, e in zip(optree.tree_leaves(compiled, namespace=NAMESPACE), optree.tree_leaves(eager, namespace=NAMESPACE),
+                    strict=True):
+        torch.testing.assert_close(c, e, rtol=0, atol=1e-6)
+
+
+def test_a_hook_put_later_on_a_replaced_relu_runs() -> None:
+    torch.manual_seed(0)
+    model = _Relus()
+    q = pq.qat(model, [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": ["Linear"]}], warn=False)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    x = torch.randn(6, 8)
+    before, _ = q(model, params, q.init(params), x)  # traced: model.act became the graph's ReLU
+    seen = []
+    model.act.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    after, _ = q(model, params, q.init(params), x)
+    assert seen == [(6, 8)]
+    assert torch.equal(before, after)

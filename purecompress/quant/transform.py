@@ -247,6 +247,9 @@ def quantized_call(
         inputs = {k: v for k, v in call_params.items() if k in graph.names}
         with _serial(graph.lock):
             out = torch.func.functional_call(graph.gm, inputs, (site, *args), kwargs)
+    elif not specs:  # weights only: no hooks to install (installing breaks a compiled graph)
+        with _serial(_HOOK_LOCK):  # functional_call swaps the user's module tensors
+            out = torch.func.functional_call(model, call_params, args, kwargs)
     else:
         hooks: list[tuple[nn.Module, str, Callable[..., Any]]] = []
         for key, (kind, config) in specs.items():
