@@ -29,6 +29,8 @@ from purecompress.graph import (
 from purecompress.heads import (
     Cut,
     HeadBlock,
+    PrunedMultiheadAttention,
+    PrunedWindowAttention,
     allocate_heads,
     head_block_params,
     head_blocks,
@@ -148,6 +150,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Cut",
     "HeadBlock",
+    "PrunedMultiheadAttention",
+    "PrunedWindowAttention",
     "allocate_heads",
     "head_block_params",
     "head_blocks",

@@ -89,7 +89,7 @@ def head_movement_blocks(blocks: tuple[HeadBlock, ...]) -> dict[str, Block]:
     out = {}
     for block in blocks:
         for cut in block.cuts:
-            if cut.param.endswith("weight"):
+            if cut.param.endswith("weight") and cut.role != "head":  # per-head parameters are not weights of a head
                 kernel = [-1, -1]
                 kernel[cut.dim] = cut.unit
                 out[cut.param] = Block(tuple(kernel))

@@ -4,8 +4,13 @@
 :class:`~purecompress.HeadBlock` cut to the kept units, and updates what the model's forward and
 config read: the layers' feature counts (``in_features``/``out_features``, ``Conv1D.nf``/``nx``),
 the attention module's head counts (``num_attention_heads``/``num_heads``, ``all_head_size``,
-GPT-2's ``split_size``; a module that has none, such as Llama's, gets ``num_heads`` and
-``num_key_value_heads`` of its own), and the config:
+GPT-2's ``split_size``, timm's ``attn_dim``; a module that has none, such as Llama's, gets
+``num_heads`` and ``num_key_value_heads`` of its own), and the config. An attention module whose
+forward derives the head size from its input width (``nn.MultiheadAttention``, torchvision's
+``ShiftedWindowAttention(V2)``) is replaced by a :class:`~purecompress.PrunedMultiheadAttention`
+or :class:`~purecompress.PrunedWindowAttention` (same call, same values, the pruned width). timm's
+``Attention`` changes in place where its forward reshapes with ``attn_dim`` (timm 1.0.x; an older
+one, reshaping with the input's width, fails the compact run with a ``ShrinkError``). The config:
 
 - when every attention block keeps the same count and the config states ``head_dim``
   (Llama): ``num_attention_heads`` and ``num_key_value_heads``;
@@ -32,6 +37,7 @@ import torch.utils._pytree as torch_pytree
 from torch import Tensor, nn
 
 from purecompress.graph import LayerShrink, ShrinkError, ShrinkReport
+from purecompress.heads._attention import PrunedMultiheadAttention, compact_attention
 from purecompress.heads._blocks import HeadBlock, head_blocks, heads_kept
 from purecompress.pruning import Mask, apply_masks, params_of
 
@@ -91,6 +97,11 @@ def _resize(module: nn.Module) -> None:
 
 def _slice(compact: nn.Module, block: HeadBlock, keep: Tensor) -> list[str]:
     resized = []
+    replacement = compact_attention(compact.get_submodule(block.name)) if block.kind == "attention" else None
+    if replacement is not None:  # put in first: the cuts name its parameters as the original's
+        parent, _, leaf = block.name.rpartition(".")
+        setattr(compact.get_submodule(parent) if parent else compact, leaf, replacement)
+        resized.append(block.name)
     for cut in block.cuts:
         owner, _, leaf = cut.param.rpartition(".")
         module = compact.get_submodule(owner)
@@ -98,7 +109,8 @@ def _slice(compact: nn.Module, block: HeadBlock, keep: Tensor) -> list[str]:
         new = old.detach().index_select(cut.dim, cut.index(keep).to(old.device)).clone()
         setattr(module, leaf, nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter)
                 else new)
-        _resize(module)
+        if _weighted(module):
+            _resize(module)
         resized.append(owner)
     module = compact.get_submodule(block.name)
     kept = int(keep.sum())
@@ -106,10 +118,12 @@ def _slice(compact: nn.Module, block: HeadBlock, keep: Tensor) -> list[str]:
         heads, found = kept * block.group, False
         width = heads * block.head_dim
         for attr, value in (("num_attention_heads", heads), ("num_heads", heads), ("all_head_size", width),
-                            ("split_size", width), ("num_key_value_heads", kept)):
+                            ("split_size", width), ("attn_dim", width), ("num_key_value_heads", kept)):
             if attr in vars(module):
                 setattr(module, attr, value)
                 found = found or attr in ("num_attention_heads", "num_heads")
+        if isinstance(module, PrunedMultiheadAttention):  # which original heads are left (for 3D attn masks)
+            module.source_heads = tuple(module.source_heads[int(i)] for i in keep.nonzero().reshape(-1))
         if not found:  # Llama's attention reads its counts from the weights: record them per layer
             setattr(module, "num_heads", heads)  # noqa: B010 - a new attribute of a foreign class
             setattr(module, "num_key_value_heads", kept)  # noqa: B010

@@ -51,7 +51,7 @@ def auto_blocks(blocks: tuple[HeadBlock, ...], shapes: dict[str, tuple[int, ...]
     for block in blocks:
         for cut in block.cuts:
             shape = shapes.get(cut.param)
-            if shape is None or len(shape) != 2:
+            if shape is None or len(shape) != 2 or cut.role == "head":  # a position bias MLP stays element-wise
                 continue
             kernel = [-1, -1]
             if block.kind == "attention":
