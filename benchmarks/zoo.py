@@ -9,8 +9,10 @@ Zero-initialised weights (torchvision ViT's head, timm's residual BatchNorm scal
 values first (:func:`trained_like`), as training would give them.
 
 - **captured**: ``pc.capture`` on the example input and the method that ran (``fx`` / ``record``);
-- **sets**: the dependency sets of the pruned layers (``pc.channel_dependency``, depthwise convs
-  coupled to their producers) with more than one member;
+- **sets**: the dependency sets of channel ranges (``pc.channel_ranges``: the pieces of a
+  concatenation, a split or a channel shuffle, depthwise convs coupled to their producers; with
+  ``--prune-norms``, ``pc.channel_dependency(through_norms=True)``'s whole layers) joining more
+  than one range of the pruned layers; ranges an op blocks are kept by the allocator;
 - 50% dependency-aware L1 channel pruning of every Conv/Linear but the classifier
   (``pc.l1_norm`` + ``pc.allocate_dependency_aware``; on transformers, which ``pc.head_blocks``
   finds, half of the attention heads and MLP neurons of every block by L1 instead), then ``pc.shrink``:
@@ -383,9 +385,14 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
     params = pc.params_of(model)
     pruned = list(plan.modules)
     try:
-        sets = pc.channel_dependency(model, example, couple_depthwise=True, through_norms=prune_norms)
+        if prune_norms:
+            sets: list[Any] = pc.channel_dependency(model, example, couple_depthwise=True, through_norms=True)
+            row["sets"] = sum(1 for s in sets if len({*s} & {*pruned}) > 1)
+        else:  # ranges of channels: the pieces of a concatenation, a split, a channel shuffle
+            sets = pc.channel_ranges(model, example)
+            row["sets"] = sum(1 for s in sets if len([r for r in s if r.name in pruned]) > 1)
+            row["blocked"] = sorted({r.name for s in sets for r in s if r.blocked is not None and r.name in pruned})
         groups = pc.group_dependency(model, example)
-        row["sets"] = sum(1 for s in sets if len({*s} & {*pruned}) > 1)
         try:
             blocks = pc.head_blocks(model)
         except ValueError:  # no attention or MLP block of a known layout: a CNN

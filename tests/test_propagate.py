@@ -55,7 +55,7 @@ def test_residual_add_removes_only_channels_pruned_in_every_operand() -> None:
     assert plan.slices["c"].keep_in.tolist() == [True, False, True, True]
 
 
-def test_concat_offsets_and_chunk_blocks() -> None:
+def test_concat_offsets_and_chunk_pieces() -> None:
     class Cat(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -72,7 +72,8 @@ def test_concat_offsets_and_chunk_blocks() -> None:
              "d.weight": rows((4, 3, 1, 1), [0]), "d.bias": Mask(torch.tensor([False, True, True, True]), (4,))}
     plan = channel_plan(Cat(), masks, torch.randn(1, 3, 4, 4))
     assert plan.slices["c"].keep_in.tolist() == [True, False, False, True, True]
-    assert "d" not in plan.slices  # a chunk of the channel dim keeps its channels
+    # the chunk's pieces keep one channel each (0 is masked, 3 is in the unused piece): balanced
+    assert plan.slices["d"].keep_out.tolist() == [False, True, True, False]
 
 
 def test_depthwise_conv_follows_its_input() -> None:

@@ -5,7 +5,8 @@ The modules behind this package are private; every public name is re-exported he
 :func:`capture` (:func:`capture_info` says which method ran), :func:`channel_dependency` /
 :func:`input_channel_dependency` / :func:`group_dependency` / :func:`attention_dependency` (NNI's
 dependency sets),
-:func:`propagate` / :func:`channel_plan` (which channels the masks kill), :func:`shrink` (a compact
+:func:`propagate` / :func:`channel_plan` (which channels the masks kill), :func:`channel_ranges`
+(the dependency sets as ranges of channels that shrink removes together), :func:`shrink` (a compact
 model equal to the masked one), the replacement table (:class:`Replacement`, :class:`ChannelSlice`) and
 the composite layers whose stored sizes are set again after shrinking (:data:`COMPOSITES`).
 """
@@ -45,6 +46,7 @@ from purecompress.graph._propagate import (
     UnbalancedGroupsError,
     analyse,
     channel_plan,
+    channel_ranges,
     kind_of,
     liveness,
     op_name,
@@ -96,6 +98,7 @@ __all__ = [
     "capture_info",
     "channel_dependency",
     "channel_plan",
+    "channel_ranges",
     "composite_of",
     "group_constraints",
     "group_dependency",

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from purecompress.graph._capture import SIZE_ARGS, Method, bind_inputs, capture, is_depthwise
 from purecompress.graph._replace import ChannelSlice, Replacement, composite_of, replacement_for
-from purecompress.pruning import Mask, Masks, channel_keep, params_of
+from purecompress.pruning import ChannelRange, Mask, Masks, channel_keep, params_of
 
 __all__ = [
     "Analysis",
@@ -42,6 +42,7 @@ __all__ = [
     "UnbalancedGroupsError",
     "analyse",
     "channel_plan",
+    "channel_ranges",
     "kind_of",
     "liveness",
     "op_name",
@@ -354,7 +355,9 @@ def _statistics(kind: str, module: nn.Module, node: fx.Node, shape: torch.Size) 
 
 @attrs.frozen
 class Track:
-    """Attributes: cd, the channel dim; ids, ``[C]`` class ids (-1: no class)."""
+    """Attributes: cd, the channel dim; ids, ``[C]`` class ids (-1: no class), or, between the
+    views of a channel shuffle (``view(n, g, C // g, ...)``, ``transpose``), ``[g, C // g]`` ids
+    spanning the dims from ``cd`` on."""
 
     cd: int
     ids: Tensor
@@ -379,6 +382,9 @@ class Classes:
         self.blocked: list[bool] = []
         self.reasons: dict[int, str] = {}
         self.reason = "kept"
+        #: pieces of a channel split whose kept counts must be equal (``chunk``; a composite's
+        #: ``split`` by one size), with the reason blocking records when they are not
+        self.balanced: list[tuple[str, tuple[Tensor, ...]]] = []
 
     def new(self, n: int) -> Tensor:
         start = len(self.parent)
@@ -398,7 +404,7 @@ class Classes:
         return i
 
     def block(self, ids: Tensor) -> None:
-        for i in ids.tolist():
+        for i in ids.flatten().tolist():
             if i >= 0:
                 root = self.find(i)
                 if not self.blocked[root]:
@@ -406,7 +412,7 @@ class Classes:
                 self.blocked[root] = True
 
     def union(self, a: Tensor, b: Tensor) -> None:
-        for x, y in zip(a.tolist(), b.tolist()):
+        for x, y in zip(a.flatten().tolist(), b.flatten().tolist()):
             if x < 0 or y < 0:
                 self.block(torch.tensor([x, y]))
                 continue
@@ -430,7 +436,8 @@ class Classes:
 
     def removed(self, ids: Tensor) -> Tensor:
         """``[C]`` bool: the channels whose class is removed (not blocked)."""
-        return torch.tensor([i >= 0 and not self.blocked[self.find(i)] for i in ids.tolist()], dtype=torch.bool)
+        flat = [i >= 0 and not self.blocked[self.find(i)] for i in ids.flatten().tolist()]
+        return torch.tensor(flat, dtype=torch.bool).reshape(ids.shape)
 
 
 
@@ -665,6 +672,8 @@ def _follow(result: Tensor, track: Track, node: fx.Node, *, pieces: bool = False
     if not bool((vals == vals.round()).all()):
         return None
     vals = vals.long()
+    if track.ids.dim() > 1:
+        return None  # a shuffle's channels: see _reorder
     if pieces and vals.min() >= 0 and bool((vals[1:] == vals[:-1] + 1).all()):
         return Track(d, track.ids[vals])
     counts = torch.bincount(vals, minlength=track.ids.numel()) if vals.min() >= 0 else None
@@ -679,6 +688,112 @@ def _follow(result: Tensor, track: Track, node: fx.Node, *, pieces: bool = False
 
 
 
+_SHAPE_VIEWS = {"view", "reshape"}
+_REORDERS = {"view", "reshape", "flatten", "transpose", "permute", "movedim", "swapaxes", "contiguous"}
+
+
+def _shape_arg(node: fx.Node, dim: int) -> Any:
+    """The size ``view`` / ``reshape`` is given for output dim ``dim`` (an int, or a node when computed)."""
+    sizes = list(node.args[1:])
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = list(sizes[0])
+    return sizes[dim] if dim < len(sizes) else None
+
+
+def _fixed(node: fx.Node, dim: int) -> bool | None:
+    """Whether the forward writes the size of output dim ``dim`` as a literal (True), computes it
+    from a tensor's size (False), or it is not known (None)."""
+    arg = _shape_arg(node, dim)
+    if isinstance(arg, fx.Node) or arg == -1:
+        return False
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return arg not in node.meta.get(SIZE_ARGS, frozenset())
+    return None
+
+
+def _reorder(result: Tensor, track: Track, node: fx.Node, classes: Classes) -> Track | None:
+    """A channel shuffle, step by step: ``view(n, g, C // g, ...)`` cuts the channel dim in two,
+    ``transpose`` swaps the two, ``view(n, C, ...)`` joins them (None: not such a step).
+
+    The compact model repeats the views on its fewer channels, so where the group count ``g`` is
+    written in the forward every group must keep the same channels (channel ``j`` of each group is
+    one class), and where the group size is, whole groups go (a group is one class).
+    """
+    name = op_name(node)
+    varying = [d for d in range(result.dim())
+               if result.shape[d] > 1 and not bool((result == result.narrow(d, 0, 1)).all())]
+    if name not in _REORDERS or not varying or varying != list(range(varying[0], varying[0] + len(varying))):
+        return None
+    index = [slice(None) if d in varying else 0 for d in range(result.dim())]
+    vals = result[tuple(index)]
+    n = track.ids.numel()
+    if not bool((vals == vals.round()).all()) or vals.numel() != n:
+        return None
+    vals = vals.long()
+    if not torch.equal(vals.flatten().sort().values, torch.arange(n)):
+        return None  # not a permutation of the channels
+    ids = track.ids.flatten()[vals]
+    if track.ids.dim() == 1:  # the channel dim cut in two
+        if name not in _SHAPE_VIEWS or len(varying) != 2 or not torch.equal(vals.flatten(), torch.arange(n)):
+            return None
+        fixed = (_fixed(node, varying[0]), _fixed(node, varying[1]))
+        where = f"the channel view at node {node.name!r} ({tuple(ids.shape)})"
+        if fixed == (True, False):  # g groups written in the forward: each keeps the same channels
+            for row in ids[1:]:
+                classes.union(ids[0], row)
+        elif fixed == (False, True):  # groups of a written size: whole groups go
+            for col in ids.T[1:]:
+                classes.union(ids[:, 0], col)
+        else:
+            classes.reason = (f"blocked by {where}: which of its two sizes the forward writes as a literal (kept "
+                              "in the compact model) and which it computes from the input is not known")
+            return None
+    elif len(varying) == 1 and name in _LITERAL_SHAPE_OPS and _fixed(node, varying[0]):
+        classes.reason = (f"blocked by op {name!r} at node {node.name!r}: it joins the channel dims into "
+                          f"{ids.numel()} channels written as a literal in the forward")
+        return None
+    return Track(varying[0], ids)
+
+
+def _split_size(node: fx.Node) -> Any:
+    if len(node.args) > 1:
+        return node.args[1]
+    return next((node.kwargs[k] for k in ("split_size_or_sections", "split_size", "chunks", "sections")
+                 if k in node.kwargs), None)
+
+
+def _pieces(node: fx.Node, outs: list[Track], track: Track, classes: Classes) -> bool:
+    """Whether the compact model's split (or chunk) of fewer channels gives the same pieces; the
+    rule for each kind of size (registered with ``classes``). ``outs``: the pieces' tracks."""
+    if all(t.ids.numel() == track.ids.numel() for t in outs):
+        return True  # not a split of the channels
+    name, size = op_name(node), _split_size(node)
+    where = f"{name} at node {node.name!r}"
+    composite = _in_composite(node)
+    if name == "chunk" or (name == "split" and isinstance(size, int) and composite):
+        sizes = [t.ids.numel() for t in outs]
+        if len(set(sizes)) != 1:
+            classes.reason = (f"blocked by {where}: it cuts the channels into pieces of different sizes {sizes}, "
+                              "which the compact model's fewer channels would not keep")
+            return False
+        why = "the composite layer's stored size is set again" if composite else "the forward computes them"
+        classes.balanced.append((f"balanced pieces: {where} cuts the channels into {len(outs)} pieces of one size "
+                                 f"({why} from the kept channels); channels were kept back to balance them",
+                                 tuple(t.ids for t in outs)))
+        return True
+    if name == "split" and composite:
+        return True  # the composite layer stores the sizes and has them set again after shrinking
+    if name == "split" and isinstance(size, int):
+        classes.reason = (f"blocked by {where}: its size {size} is fixed in the forward, so every piece but the "
+                          "last keeps all its channels")
+        for t in outs[:-1]:
+            classes.block(t.ids)
+        return True
+    classes.reason = (f"blocked by {where}: its sizes {size} are fixed in the forward (only a COMPOSITES layer has "
+                      "them set again)")
+    return False
+
+
 def _merge(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, classes: Classes,
            slice_params: bool = False) -> Track | None:
     r = value.dim()
@@ -690,7 +805,7 @@ def _merge(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, class
         return None
     cds = {t.cd + r - values[n].dim() for n, t in tracked}
     sizes = {values[n].shape[t.cd] for n, t in tracked}
-    if len(cds) != 1 or sizes != {value.shape[next(iter(cds))]}:
+    if len(cds) != 1 or sizes != {value.shape[next(iter(cds))]} or len({tuple(t.ids.shape) for _, t in tracked}) != 1:
         for _, t in tracked:
             classes.block(t.ids)
         return None
@@ -717,6 +832,8 @@ def _cat(node: fx.Node, value: Tensor, values: Mapping, tracks: Mapping, classes
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     dim %= value.dim()
     ts = [tracks.get(n) if isinstance(tracks.get(n), Track) else None for n in parts]
+    if any(t is not None and t.ids.dim() > 1 for t in ts):
+        return _block_all(node, tracks, classes)
     if all(t is not None and t.cd == dim for t in ts if t is not None) and any(t is not None for t in ts):
         ids = [t.ids if t is not None else torch.full((values[n].shape[dim],), -1) for t, n in zip(ts, parts)]
         return Track(dim, torch.cat(ids))
@@ -743,20 +860,29 @@ def _index(node: fx.Node, modules: Mapping, live: Liveness, tracks: Mapping, cla
     if not isinstance(track, Track):
         return _block_all(node, tracks, classes)
     x = values[first]
+    k = track.ids.dim()
+    if tuple(x.shape[track.cd: track.cd + k]) != tuple(track.ids.shape):
+        classes.block(track.ids)
+        return None
     view = [1] * x.dim()
-    view[track.cd] = -1
-    probe = torch.arange(x.shape[track.cd], dtype=torch.float32, device=x.device).reshape(view)
+    view[track.cd: track.cd + k] = track.ids.shape
+    probe = torch.arange(track.ids.numel(), dtype=torch.float32, device=x.device).reshape(view)
     probe = probe.expand(x.shape).contiguous()
     args, kwargs = _substitute(node, values, {first: probe})
     with torch.no_grad():
         result = _mean_dims(node, args, kwargs) if live.kinds[node] == "reduce" else _call(node, modules, args, kwargs)
     result = optree.tree_map(lambda r: r.cpu() if isinstance(r, Tensor) else r, result)
-    pieces = op_name(node) == "split" and _in_composite(node)
+    name = op_name(node)
+    split = name in ("split", "chunk")
+    results = result if isinstance(result, (tuple, list)) else [result]
     outs = [
-        _follow(r, track, node, pieces=pieces) if isinstance(r, Tensor) else None
-        for r in (result if isinstance(result, (tuple, list)) else [result])
+        (_follow(r, track, node, pieces=split) or _reorder(r, track, node, classes)) if isinstance(r, Tensor) else None
+        for r in results
     ]
-    if any(o is None for o in outs):
+    if any(o is None for o in outs) or (split and not _pieces(node, outs, track, classes)):  # type: ignore[arg-type]
+        if name == "getitem" and classes.reason.startswith("blocked by op"):
+            classes.reason += (": it takes a part of the channels at bounds fixed in the forward, which the compact "
+                               "model's fewer channels would not keep")
         classes.block(track.ids)
         return None
     return tuple(outs) if isinstance(result, (tuple, list)) else outs[0]
@@ -840,7 +966,7 @@ def trace_channels(
         if entry is not None and isinstance(value, Tensor) and first is not None:
             x = values[first]
             cd_in, cd_out = entry.channel_dim % x.dim(), entry.channel_dim % value.dim()
-            if tin is not None and tin.cd != cd_in:
+            if tin is not None and (tin.cd != cd_in or tin.ids.dim() > 1):
                 classes.block(tin.ids)
                 tin = None
             depthwise = is_depthwise(module)
@@ -872,6 +998,7 @@ def trace_channels(
         elif (
             kind in ("spatial", "layernorm", "softmax", "batchnorm", "instancenorm")
             and tin is not None
+            and tin.ids.dim() == 1
             and isinstance(value, Tensor)
             and value.dim() == values[first].dim()
             and value.shape[tin.cd] == values[first].shape[tin.cd]
@@ -1428,7 +1555,7 @@ def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mappin
     (``prune_norms``: the same number of channels from each group that keeps any)."""
     changed = True
     while changed:
-        changed = False
+        changed = _balance(classes)
         for name, call in calls.items():
             module = modules[name]
             if isinstance(module, nn.GroupNorm) and call.tin is not None:
@@ -1455,6 +1582,22 @@ def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mappin
                         if t is not None:
                             classes.block(t.ids)
                 changed = True
+
+
+def _balance(classes: Classes) -> bool:
+    """Keep channels back until the pieces of every balanced split keep equal counts (the first
+    removed channels of the emptier pieces come back); whether any came back."""
+    changed = False
+    for reason, pieces in classes.balanced:
+        keeps = [~classes.removed(ids) for ids in pieces]
+        target = max(int(k.sum()) for k in keeps)
+        back = [ids[(~k).nonzero().flatten()[: target - int(k.sum())]] for ids, k in zip(pieces, keeps)]
+        if any(b.numel() for b in back):
+            classes.reason = reason
+            for b in back:
+                classes.block(b)
+            changed = True
+    return changed
 
 
 def _pad_groups(classes: Classes, call: Call, keep_in: Tensor, keep_out: Tensor, groups: int) -> bool:
@@ -1662,3 +1805,111 @@ def propagate(
     plan = channel_plan(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
                         exact=exact, prune_norms=prune_norms, params=params, capture_method=capture_method)
     return Propagated(plan.masks, plan.params, plan.inexact, plan.norms)
+
+
+def channel_ranges(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    capture_method: Method = "auto",
+) -> list[tuple[ChannelRange, ...]]:
+    """Dependency sets of channel *ranges*: the channels that :func:`~purecompress.shrink` removes
+    together, as ranges of the layers' output channels.
+
+    :func:`channel_dependency` joins whole layers; this follows each channel through the graph
+    with the rules :func:`shrink` applies (the classes of :func:`trace_channels`): a channel
+    concatenation, a slice, ``split`` / ``chunk`` pieces, a depthwise conv fed by a part of a
+    concatenation, element-wise joins such as a residual add, and a channel shuffle
+    (``view(n, g, C // g, ...)``, ``transpose``, ``view(n, C, ...)``: channel ``j`` of each group
+    joins). So GhostNet's ``cat([x1, x2])[:, :oup] + shortcut`` couples the shortcut's first half
+    with ``x1``'s layer and its second half with ``x2``'s, instead of nothing.
+
+    Args:
+        model: the model (not modified).
+        example_inputs: inputs for :func:`~purecompress.graph.capture` and one reference run.
+        leaf_modules: passed to :func:`~purecompress.graph.capture`.
+        replacements: extra replacement-table entries (custom producer or channel-wise modules).
+        capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
+
+    Returns:
+        Sets of :class:`~purecompress.ChannelRange` of one length each, for every channel of every
+        producer layer called in the graph (each exactly once): channel ``i`` of every range in a
+        set is removed with channel ``i`` of the others. The channels of one class are grouped
+        with the classes that join the same layers as often (so that each layer keeps the asked
+        fraction of each range), and cut into ranges of one step. Pass them to
+        :func:`~purecompress.allocate_dependency_aware` as ``channel_sets``. Channels that shrink
+        keeps whatever the masks say (an op blocks them) form sets of their own, each range's
+        ``blocked`` saying why (the allocator keeps them).
+
+    >>> class Ghost(nn.Module):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.stem, self.a = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+    ...         self.b = nn.Conv2d(2, 2, 3, padding=1, groups=2)
+    ...     def forward(self, x):
+    ...         s = self.stem(x)
+    ...         y = self.a(s)
+    ...         return torch.cat([y, self.b(y)], 1)[:, :4] + s
+    >>> for members in channel_ranges(Ghost(), torch.zeros(1, 3, 4, 4)):
+    ...     print([(r.name, r.start, r.stop) for r in members])
+    [('stem', 0, 2), ('stem', 2, 4), ('a', 0, 2), ('b', 0, 2)]
+    """
+    work = copy.deepcopy(model).eval()
+    gm = capture(work, example_inputs, leaf_modules=leaf_modules, method=capture_method)
+    bound = bind_inputs(work, example_inputs)
+    bound.apply_defaults()
+    recorder = _Recorder(gm)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        recorder.run(*bound.args, *bound.kwargs.values())
+    modules = dict(gm.named_modules())
+    values = recorder.values
+    kinds = {node: kind_of(node, modules, replacements) for node in gm.graph.nodes}
+    tensors = {n: None for n, v in values.items() if any(_is_tensor(x) for x in optree.tree_leaves(v))}
+    classes, calls, _ = trace_channels(gm, Liveness(values, tensors, {}, kinds), replacements)
+    return _range_sets(classes, calls)
+
+
+def _range_sets(classes: Classes, calls: Mapping[str, Call]) -> list[tuple[ChannelRange, ...]]:
+    """The producers' channels grouped by class, classes by the layers they join (with counts),
+    cut into runs of one step per member."""
+    rank = {name: i for i, name in enumerate(calls)}
+    members: dict[Any, list[tuple[str, int]]] = {}
+    for name, call in calls.items():
+        if call.kind != "producer":
+            continue
+        ids = call.tout.ids.tolist() if call.tout is not None else [-1] * call.c_out
+        for c, i in enumerate(ids):
+            key = classes.find(i) if i >= 0 else (name, c)  # a channel of no class: its own
+            members.setdefault(key, []).append((name, c))
+    groups: dict[tuple[tuple[str, ...], str | None], list[list[tuple[str, int]]]] = {}
+    for key, found in members.items():
+        found.sort(key=lambda m: (rank[m[0]], m[1]))
+        blocked = classes.why(key) if isinstance(key, int) else "its input's channels are not followed"
+        groups.setdefault((tuple(n for n, _ in found), blocked), []).append(found)
+    out: list[tuple[ChannelRange, ...]] = []
+    for (slots, blocked), group in groups.items():
+        group.sort(key=lambda found: [(rank[n], c) for n, c in found])
+        out.extend(_runs(slots, [[c for _, c in found] for found in group], blocked))
+    return sorted(out, key=lambda s: (rank[s[0].name], s[0].start))
+
+
+def _runs(slots: tuple[str, ...], rows: list[list[int]], blocked: str | None) -> list[tuple[ChannelRange, ...]]:
+    """Cut ``rows`` (per class, its channel in each slot) into runs where every slot steps by one
+    positive stride."""
+    out: list[tuple[ChannelRange, ...]] = []
+    begin = 0
+    while begin < len(rows):
+        end = begin + 1
+        steps = None
+        while end < len(rows):
+            step = [b - a for a, b in zip(rows[end - 1], rows[end])]
+            if any(d <= 0 for d in step) or (steps is not None and step != steps):
+                break
+            steps, end = step, end + 1
+        steps = steps or [1] * len(slots)
+        out.append(tuple(ChannelRange(name, rows[begin][j], rows[end - 1][j] + steps[j], steps[j], blocked)
+                         for j, name in enumerate(slots)))
+        begin = end
+    return out

@@ -183,11 +183,20 @@ def _mixed_conv(module: nn.Module) -> dict[str, Any]:
     return {"splits": splits, "in_channels": sum(splits), "out_channels": sum(int(c.out_channels) for c in convs)}
 
 
+def _cross_stage(module: nn.Module) -> dict[str, Any]:
+    convs = [m for m in module.conv_exp.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    return {"expand_chs": int(convs[-1].out_channels)}
+
+
 #: Composite layers whose forward splits its input by sizes it stores (not written in the graph):
 #: class (``module.qualname``) -> the attributes to set from its children once they are shrunk.
-#: Inside them, the channel analysis follows a split into pieces of the input's channels.
+#: Inside them, the channel analysis follows a split into pieces of the input's channels; a split
+#: by one size (``x.split(self.expand_chs // 2, 1)``) keeps equal counts in its pieces.
 COMPOSITES: Mapping[str, Callable[[nn.Module], dict[str, Any]]] = {
     "timm.layers.mixed_conv2d.MixedConv2d": _mixed_conv,  # torch.split(x, self.splits, 1), a conv each
+    # x.split(self.expand_chs // 2, dim=1) of conv_exp's output, in halves
+    "timm.models.cspnet.CrossStage": _cross_stage,
+    "timm.models.cspnet.CrossStage3": _cross_stage,
 }
 
 

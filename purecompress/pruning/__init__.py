@@ -24,6 +24,7 @@ from purecompress.pruning._admm import (
     admm_penalty,
 )
 from purecompress.pruning._allocators import (
+    ChannelRange,
     allocate_balanced,
     allocate_dependency_aware,
     allocate_global,
@@ -156,6 +157,7 @@ __all__ = [
     "ActivationStats",
     "AdmmState",
     "Block",
+    "ChannelRange",
     "GradualState",
     "LayerSparsity",
     "Mask",

@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
+import attrs
 import torch
 from torch import Tensor
 
@@ -28,6 +29,7 @@ from purecompress._pytree import is_traced
 from purecompress.pruning._records import Block, Mask, Masks, Metric, Metrics, blocks_of, unblock
 
 __all__ = [
+    "ChannelRange",
     "allocate_balanced",
     "allocate_dependency_aware",
     "allocate_global",
@@ -502,6 +504,37 @@ def group_keep(score: Tensor, sparsity: float | Tensor, groups: int = 1) -> Tens
 
 
 
+@attrs.frozen
+class ChannelRange:
+    """The output channels ``range(start, stop, step)`` of one layer: a member of a dependency set
+    of channel ranges (:func:`~purecompress.graph.channel_ranges`), where channel ``i`` of every
+    range of the set shares one mask.
+
+    Attributes:
+        name: module name of the layer (``'features.3.conv.0'``).
+        start, stop, step: the channels, as Python's ``range`` (``step > 0``).
+        blocked: None, or why shrinking keeps these channels whatever the masks say (an op of the
+            forward blocks them); :func:`allocate_dependency_aware` keeps them.
+
+    >>> r = ChannelRange('conv', 1, 8, 2)
+    >>> list(r.indices()), len(r)
+    ([1, 3, 5, 7], 4)
+    """
+
+    name: str
+    start: int
+    stop: int
+    step: int = 1
+    blocked: str | None = None
+
+    def indices(self) -> range:
+        """The channel indices, in order."""
+        return range(self.start, self.stop, self.step)
+
+    def __len__(self) -> int:
+        return len(self.indices())
+
+
 def _key(metrics: Metrics, member: str) -> str | None:
     for name in (member, f"{member}.weight"):
         if name in metrics:
@@ -514,7 +547,7 @@ def allocate_dependency_aware(
     metrics: Metrics,
     sparsity: Sparsity,
     *,
-    channel_sets: Iterable[Sequence[str]],
+    channel_sets: Iterable[Sequence[str] | Sequence[ChannelRange]],
     groups: Mapping[str, int] | None = None,
     prior: Masks | None = None,
 ) -> Masks:
@@ -523,13 +556,23 @@ def allocate_dependency_aware(
     Args:
         metrics: channel metrics (grid ``[C, 1, ...]``) keyed by parameter name.
         sparsity: one fraction, or parameter name -> fraction.
-        channel_sets: sets of module names (or parameter names) that must share channels;
-            names not in ``metrics`` are ignored.
-        groups: module name -> the count its channels must stay divisible by (default 1).
+        channel_sets: sets of module names (or parameter names) that must share channels, or
+            sets of :class:`ChannelRange` (from :func:`~purecompress.graph.channel_ranges`) of one
+            length each: channel ``i`` of every range in a set shares one mask, and the ranges of
+            a layer must cover each of its channels once; a set with a ``blocked`` range is kept.
+            Names not in ``metrics`` are ignored.
+        groups: module name -> the count its channels must stay divisible by (default 1); for a
+            set of ranges, only when every range is a whole layer.
         prior: masks already applied (continuous masking).
 
     Returns:
-        Masks at channel granularity for every metric.
+        Masks at channel granularity for every metric. A set of ranges of length ``n`` keeps the
+        ``kept_count(n, s)`` channels of the best summed scores in each of its ranges, so every
+        layer keeps the asked fraction of each of its ranges.
+
+    Raises:
+        ValueError: a set mixes names and ranges, its ranges differ in length or leave the layer,
+            a layer's ranges do not cover its channels once, or a metric is not per channel.
 
     >>> from purecompress import Metric
     >>> m = {'a.weight': Metric(torch.tensor([[3.], [0.], [1.], [2.]]), (4, 2)),
@@ -541,7 +584,17 @@ def allocate_dependency_aware(
     groups = dict(groups or {})
     scores = _scores(metrics, prior)
     masks: Masks = {}
-    for members in channel_sets:
+    ranged: list[tuple[ChannelRange, ...]] = []
+    named: list[tuple[str, ...]] = []
+    for members in map(tuple, channel_sets):
+        if all(isinstance(x, ChannelRange) for x in members):
+            ranged.append(members)  # type: ignore[arg-type]
+        elif any(isinstance(x, ChannelRange) for x in members):
+            raise ValueError(f"a dependency set holds both names and ChannelRange members: {list(members)}")
+        else:
+            named.append(members)  # type: ignore[arg-type]
+    masks.update(_range_masks(metrics, scores, sparsity, ranged, groups))
+    for members in named:
         found = [(m, _key(metrics, m)) for m in members]
         keyed = [(m, k) for m, k in found if k is not None and k not in masks]
         if not keyed:
@@ -566,6 +619,47 @@ def allocate_dependency_aware(
     masks = {k: masks[k] for k in metrics}
     return _finish(masks, prior) if prior else masks
 
+
+
+def _range_masks(metrics: Metrics, scores: Mapping[str, Tensor], sparsity: Sparsity,
+                 sets: Sequence[Sequence[ChannelRange]], groups: Mapping[str, int]) -> Masks:
+    """:func:`allocate_dependency_aware` for sets of channel ranges."""
+    keeps: dict[str, Tensor] = {}
+    covered: dict[str, Tensor] = {}
+    for members in sets:
+        keyed = [(r, k) for r in members if (k := _key(metrics, r.name)) is not None]
+        if not keyed:
+            continue
+        lengths = {len(r) for r, _ in keyed}
+        if len(lengths) != 1:
+            raise ValueError(f"the channel ranges of one dependency set differ in length: {[r for r, _ in keyed]}")
+        whole = True
+        for r, k in keyed:
+            grid = tuple(metrics[k].score.shape)
+            if any(g != 1 for g in grid[1:]):
+                raise ValueError(f"dependency-aware allocation needs channel metrics; {k!r} has grid {grid}")
+            if r.step < 1 or r.start < 0 or (len(r) and r.indices()[-1] >= grid[0]):
+                raise ValueError(f"{r} is not a range of the {grid[0]} output channels of {r.name!r}")
+            whole = whole and (r.start, r.stop, r.step) == (0, grid[0], 1)
+        device = scores[keyed[0][1]].device
+        index = [torch.tensor(r.indices(), dtype=torch.long, device=device) for r, _ in keyed]
+        fused = torch.stack([scores[k].reshape(-1)[i] for (_, k), i in zip(keyed, index)]).sum(0)
+        s = functools.reduce(_smaller, (_sparsity_for(sparsity, k) for _, k in keyed))
+        lcm = math.lcm(*(int(groups.get(r.name, groups.get(k, 1))) for r, k in keyed)) if whole else 1
+        keep = group_keep(fused, s, lcm)
+        if any(r.blocked is not None for r, _ in keyed):  # shrinking keeps them: so do the masks
+            keep = torch.ones_like(keep)
+        for (_, k), i in zip(keyed, index):
+            n = metrics[k].score.shape[0]
+            keeps.setdefault(k, torch.ones(n, dtype=torch.bool, device=device))[i] = keep
+            covered.setdefault(k, torch.zeros(n, dtype=torch.long, device=device))[i] += 1
+    for k, count in covered.items():
+        if not bool((count == 1).all()):
+            bad = (count != 1).nonzero().flatten().tolist()
+            raise ValueError(f"the channel ranges of {k!r} must cover each of its {count.numel()} channels once; "
+                             f"channels {bad[:8]}{' ...' if len(bad) > 8 else ''} are covered "
+                             f"{sorted(set(count[bad].tolist()))} times")
+    return {k: Mask(keep.reshape(metrics[k].score.shape), metrics[k].shape) for k, keep in keeps.items()}
 
 
 def _smaller(a: float | Tensor, b: float | Tensor) -> float | Tensor:

@@ -1,0 +1,249 @@
+"""Dependency sets of channel ranges (``channel_ranges``) and the shrinking that follows the pieces:
+a concatenation sliced and added to a shortcut (GhostNet), splits by stored or fixed sizes (MixNet,
+CSPNet), chunks and a channel shuffle (ShuffleNetV2). Each model is pruned the zoo's way (50% L1 on
+the ranges) and shrunk; the compact model equals the masked one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import purecompress as pc
+from purecompress import ChannelRange
+from purecompress.graph import channel_ranges, group_dependency, shrink
+from tests.test_shrink_graphs import shrunk
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def bn_conv(cin: int, cout: int, k: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU())
+
+
+class Ghost(nn.Module):
+    """GhostNet's module: ``cat([primary, cheap(primary)], 1)[:, :out]``, cheap a depthwise conv."""
+
+    def __init__(self, cin: int, out: int) -> None:
+        super().__init__()
+        self.out = out
+        init = math.ceil(out / 2)
+        self.primary = bn_conv(cin, init)
+        self.cheap = bn_conv(init, init, 3, groups=init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary(x)
+        return torch.cat([x1, self.cheap(x1)], 1)[:, : self.out]
+
+
+class GhostNet(nn.Module):
+    def __init__(self, mid: int = 16) -> None:
+        super().__init__()
+        self.stem = bn_conv(3, 8)
+        self.g1, self.g2 = Ghost(8, mid), Ghost(mid, 8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        return self.head(self.g2(self.g1(s)) + s)
+
+
+class SplitNet(nn.Module):
+    """CSPNet's stage with the split size written in the forward (not a COMPOSITES layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exp = bn_conv(3, 16)
+        self.b = bn_conv(8, 8)
+        self.t = nn.Conv2d(16, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs, xb = self.exp(x).split(8, dim=1)
+        return self.t(torch.cat([xs, self.b(xb)], 1))
+
+
+class Shuffle(nn.Module):
+    """ShuffleNetV2's unit: chunk, a branch on one half, cat, channel shuffle (torchvision's code)."""
+
+    def __init__(self, groups: int | None = 2) -> None:
+        super().__init__()
+        self.groups = groups
+        self.a, self.b, self.c = bn_conv(3, 8), bn_conv(4, 4), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.a(x).chunk(2, dim=1)
+        y = torch.cat([x1, self.b(x2)], 1)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, 4, h, w) if self.groups is None else y.view(n, self.groups, c // self.groups, h, w)
+        return self.c(y.transpose(1, 2).contiguous().view(n, c, h, w))
+
+
+def spans(sets: list[tuple[ChannelRange, ...]]) -> list[list[tuple[str, int, int, int]]]:
+    return [[(r.name, r.start, r.stop, r.step) for r in s] for s in sets]
+
+
+def prune_half(model: nn.Module, x: torch.Tensor) -> pc.Masks:
+    """50% L1 on every conv but the last, agreeing on the channel ranges."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:-1]
+    metrics = pc.l1_norm(pc.params_of(model), pc.select(model, pc.from_config_list([{"sparsity": 0.5,
+                                                                                     "op_names": convs}])))
+    return pc.allocate_dependency_aware(metrics, 0.5, channel_sets=channel_ranges(model, x),
+                                        groups=group_dependency(model, x))
+
+
+def kept(model: nn.Module, compact: nn.Module) -> dict[str, tuple[int, int]]:
+    return {n: (compact.get_submodule(n).out_channels, m.out_channels)
+            for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+def test_a_sliced_concatenation_added_to_a_shortcut_couples_each_half() -> None:
+    assert spans(channel_ranges(GhostNet().eval(), X)) == [
+        [("stem.0", 0, 4, 1), ("stem.0", 4, 8, 1), ("g2.primary.0", 0, 4, 1), ("g2.cheap.0", 0, 4, 1)],
+        [("g1.primary.0", 0, 8, 1), ("g1.cheap.0", 0, 8, 1)],
+        [("head", 0, 4, 1)],
+    ]
+
+
+def test_ghost_modules_shrink_to_half_with_no_dense_layer() -> None:
+    torch.manual_seed(0)
+    model = GhostNet().eval()
+    masks = prune_half(model, X)
+    assert masks["stem.0.weight"].keep[:4].equal(masks["stem.0.weight"].keep[4:])  # both halves meet g2's layers
+    compact, report = shrunk(model, masks, X)
+    assert kept(model, compact) == {"stem.0": (4, 8), "g1.primary.0": (4, 8), "g1.cheap.0": (4, 8),
+                                    "g2.primary.0": (2, 4), "g2.cheap.0": (2, 4), "head": (4, 4)}
+    assert report.dense == {}
+
+
+def test_a_slice_that_drops_channels_blocks_them_with_its_reason() -> None:
+    sets = channel_ranges(GhostNet(mid=15).eval(), X)  # cat of 8 + 8 channels sliced to 15
+    blocked = {r.name: r.blocked for s in sets for r in s if r.blocked}
+    assert set(blocked) == {"g1.primary.0", "g1.cheap.0", "head"}
+    assert "bounds fixed in the forward" in blocked["g1.primary.0"]
+    assert blocked["head"] == "its channels reach the model's output"
+
+
+def test_blocked_ranges_are_kept_so_no_layer_is_left_dense() -> None:
+    torch.manual_seed(0)
+    model = GhostNet(mid=15).eval()
+    compact, report = shrunk(model, prune_half(model, X), X)
+    assert kept(model, compact)["g1.primary.0"] == (8, 8) and kept(model, compact)["g2.primary.0"] == (2, 4)
+    assert report.dense == {}
+
+
+def test_a_split_by_a_size_in_the_forward_keeps_the_leading_pieces() -> None:
+    torch.manual_seed(0)
+    model = SplitNet().eval()
+    sets = channel_ranges(model, X)
+    assert spans(sets)[:2] == [[("exp.0", 0, 8, 1)], [("exp.0", 8, 16, 1)]]
+    assert "every piece but the last keeps all its channels" in str(sets[0][0].blocked)
+    compact, report = shrunk(model, prune_half(model, X), X)
+    assert kept(model, compact)["exp.0"] == (12, 16) and report.dense == {}
+
+
+def test_a_channel_shuffle_couples_channel_j_of_each_group() -> None:
+    assert spans(channel_ranges(Shuffle().eval(), X)) == [
+        [("a.0", 0, 4, 1), ("b.0", 0, 4, 1)], [("a.0", 4, 8, 1)], [("c", 0, 4, 1)]]
+
+
+def test_a_channel_shuffle_shrinks_exactly() -> None:
+    torch.manual_seed(0)
+    model = Shuffle().eval()
+    compact, report = shrunk(model, prune_half(model, X), X)
+    assert kept(model, compact) == {"a.0": (4, 8), "b.0": (2, 4), "c": (4, 4)}
+    assert report.dense == {}
+
+
+def test_a_channel_view_with_both_sizes_written_blocks_with_its_reason() -> None:
+    sets = channel_ranges(Shuffle(groups=None).eval(), X)  # y.view(n, 2, 4, h, w): which size is the groups?
+    reasons = {r.blocked for s in sets for r in s if r.name == "b.0"}
+    assert len(reasons) == 1 and "which of its two sizes" in str(next(iter(reasons)))
+
+
+class Chunk(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = bn_conv(3, 8), nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.a(x).chunk(2, dim=1)
+        return self.b(x1) + self.c(x2)
+
+
+def test_unbalanced_chunk_pieces_keep_channels_back_and_say_why() -> None:
+    torch.manual_seed(0)
+    model = Chunk().eval()
+    keep = torch.tensor([False, False, True, True, True, True, True, False])  # pieces keep 2 and 3 channels
+    masks = {"a.0.weight": pc.Mask(keep.reshape(8, 1, 1, 1), (8, 3, 1, 1))}
+    compact, report = shrunk(model, masks, X)
+    assert compact.a[0].out_channels == 6  # 3 in each piece
+    assert "balanced pieces: chunk at node" in report.dense["a.0"]
+
+
+def test_channel_ranges_leave_the_model_unchanged() -> None:
+    model = GhostNet().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    channel_ranges(model, X)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_set_of_ranges_keeps_the_same_channels_in_each_range() -> None:
+    score = torch.tensor([4.0, 1.0, 3.0, 0.0, 0.0, 5.0])
+    metrics = {"a.weight": pc.Metric(score.reshape(6, 1), (6, 2))}
+    sets = [(ChannelRange("a", 0, 6, 2), ChannelRange("a", 1, 6, 2))]  # channels (0, 1), (2, 3), (4, 5)
+    masks = pc.allocate_dependency_aware(metrics, 0.5, channel_sets=sets)
+    assert masks["a.weight"].keep.flatten().tolist() == [True, True, False, False, True, True]
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    ([("a", ChannelRange("a", 0, 2))], "both names and ChannelRange"),
+    ([(ChannelRange("a", 0, 2), ChannelRange("a", 2, 5))], "differ in length"),
+    ([(ChannelRange("a", 0, 4),)], "cover each of its 6 channels once"),
+    ([(ChannelRange("a", 4, 8),)], "is not a range of the 6 output channels"),
+])
+def test_bad_range_sets_are_refused_naming_what_is_wrong(sets: list, message: str) -> None:
+    metrics = {"a.weight": pc.Metric(torch.arange(6.0).reshape(6, 1), (6, 2))}
+    with pytest.raises(ValueError, match=message):
+        pc.allocate_dependency_aware(metrics, 0.5, channel_sets=sets)
+
+
+timm = pytest.importorskip("timm")
+
+
+def test_timm_mixed_conv_pieces_follow_the_split() -> None:
+    from timm.layers import MixedConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(bn_conv(3, 12), MixedConv2d(12, 12, [3, 5], depthwise=True), nn.BatchNorm2d(12), nn.ReLU(),
+                          nn.Conv2d(12, 4, 1)).eval()
+    assert spans(channel_ranges(model, X))[0] == [("0.0", 0, 6, 1), ("1.0", 0, 6, 1)]
+    compact, report = shrunk(model, prune_half(model, X), X)
+    assert kept(model, compact) == {"0.0": (6, 12), "1.0": (3, 6), "1.1": (3, 6), "4": (4, 4)}
+    assert compact[1].splits == [3, 3] and report.dense == {}
+
+
+def test_timm_cross_stage_split_in_halves_shrinks_with_its_stored_size() -> None:
+    from timm.models.cspnet import BottleneckBlock, CrossStage
+
+    torch.manual_seed(0)
+    stage = CrossStage(8, 16, stride=1, dilation=1, depth=1, expand_ratio=2.0, bottle_ratio=0.5, cross_linear=True,
+                       block_fn=BottleneckBlock, act_layer=nn.ReLU, norm_layer=nn.BatchNorm2d)
+    model = nn.Sequential(bn_conv(3, 8), stage, nn.Conv2d(16, 4, 1)).eval()
+    compact, report = shrunk(model, prune_half(model, X), X)
+    assert compact[1].expand_chs == 16 and compact[1].conv_exp.conv.out_channels == 16
+    assert report.dense == {}
+
+
+def test_shrink_keeps_a_fixed_split_exact_without_the_ranges() -> None:
+    torch.manual_seed(0)
+    model = SplitNet().eval()
+    keep = torch.arange(16) % 2 == 0  # half of each piece
+    compact, report = shrink(model, {"exp.0.weight": pc.Mask(keep.reshape(16, 1, 1, 1), (16, 3, 1, 1))}, X)
+    assert compact.exp[0].out_channels == 12
+    assert "every piece but the last keeps all its channels" in report.dense["exp.0"]
