@@ -20,7 +20,9 @@ values first (:func:`trained_like`), as training would give them.
   pruned channels folded at zero-padded borders, ``report.inexact``), **kept** (the fraction of output channels the
   pruned layers keep, min-max: asked 0.5), **dense** (layers shrink left with channels it was asked
   to remove, where the report says so), **params** and **MACs** after / before (the same counter,
-  ``pc.count_flops_params``, for every model), **latency** compact / dense;
+  ``pc.count_flops_params``, for every model, which counts Conv/Linear module calls; where the
+  ratio of every matmul and convolution of the forward, functional ones included, differs, as in
+  ``nn.MultiheadAttention``, it follows as "all matmuls"), **latency** compact / dense;
 - **Torch-Pruning** (``torch-pruning``, the reference peer, when installed) on the same model with
   the same ask (``MagnitudePruner``, L1, ratio 0.5, the classifier ignored): its MACs and latency
   after / before, or its error;
@@ -257,6 +259,18 @@ def _macs(model: nn.Module, example: Any) -> int | None:
     return int(pc.count_flops_params(model, example).flops)
 
 
+def _all_macs(model: nn.Module, example: Any) -> int:
+    """Multiply-accumulates of every matmul and convolution of one forward, functional ones
+    included (``nn.MultiheadAttention``'s projections, attention scores), from torch's
+    ``FlopCounterMode`` (which counts 2 FLOPs per multiply-accumulate)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        _call(model, example)
+    return int(counter.get_total_flops()) // 2
+
+
 def _kept(model: nn.Module, compact: nn.Module, pruned: Sequence[str]) -> tuple[float, float] | None:
     fractions = []
     for name in pruned:
@@ -418,6 +432,7 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
     row["params"] = (report.params_before, report.params_after)
     macs_before, macs_after = _macs(model, example), _macs(compact, example)
     row["macs"] = (macs_before, macs_after) if macs_before else (report.flops_before, report.flops_after)
+    row["all_macs"] = (_all_macs(model, example), _all_macs(compact, example))
     timed: dict[str, nn.Module] = {"dense": model, "compact": compact}
     if peer and isinstance(example, dict):
         row["tp"] = "not run (transformers need Torch-Pruning's per-model head setup)"
@@ -472,7 +487,8 @@ def format_row(row: dict[str, Any]) -> str:
         "" if kept is None else f"{kept[0]:.2f}-{kept[1]:.2f}",
         f"{len(dense)}" + (f" ({next(iter(dense.values()))[:40]})" if dense else ""),
         _ratio(row.get("params")),
-        _ratio(macs),
+        _ratio(macs) + (f" (all matmuls {_ratio(row['all_macs'])})"
+                        if row.get("all_macs") and _ratio(row["all_macs"]) != _ratio(macs) else ""),
         f"{lat['compact'] / lat['dense']:.2f}" if lat else "",
         tp_cell + (f" / {tp_lat}" if tp_lat else ""),
         row.get("qat", ""),
