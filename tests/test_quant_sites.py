@@ -96,6 +96,17 @@ def test_no_hook_and_no_swapped_tensor_on_the_users_modules_during_the_call() ->
     assert seen == [(0, True, False)]  # the user's hook ran (on the graph's copy), nothing was put on conv1
 
 
+def _assert_one_graph_equal_to_eager(step: Any, *args: Any) -> None:
+    """``step`` compiles to one graph with no break, and the compiled results equal the eager ones."""
+    explained = torch._dynamo.explain(step)(*args)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    eager = step(*args)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
+    for c, e in zip(optree.tree_leaves(compiled, namespace=NAMESPACE), optree.tree_leaves(eager, namespace=NAMESPACE),
+                    strict=True):
+        torch.testing.assert_close(c, e, rtol=0, atol=1e-6)
+
+
 def test_whole_compiled_qat_training_step_is_one_graph() -> None:
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -111,13 +122,7 @@ def test_whole_compiled_qat_training_step_is_one_graph() -> None:
     step = grad(loss, has_aux=True)  # forward, loss and backward in one function
     model.eval()  # no dropout: the compiled and eager runs draw no random numbers
     state = q.init(params)
-    explained = torch._dynamo.explain(step)(params, state)
-    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
-    eager = step(params, state)
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(params, state)
-    for c, e in zip(optree.tree_leaves(compiled, namespace=NAMESPACE), optree.tree_leaves(eager, namespace=NAMESPACE),
-                    strict=True):
-        torch.testing.assert_close(c, e, rtol=0, atol=1e-6)
+    _assert_one_graph_equal_to_eager(step, params, state)
 
 
 @pytest.mark.parametrize("path", ["graph", "hooks"])
@@ -208,13 +213,7 @@ def test_a_weight_only_compiled_qat_step_is_one_graph() -> None:
 
     step = grad(loss, has_aux=True)
     state = q.init(params)
-    explained = torch._dynamo.explain(step)(params, state)
-    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
-    eager = step(params, state)
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(params, state)
-    for c, e in zip(optree.tree_leaves(compiled, namespace=NAMESPACE), optree.tree_leaves(eager, namespace=NAMESPACE),
-                    strict=True):
-        torch.testing.assert_close(c, e, rtol=0, atol=1e-6)
+    _assert_one_graph_equal_to_eager(step, params, state)
 
 
 def test_the_compiled_relu_before_a_site_has_relus_values_and_gradients() -> None:
@@ -272,11 +271,7 @@ def test_relus_read_only_by_a_site_are_replaced_and_compiled_steps_equal_eager()
         y, s = q(model, p, s, x)
         return y.square().mean(), s
 
-    eager = grad(loss, has_aux=True)(params, state)
-    compiled = torch.compile(grad(loss, has_aux=True), fullgraph=True, backend="aot_eager")(params, state)
-    for c, e in zip(optree.tree_leaves(compiled, namespace=NAMESPACE), optree.tree_leaves(eager, namespace=NAMESPACE),
-                    strict=True):
-        torch.testing.assert_close(c, e, rtol=0, atol=1e-6)
+    _assert_one_graph_equal_to_eager(grad(loss, has_aux=True), params, state)
 
 
 def test_a_hook_put_later_on_a_replaced_relu_runs() -> None:
