@@ -441,3 +441,46 @@ def test_propagate_and_shrink_run_on_the_recorded_bert_graph() -> None:
         masked = functional_call(model, pc.apply_masks(pc.params_of(model), masks), (), TEXT).last_hidden_state
     assert rel(y, masked) <= 1e-5
     assert report.output_error == pytest.approx(rel(y, masked), abs=1e-6)  # measured on the ModelOutput
+
+
+class _EvalCache(nn.Module):
+    """timm LeViT's pattern: in eval mode the forward caches a tensor derived from a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bias = nn.Parameter(torch.randn(4, 1, 1))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            if "b" not in self.cache:
+                self.cache["b"] = self.bias * 2
+            self.seen = x.shape[0]
+            return self.conv(x) + self.cache["b"]
+        return self.conv(x) + self.bias * 2
+
+
+@pytest.mark.parametrize("method", ["fx", "record"])
+def test_capture_leaves_no_cache_entry_or_attribute_in_the_model(method: str) -> None:
+    import copy
+
+    model = _EvalCache().eval()
+    x = torch.randn(2, 3, 4, 4)
+    gm = capture(model, x, method=method)
+    assert model.cache == {} and not hasattr(model, "seen")  # under fx the cache would hold a Proxy
+    twin = copy.deepcopy(model)  # a Proxy in the cache made deepcopy fail ('_modules' missing)
+    with torch.no_grad():
+        assert torch.equal(replay(gm, model, x), model(x)) and torch.equal(twin(x), model(x))
+
+
+def test_tracing_quantization_sites_leaves_the_models_cache_empty() -> None:
+    import purecompress.quant as pq
+
+    model = _EvalCache().eval()
+    q = pq.qat(model, [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": ["Conv2d"]}], warn=False)
+    assert q.sites is not None
+    assert model.cache == {}  # traced at construction: the shells share the user's cache dict
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    y, _ = q(model, params, q.init(params), torch.randn(2, 3, 4, 4))
+    assert torch.isfinite(y).all()

@@ -49,6 +49,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from purecompress._state import state_kept
+
 __all__ = [
     "METHODS",
     "ELEMENTWISE_MODULES",
@@ -328,27 +330,13 @@ def _quiet_run(model: nn.Module, devices: list[torch.device]) -> Iterator[None]:
             m.training = training
 
 
-@contextlib.contextmanager
-def _buffers_kept(model: nn.Module) -> Iterator[None]:
-    """Puts back every buffer the body writes into (``self.steps += 1`` in a forward: run for real
-    by a recording, and by torch.fx too, which runs ops on buffers it does not trace)."""
-    buffers = [(b, b._version, b.clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, version, old in buffers:
-                if b._version != version:
-                    b.copy_(old)
-
-
 def _devices(values: Any) -> list[torch.device]:
     return [x.device for x in optree.tree_leaves(values, none_is_leaf=True) if isinstance(x, Tensor)]
 
 
 def _trace(model: nn.Module, bound: inspect.BoundArguments, names: frozenset[str],
            types: tuple[type[nn.Module], ...]) -> fx.GraphModule:
-    with _buffers_kept(model):
+    with state_kept(model):
         return _trace_kept(model, bound, names, types)
 
 
@@ -732,7 +720,7 @@ def _record(model: nn.Module, bound: inspect.BoundArguments, names: frozenset[st
     for name, value in flat:
         recording.placeholder(name, value)
     values = [v for _, v in flat]
-    with _buffers_kept(model), _quiet_run(model, _devices(values)), _same_draws(_devices(values)) as rewind:
+    with state_kept(model), _quiet_run(model, _devices(values)), _same_draws(_devices(values)) as rewind:
         handles = _hooks(model, recording)
         try:
             with recording, _Gaps(recording):

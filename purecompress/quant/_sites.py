@@ -37,6 +37,8 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from purecompress._state import state_kept
+
 __all__ = ["SiteGraph", "Sites"]
 
 _log = logging.getLogger("purecompress.quant")
@@ -199,7 +201,8 @@ class SiteGraph:
             shell.training = flag
         tracer = _Tracer(frozenset(self.sites))
         try:
-            graph = tracer.trace(root, concrete_args=concrete or None)
+            with state_kept(root):  # a cache the forward fills (shared with the user's modules) is emptied again
+                graph = tracer.trace(root, concrete_args=concrete or None)
         except Exception as err:  # noqa: BLE001 - any tracing failure means: use hooks
             return self._fail(n_args, kw, f"torch.fx cannot trace it ({type(err).__name__}: {err})")
         if any(_has_hooks(m) for m in tracer.inlined.values()):
