@@ -15,7 +15,8 @@ values first (:func:`trained_like`), as training would give them.
   than one range of the pruned layers; ranges an op blocks are kept by the allocator;
 - 50% dependency-aware L1 channel pruning of every Conv/Linear but the classifier
   (``pc.l1_norm`` + ``pc.allocate_dependency_aware``; on transformers, which ``pc.head_blocks``
-  finds, half of the attention heads and MLP neurons of every block by L1 instead), then ``pc.shrink``:
+  finds, half of the attention heads and MLP neurons of every block by L1 instead, and of a hybrid's
+  other layers, MobileViT's convolutions, half the channels too), then ``pc.shrink``:
   **masked vs compact** (``report.output_error``; with the count of inexact folds, constants of
   pruned channels folded at zero-padded borders, ``report.inexact``), **kept** (the fraction of output channels the
   pruned layers keep, min-max: asked 0.5), **dense** (layers shrink left with channels it was asked
@@ -426,7 +427,17 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
             scores = pc.head_scores(blocks, pc.level(params, pc.head_block_params(blocks)))
             masks = pc.head_masks(blocks, pc.allocate_heads(blocks, scores, sparsity), params)
             row["units"] = "heads+neurons"
-            pruned = []
+            cut = set(pc.head_block_params(blocks))  # a hybrid's other layers (MobileViT's convs): channels
+            pruned = [n for n in pruned if f"{n}.weight" not in cut]
+            if pruned and not prune_norms:
+                metrics = pc.l1_norm(params, [f"{n}.weight" for n in pruned])
+                channels = pc.allocate_dependency_aware(metrics, sparsity, channel_sets=sets, groups=groups)
+                shapes = {k: tuple(v.shape) for k, v in params.items() if k.endswith(".bias")}
+                channels = {k: m for k, m in pc.bias_masks(channels, shapes).items() if not bool(m.keep.all())}
+                pruned = [n for n in pruned if f"{n}.weight" in channels]
+                masks = {**masks, **channels}
+            else:
+                pruned = []
         else:
             metrics = pc.l1_norm(params, plan)
             masks = pc.allocate_dependency_aware(metrics, sparsity, channel_sets=sets, groups=groups)

@@ -364,3 +364,62 @@ def test_head_masks_and_heads_kept_round_trip_and_nothing_is_modified(name: str)
     for attn, heads in kept_heads.items():
         cut = next(c for c in next(b for b in blocks if b.name == attn).cuts if c.consumer)
         assert compact.get_parameter(cut.param).shape[cut.dim] == heads * 8
+
+
+class _Attention(nn.Module):
+    """q/k/v/o projections with ``num_heads``/``head_dim`` read in the forward (the Llama layout)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (p(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
+        return self.o_proj(y)
+
+
+class _Hybrid(nn.Module):
+    """MobileViT's shape in small: convolutions, then a transformer block over the pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 1)
+        self.norm, self.attn, self.fc = nn.LayerNorm(16), _Attention(16, 4), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.relu(self.bn1(self.conv1(x)))).flatten(2).transpose(1, 2)
+        x = x + self.attn(self.norm(x))
+        return self.fc(x.mean(1))
+
+
+def test_a_hybrid_shrinks_its_channels_and_its_heads_together() -> None:
+    torch.manual_seed(0)
+    model = _Hybrid().eval()
+    with torch.no_grad():
+        model.bn1.bias.uniform_(-1, 1)  # pruned channels emit relu(beta): folded into conv2's bias
+    x = torch.randn(2, 3, 6, 6)
+    params = pc.params_of(model)
+    blocks = pc.head_blocks(model)
+    assert [(b.name, b.kind, b.units) for b in blocks] == [("attn", "attention", 4)]
+    masks = pc.head_masks(blocks, {"attn": torch.tensor([True, False, False, True])}, params)
+    keep = torch.arange(8) % 2 == 0
+    masks["conv1.weight"] = pc.Mask(keep.reshape(8, 1, 1, 1), (8, 3, 3, 3))
+    masks["conv1.bias"] = pc.Mask(keep, (8,))
+    compact, report = pc.shrink(model, masks, x)
+    assert compact.conv1.out_channels == 4 and compact.conv2.in_channels == 4 and compact.bn1.num_features == 4
+    assert compact.attn.num_heads == 2 and compact.attn.q_proj.out_features == 8
+    assert compact.attn.o_proj.in_features == 8
+    assert {"conv1", "attn.q_proj", "attn.o_proj"} <= set(report.replaced)
+    with torch.no_grad():
+        masked = functional_call(model, pc.apply_masks(report.params, report.masks), (x,))
+        assert rel(compact(x), masked) <= 1e-5 and report.output_error <= 1e-5
+    rows = {r.name: r for r in report.layers}
+    assert rows["conv1"].params_after < rows["conv1"].params_before
+    assert rows["attn.q_proj"].params_after < rows["attn.q_proj"].params_before
+    assert report.params_after < report.params_before
+    assert next(model.parameters()).shape == (8, 3, 3, 3)  # the model is untouched

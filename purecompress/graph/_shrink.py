@@ -13,6 +13,7 @@ matches exactly.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -235,7 +236,11 @@ def shrink(
     Masks that remove attention heads (whole heads of Q/K/V and O, from
     :func:`~purecompress.head_masks`) go to :func:`~purecompress.shrink_heads`, which slices heads
     and MLP neurons and updates the attention modules and the config (the graph options do not
-    apply there).
+    apply there). Head masks together with channel masks of layers outside the head blocks (a
+    hybrid such as MobileViT: convolutions, then transformer blocks) shrink both: the channels by
+    the graph first (with the graph options), then the heads of that compact model; the report
+    covers both (``masks``: the propagated channel masks and the head masks, which the compact
+    model matches), and ``output_error`` is measured against the original model with those masks.
 
     Raises:
         ShrinkError: a mask (or a ``params`` value) does not fit the model (a name that is not a
@@ -254,7 +259,15 @@ def shrink(
 
     blocks = head_blocks(model, required=False)
     if any(c.param in masks for b in blocks if b.kind == "attention" for c in b.cuts):
-        return shrink_heads(model, masks, example_inputs, blocks=blocks, params=params)
+        cut = {c.param for b in blocks for c in b.cuts}
+        channels = {k: m for k, m in masks.items() if k not in cut}
+        if not channels:
+            return shrink_heads(model, masks, example_inputs, blocks=blocks, params=params)
+        # a hybrid (MobileViT: convolutions and transformer blocks): channels first, then heads
+        graph_options = dict(leaf_modules=leaf_modules, replacements=replacements, strict=strict, exact=exact,
+                             prune_norms=prune_norms, capture_method=capture_method)
+        return _shrink_channels_then_heads(model, channels, {k: m for k, m in masks.items() if k in cut},
+                                           example_inputs, params, graph_options)
     analysis = analyse(model, masks, example_inputs, leaf_modules=leaf_modules, replacements=replacements,
                        strict=strict, exact=exact, prune_norms=prune_norms, params=params,
                        capture_method=capture_method)
@@ -300,3 +313,51 @@ def shrink(
         norms=plan.norms,
         sliced=sliced,
     )
+
+
+def _shrink_channels_then_heads(model: nn.Module, channels: Mapping[str, Mask], heads: Mapping[str, Mask],
+                                example_inputs: Any, params: Mapping[str, Tensor] | None,
+                                graph_options: dict[str, Any]) -> tuple[nn.Module, ShrinkReport]:
+    """:func:`shrink` of channel masks (outside the head blocks) and head masks together: the graph
+    shrink of the channels, then :func:`~purecompress.shrink_heads` of that compact model. The head
+    masks keep their units; a channel shrink that changed a head block's cut dim is refused."""
+    from purecompress.heads import head_blocks, shrink_heads
+    from purecompress.pruning import apply_masks
+
+    first, report = shrink(model, channels, example_inputs, params=params, **graph_options)
+    shapes = {k: tuple(v.shape) for k, v in [*first.named_parameters(), *first.named_buffers()]}
+    refit = {}
+    for name, mask in heads.items():
+        grid = tuple(mask.keep.shape)
+        if len(grid) != len(shapes[name]) or any(g != 1 and old != new
+                                                  for g, old, new in zip(grid, mask.shape, shapes[name])):
+            raise ShrinkError(f"the channel masks changed {name!r} along the dim its head mask cuts "
+                              f"({tuple(mask.shape)} -> {shapes[name]}): prune that layer's channels or its "
+                              "heads, not both")
+        refit[name] = Mask(mask.keep, shapes[name])
+    compact, second = shrink_heads(first, refit, example_inputs, blocks=head_blocks(first))
+    # the reference: the original model with the propagated channel masks, then the head masks
+    values = apply_masks(apply_masks(report.params, report.masks), dict(heads))
+    masked = copy.deepcopy(model).eval()
+    own = dict(masked.named_parameters()) | dict(masked.named_buffers())
+    with torch.no_grad():
+        for name, value in values.items():
+            own[name].copy_(value)
+    if isinstance(example_inputs, Mapping):
+        args, kwargs = (), dict(example_inputs)
+    else:
+        args, kwargs = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
+    compact.eval()
+    with torch.no_grad():
+        reference, output = masked(*args, **kwargs), compact(*args, **kwargs)
+    compact.train(model.training)
+    after = {r.name: r for r in second.layers}
+    layers = [attrs.evolve(r, params_after=after[r.name].params_after, flops_after=after[r.name].flops_after)
+              if r.name in after else r for r in report.layers]
+    combined = dict(report.masks)
+    for name, mask in heads.items():
+        combined[name] = combined[name] & mask if name in combined else mask
+    return compact, ShrinkReport.of(
+        model, compact, layers, output_error=_rel_error(output, reference), inexact=report.inexact,
+        replaced=tuple(dict.fromkeys((*report.replaced, *second.replaced))), masks=combined, params=report.params,
+        norms=report.norms, dense=report.dense, sliced=report.sliced)
