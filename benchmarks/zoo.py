@@ -540,6 +540,11 @@ def _run_isolated(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         if line.startswith("{"):
             return json.loads(line)
     tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    if done.returncode < 0 and not args.no_peer:  # killed (out of memory): once more without the peer
+        row = _run_isolated(spec, argparse.Namespace(**{**vars(args), "no_peer": True}))
+        if "error" not in row:
+            row["tp"] = f"killed the row's process (signal {-done.returncode}); this row ran without it"
+            return row
     return {"model": spec, "error": f"exit {done.returncode}: {tail[:100]}"}
 
 
