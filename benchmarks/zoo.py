@@ -226,9 +226,13 @@ def trained_like(model: nn.Module) -> nn.Module:
 
 
 def classifier(model: nn.Module) -> str | None:
-    """The name of the model's last Linear (its classifier or LM head), kept dense."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return names[-1] if names else None
+    """The name of the model's last Linear (its classifier or LM head), kept dense; a model without
+    one (SqueezeNet classifies with a 1x1 convolution) gives its last Conv2d."""
+    for kind in (nn.Linear, nn.Conv2d):
+        names = [n for n, m in model.named_modules() if isinstance(m, kind)]
+        if names:
+            return names[-1]
+    return None
 
 
 # ------------------------------------------------------------------------------------------ pipeline
