@@ -152,6 +152,17 @@ def test_a_channel_shuffle_couples_channel_j_of_each_group() -> None:
         [("a.0", 0, 4, 1), ("b.0", 0, 4, 1)], [("a.0", 4, 8, 1)], [("c", 0, 4, 1)]]
 
 
+def test_shuffle_groups_may_keep_different_channels_in_order() -> None:
+    torch.manual_seed(0)
+    model = Shuffle().eval()
+    keep = half([0, 2, 5, 7], 8)  # the first piece keeps channels 0, 2; branch b keeps 1, 3: 0 <= 1 < 2 <= 3
+    masks = {"a.0.weight": pc.Mask(keep.reshape(8, 1, 1, 1), (8, 3, 1, 1)),
+             "b.0.weight": pc.Mask(half([1, 3]).reshape(4, 1, 1, 1), (4, 4, 1, 1))}
+    compact, report = shrunk(model, masks, X)
+    assert kept(model, compact) == {"a.0": (4, 8), "b.0": (2, 4), "c": (4, 4)}
+    assert report.dense == {}
+
+
 def test_a_channel_shuffle_shrinks_exactly() -> None:
     torch.manual_seed(0)
     model = Shuffle().eval()
@@ -164,6 +175,98 @@ def test_a_channel_view_with_both_sizes_written_blocks_with_its_reason() -> None
     sets = channel_ranges(Shuffle(groups=None).eval(), X)  # y.view(n, 2, 4, h, w): which size is the groups?
     reasons = {r.blocked for s in sets for r in s if r.name == "b.0"}
     assert len(reasons) == 1 and "which of its two sizes" in str(next(iter(reasons)))
+
+
+def shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
+    """torchvision's ``channel_shuffle``."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class Unit(nn.Module):
+    """ShuffleNetV2's ``InvertedResidual`` (torchvision's code): stride 2 runs both branches on the
+    input, stride 1 chunks it and runs ``branch2`` on the second half; then cat and shuffle."""
+
+    def __init__(self, inp: int, oup: int, stride: int) -> None:
+        super().__init__()
+        self.stride, half = stride, oup // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+                                         nn.BatchNorm2d(inp), *bn_conv(inp, half))
+        self.branch2 = nn.Sequential(*bn_conv(inp if stride > 1 else half, half),
+                                     nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False),
+                                     nn.BatchNorm2d(half), *bn_conv(half, half))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            return shuffle(torch.cat((x1, self.branch2(x2)), 1))
+        return shuffle(torch.cat((self.branch1(x), self.branch2(x)), 1))
+
+
+class ShuffleStage(nn.Module):
+    """A stem, one stride-2 unit and ``repeats`` stride-1 units of ``width`` channels, a head."""
+
+    def __init__(self, width: int = 8, repeats: int = 3) -> None:
+        super().__init__()
+        self.stem = bn_conv(3, width)
+        self.units = nn.Sequential(Unit(width, width, 2), *(Unit(width, width, 1) for _ in range(repeats)))
+        self.head = nn.Conv2d(width, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.units(self.stem(x)))
+
+
+def classes_of(sets: list[tuple[ChannelRange, ...]]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(layer, channel) -> (set, position): the channels that share one mask."""
+    return {(r.name, c): (k, i) for k, s in enumerate(sets) for r in s for i, c in enumerate(r.indices())}
+
+
+def test_coupling_each_group_of_a_shuffle_doubles_the_coupled_channels_per_unit() -> None:
+    # why the ranges cannot keep half of a deep stage: unit k's branch channel i shares the mask of
+    # channel i // 2**k of the first unit's branch1, so the last branch here (4 channels, k = 3) is one class
+    model = ShuffleStage().eval()
+    cls = classes_of(channel_ranges(model, X))
+    for k in range(1, 4):
+        assert all(cls[(f"units.{k}.branch2.5", i)] == cls[("units.0.branch1.2", i // 2 ** k)] for i in range(4))
+
+
+def half(keep: list[int], n: int = 4) -> torch.Tensor:
+    return torch.isin(torch.arange(n), torch.tensor(keep))
+
+
+def stage_masks(model: ShuffleStage, kept: dict[str, list[int]]) -> pc.Masks:
+    """Channel masks keeping ``kept[layer]``; the depthwise convs keep their producer's channels."""
+    kept = {**kept, "stem.0": [0, 1, 2, 3], "units.0.branch1.0": [0, 1, 2, 3]}
+    kept.update({f"units.{k}.branch2.{j}": [0, 1] for k in range(4) for j in (0, 3)})
+    masks = {}
+    for name, keep in kept.items():
+        weight = model.get_submodule(name).weight
+        masks[f"{name}.weight"] = pc.Mask(half(keep, weight.shape[0]).reshape(-1, 1, 1, 1), tuple(weight.shape))
+    return masks
+
+
+def test_a_stage_of_shuffle_units_shrinks_to_half_of_every_branch_when_the_groups_interleave() -> None:
+    # the groups of each shuffle keep different channels, in order: 0 <= 1 < 2 <= 2 for the first
+    torch.manual_seed(0)
+    model = ShuffleStage().eval()
+    branches = ["units.0.branch1.2", "units.0.branch2.5", "units.1.branch2.5", "units.2.branch2.5",
+                "units.3.branch2.5"]
+    kept_channels = dict(zip(branches, [[0, 2], [1, 2], [1, 3], [0, 3], [0, 1]]))
+    compact, report = shrunk(model, stage_masks(model, kept_channels), X)
+    assert {n: kept(model, compact)[n] for n in branches} == dict.fromkeys(branches, (2, 4))
+    assert report.dense == {}
+
+
+def test_shuffle_groups_that_do_not_interleave_keep_channels_back_and_say_why() -> None:
+    torch.manual_seed(0)
+    model = Shuffle().eval()
+    keep = half([1, 2, 5, 7], 8)  # the first piece keeps channels 1, 2; branch b keeps 0, 3: 1 > 0
+    masks = {"a.0.weight": pc.Mask(keep.reshape(8, 1, 1, 1), (8, 3, 1, 1)),
+             "b.0.weight": pc.Mask(half([0, 3]).reshape(4, 1, 1, 1), (4, 4, 1, 1))}
+    compact, report = shrunk(model, masks, X)
+    assert kept(model, compact)["b.0"] == (4, 4)
+    assert "interleaved groups: the channel shuffle at" in report.dense["b.0"]
 
 
 class Chunk(nn.Module):

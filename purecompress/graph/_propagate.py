@@ -375,7 +375,7 @@ class Classes:
         norm_owners: the modules whose weight a functional ``layer_norm`` reads among ``params``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, couple_shuffles: bool = True) -> None:
         self.params: dict[str, tuple[int, Tensor]] = {}
         self.norm_owners: set[str] = set()
         self.parent: list[int] = []
@@ -385,6 +385,16 @@ class Classes:
         #: pieces of a channel split whose kept counts must be equal (``chunk``; a composite's
         #: ``split`` by one size), with the reason blocking records when they are not
         self.balanced: list[tuple[str, tuple[Tensor, ...]]] = []
+        #: whether a channel shuffle joins channel ``j`` of each group into one class (True, the
+        #: sufficient rule :func:`channel_ranges` gives the allocator) or only asks the groups'
+        #: kept channels to interleave (False, what :func:`shrink` needs: :meth:`close_shuffles`)
+        self.couple_shuffles = couple_shuffles
+        #: the ``[g, C // g]`` grids a channel view cut (``couple_shuffles`` False), each with
+        #: where, and whether it is joined back only by shuffles (None: not joined yet)
+        self.shuffles: list[tuple[Tensor, str, bool | None]] = []
+        #: the groups of each channel shuffle (rows of its grid) whose kept channels must
+        #: interleave, with the reason blocking records when they do not
+        self.interleaved: list[tuple[str, Tensor]] = []
 
     def new(self, n: int) -> Tensor:
         start = len(self.parent)
@@ -438,6 +448,29 @@ class Classes:
         """``[C]`` bool: the channels whose class is removed (not blocked)."""
         flat = [i >= 0 and not self.blocked[self.find(i)] for i in ids.flatten().tolist()]
         return torch.tensor(flat, dtype=torch.bool).reshape(ids.shape)
+
+    def joined(self, ids: Tensor) -> None:
+        """A channel view's grid of classes joined back into one channel dim, in the order ``ids``:
+        a shuffle's grid (joined in its transposed order) keeps that; any other order couples."""
+        for k, (grid, where, shuffled) in enumerate(self.shuffles):
+            if shuffled is not False and torch.equal(ids.sort().values, grid.flatten().sort().values):
+                self.shuffles[k] = (grid, where, torch.equal(ids, grid.T.flatten()))
+
+    def close_shuffles(self) -> None:
+        """Decide the channel views once every op is traced: a grid only ever joined back by a
+        channel shuffle (``view(n, g, C // g, ...)``, ``transpose(1, 2)``, ``view(n, C, ...)``)
+        asks its groups to interleave; any other use (or none) joins channel ``j`` of each group."""
+        for grid, where, shuffled in self.shuffles:
+            if shuffled is True:
+                self.interleaved.append((
+                    f"interleaved groups: the channel shuffle at {where} needs each of its {grid.shape[0]} groups "
+                    "to keep as many channels, the r-th kept channel of each group in the groups' order (the "
+                    "compact model's view cuts its fewer channels into groups of one size); channels were kept "
+                    "back to align them", grid))
+            else:
+                for row in grid[1:]:
+                    self.union(grid[0], row)
+        self.shuffles = []
 
 
 
@@ -716,8 +749,10 @@ def _reorder(result: Tensor, track: Track, node: fx.Node, classes: Classes) -> T
     ``transpose`` swaps the two, ``view(n, C, ...)`` joins them (None: not such a step).
 
     The compact model repeats the views on its fewer channels, so where the group count ``g`` is
-    written in the forward every group must keep the same channels (channel ``j`` of each group is
-    one class), and where the group size is, whole groups go (a group is one class).
+    written in the forward every group must keep as many channels: a shuffle's groups (the grid
+    joined back transposed) must interleave (:func:`_interleave`), any other grid's keep the same
+    channels (channel ``j`` of each group is one class; always so with ``classes.couple_shuffles``);
+    where the group size is written, whole groups go (a group is one class).
     """
     name = op_name(node)
     varying = [d for d in range(result.dim())
@@ -738,9 +773,12 @@ def _reorder(result: Tensor, track: Track, node: fx.Node, classes: Classes) -> T
             return None
         fixed = (_fixed(node, varying[0]), _fixed(node, varying[1]))
         where = f"the channel view at node {node.name!r} ({tuple(ids.shape)})"
-        if fixed == (True, False):  # g groups written in the forward: each keeps the same channels
-            for row in ids[1:]:
-                classes.union(ids[0], row)
+        if fixed == (True, False):  # g groups written in the forward: each keeps as many (close_shuffles)
+            if classes.couple_shuffles:
+                for row in ids[1:]:
+                    classes.union(ids[0], row)
+            else:
+                classes.shuffles.append((ids, where, None))
         elif fixed == (False, True):  # groups of a written size: whole groups go
             for col in ids.T[1:]:
                 classes.union(ids[:, 0], col)
@@ -752,6 +790,8 @@ def _reorder(result: Tensor, track: Track, node: fx.Node, classes: Classes) -> T
         classes.reason = (f"blocked by op {name!r} at node {node.name!r}: it joins the channel dims into "
                           f"{ids.numel()} channels written as a literal in the forward")
         return None
+    elif len(varying) == 1:
+        classes.joined(ids)
     return Track(varying[0], ids)
 
 
@@ -936,14 +976,16 @@ def _blocked_by(node: fx.Node, kind: str, modules: Mapping[str, nn.Module]) -> s
 
 
 def trace_channels(
-    gm: fx.GraphModule, live: Liveness, extra: Mapping[type[nn.Module], Replacement] | None = None
+    gm: fx.GraphModule, live: Liveness, extra: Mapping[type[nn.Module], Replacement] | None = None, *,
+    couple_shuffles: bool = False,
 ) -> tuple[Classes, dict[str, Call], list[tuple[fx.Node, int, Track | None]]]:
     """Tracks for every node; returns the classes, the table modules' calls and the consumers.
 
     Consumers are ``(input node, channel dim, track)`` for every producer layer input.
+    ``couple_shuffles``: see :attr:`Classes.couple_shuffles`.
     """
     modules = dict(gm.named_modules())
-    classes = Classes()
+    classes = Classes(couple_shuffles=couple_shuffles)
     tracks: dict[fx.Node, Any] = {}
     calls: dict[str, Call] = {}
     consumers: list[tuple[fx.Node, int, Track | None]] = []
@@ -1009,6 +1051,7 @@ def trace_channels(
             tracks[node] = _index(node, modules, live, tracks, classes)
         else:
             _block_all(node, tracks, classes)
+    classes.close_shuffles()
     return classes, calls, consumers
 
 
@@ -1555,7 +1598,7 @@ def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mappin
     (``prune_norms``: the same number of channels from each group that keeps any)."""
     changed = True
     while changed:
-        changed = _balance(classes)
+        changed = _balance(classes) | _interleave(classes)
         for name, call in calls.items():
             module = modules[name]
             if isinstance(module, nn.GroupNorm) and call.tin is not None:
@@ -1596,6 +1639,28 @@ def _balance(classes: Classes) -> bool:
             classes.reason = reason
             for b in back:
                 classes.block(b)
+            changed = True
+    return changed
+
+
+def _interleave(classes: Classes) -> bool:
+    """Keep channels back until the groups of every channel shuffle interleave: read in the
+    shuffled order (channel ``i`` of group ``h`` at ``i * g + h``), the kept channels come from
+    groups ``0, 1, ..., g - 1, 0, ...`` and end with a whole round, so the compact view cuts them
+    into the same groups and the compact shuffle keeps their order (the masks may keep different
+    channels in each group). Where they do not, a channel kept in any group is kept in all of
+    them; whether any came back."""
+    changed = False
+    for reason, grid in classes.interleaved:
+        g = grid.shape[0]
+        kept = (~classes.removed(grid.T.flatten())).nonzero().flatten()
+        if kept.numel() % g == 0 and torch.equal(kept % g, torch.arange(kept.numel()) % g):
+            continue
+        columns = (~classes.removed(grid)).any(0)
+        back = grid[:, columns][classes.removed(grid[:, columns])]
+        if back.numel():
+            classes.reason = reason
+            classes.block(back)
             changed = True
     return changed
 
@@ -1823,8 +1888,10 @@ def channel_ranges(
     concatenation, a slice, ``split`` / ``chunk`` pieces, a depthwise conv fed by a part of a
     concatenation, element-wise joins such as a residual add, and a channel shuffle
     (``view(n, g, C // g, ...)``, ``transpose``, ``view(n, C, ...)``: channel ``j`` of each group
-    joins). So GhostNet's ``cat([x1, x2])[:, :oup] + shortcut`` couples the shortcut's first half
-    with ``x1``'s layer and its second half with ``x2``'s, instead of nothing.
+    joins; that suffices, :func:`shrink` only needs the groups' kept channels to interleave: the
+    ``r``-th kept channel of group ``h`` at or before that of group ``h + 1``). So GhostNet's
+    ``cat([x1, x2])[:, :oup] + shortcut`` couples the shortcut's first half with ``x1``'s layer and
+    its second half with ``x2``'s, instead of nothing.
 
     Args:
         model: the model (not modified).
@@ -1867,7 +1934,7 @@ def channel_ranges(
     values = recorder.values
     kinds = {node: kind_of(node, modules, replacements) for node in gm.graph.nodes}
     tensors = {n: None for n, v in values.items() if any(_is_tensor(x) for x in optree.tree_leaves(v))}
-    classes, calls, _ = trace_channels(gm, Liveness(values, tensors, {}, kinds), replacements)
+    classes, calls, _ = trace_channels(gm, Liveness(values, tensors, {}, kinds), replacements, couple_shuffles=True)
     return _range_sets(classes, calls)
 
 
