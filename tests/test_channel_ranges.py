@@ -269,6 +269,93 @@ def test_shuffle_groups_that_do_not_interleave_keep_channels_back_and_say_why() 
     assert "interleaved groups: the channel shuffle at" in report.dense["b.0"]
 
 
+class MiniShuffleNet(nn.Module):
+    """Two stages of ShuffleNetV2 units: the second's stride-2 unit reads the first's output with
+    a depthwise conv (a follower of the first chain)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = bn_conv(3, 8)
+        self.a = nn.Sequential(Unit(8, 8, 2), *(Unit(8, 8, 1) for _ in range(3)))
+        self.b = nn.Sequential(Unit(8, 16, 2), Unit(16, 16, 1))
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(self.stem(x))))
+
+
+def test_shuffle_chains_name_each_stage_s_layers_in_order_and_its_followers() -> None:
+    chains = pc.shuffle_chains(MiniShuffleNet().eval(), X)
+    assert chains == [
+        pc.ShuffleChain(("a.0.branch1.2", "a.0.branch2.5", "a.1.branch2.5", "a.2.branch2.5", "a.3.branch2.5"), 4,
+                        ("b.0.branch1.0",)),
+        pc.ShuffleChain(("b.0.branch1.2", "b.0.branch2.5", "b.1.branch2.5"), 8),
+    ]
+
+
+class JoinedStage(ShuffleStage):
+    """A stage whose output is added to another layer's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Conv2d(3, 8, 1, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.units(self.stem(x)) + self.side(x))
+
+
+def test_a_chain_whose_channels_meet_another_layer_is_not_given() -> None:
+    assert pc.shuffle_chains(ShuffleStage().eval(), X) != []
+    assert pc.shuffle_chains(JoinedStage().eval(), X) == []
+
+
+def prune_chains(model: nn.Module, x: torch.Tensor) -> pc.Masks:
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:-1]
+    metrics = pc.l1_norm(pc.params_of(model), pc.select(model, pc.from_config_list([{"sparsity": 0.5,
+                                                                                     "op_names": convs}])))
+    return pc.allocate_dependency_aware(metrics, 0.5, channel_sets=channel_ranges(model, x),
+                                        groups=group_dependency(model, x), shuffles=pc.shuffle_chains(model, x))
+
+
+def test_shuffle_chains_keep_half_of_every_layer_with_nothing_kept_back() -> None:
+    torch.manual_seed(0)
+    model = MiniShuffleNet().eval()
+    compact, report = shrunk(model, prune_chains(model, X), X)
+    assert {n: k for n, k in kept(model, compact).items() if n != "head"} == {
+        n: (c // 2, c) for n, c in ((n, m.out_channels) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        if n != "head"}
+    assert report.dense == {}
+
+
+def test_a_deep_chain_keeps_one_count_in_every_layer_that_its_order_allows() -> None:
+    # 8 units of 116 channels (ShuffleNetV2 x1.0's stage 3): no choice of 58 channels meets the chunk
+    # halves' counts and the groups' order, 52 do; the channel sets would keep the last layers whole
+    torch.manual_seed(0)
+    model = ShuffleStage(width=232, repeats=7).eval()
+    compact, report = shrunk(model, prune_chains(model, X), X)
+    branches = {n: k for n, k in kept(model, compact).items() if n.endswith((".branch1.2", ".branch2.5"))}
+    assert len(branches) == 9 and set(branches.values()) == {(52, 116)}
+    assert report.dense == {}
+
+
+def test_a_chain_with_a_layer_not_pruned_is_left_to_the_sets() -> None:
+    model = ShuffleStage().eval()
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != "units.2.branch2.5"][:-1]
+    metrics = pc.l1_norm(pc.params_of(model), pc.select(model, pc.from_config_list([{"sparsity": 0.5,
+                                                                                     "op_names": convs}])))
+    sets = channel_ranges(model, X)
+    with_chains = pc.allocate_dependency_aware(metrics, 0.5, channel_sets=sets, shuffles=pc.shuffle_chains(model, X))
+    without = pc.allocate_dependency_aware(metrics, 0.5, channel_sets=sets)
+    assert all(with_chains[k].keep.equal(without[k].keep) for k in without)
+
+
+def test_a_shuffle_chain_needs_channel_metrics_of_its_width() -> None:
+    metrics = {f"{n}.weight": pc.Metric(torch.ones(4, 1), (4, 2)) for n in "ab"}
+    metrics["c.weight"] = pc.Metric(torch.ones(6, 1), (6, 2))
+    with pytest.raises(ValueError, match="'c.weight' needs a channel metric of 4 channels"):
+        pc.allocate_dependency_aware(metrics, 0.5, channel_sets=[], shuffles=[pc.ShuffleChain(("a", "b", "c"), 4)])
+
+
 class Chunk(nn.Module):
     def __init__(self) -> None:
         super().__init__()

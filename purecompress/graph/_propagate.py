@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from purecompress.graph._capture import SIZE_ARGS, Method, bind_inputs, capture, is_depthwise
 from purecompress.graph._replace import ChannelSlice, Replacement, composite_of, replacement_for
-from purecompress.pruning import ChannelRange, Mask, Masks, channel_keep, params_of
+from purecompress.pruning import ChannelRange, Mask, Masks, ShuffleChain, channel_keep, params_of
 
 __all__ = [
     "Analysis",
@@ -47,6 +47,7 @@ __all__ = [
     "liveness",
     "op_name",
     "propagate",
+    "shuffle_chains",
     "trace_channels",
 ]
 
@@ -1923,6 +1924,15 @@ def channel_ranges(
     ...     print([(r.name, r.start, r.stop) for r in members])
     [('stem', 0, 2), ('stem', 2, 4), ('a', 0, 2), ('b', 0, 2)]
     """
+    classes, calls = _structure(model, example_inputs, leaf_modules, replacements, capture_method, True)
+    return _range_sets(classes, calls)
+
+
+def _structure(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[str | type[nn.Module]],
+               replacements: Mapping[type[nn.Module], Replacement] | None, capture_method: Method,
+               couple_shuffles: bool) -> tuple[Classes, dict[str, Call]]:
+    """The classes and calls of :func:`trace_channels` on a copy of the model, every channel
+    varying (no masks)."""
     work = copy.deepcopy(model).eval()
     gm = capture(work, example_inputs, leaf_modules=leaf_modules, method=capture_method)
     bound = bind_inputs(work, example_inputs)
@@ -1934,8 +1944,96 @@ def channel_ranges(
     values = recorder.values
     kinds = {node: kind_of(node, modules, replacements) for node in gm.graph.nodes}
     tensors = {n: None for n, v in values.items() if any(_is_tensor(x) for x in optree.tree_leaves(v))}
-    classes, calls, _ = trace_channels(gm, Liveness(values, tensors, {}, kinds), replacements, couple_shuffles=True)
-    return _range_sets(classes, calls)
+    classes, calls, _ = trace_channels(gm, Liveness(values, tensors, {}, kinds), replacements,
+                                       couple_shuffles=couple_shuffles)
+    return classes, calls
+
+
+def shuffle_chains(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    capture_method: Method = "auto",
+) -> list[ShuffleChain]:
+    """The chains of ShuffleNetV2 units in the graph (:class:`~purecompress.ShuffleChain`), for
+    :func:`~purecompress.allocate_dependency_aware`'s ``shuffles``.
+
+    :func:`channel_ranges` joins channel ``j`` of each group of a channel shuffle, which is enough
+    for :func:`shrink` but doubles the channels joined at every unit: deep in a stage, a whole
+    layer is one set. :func:`shrink` itself only needs the groups' kept channels to interleave and
+    each ``chunk`` half to keep as many; a chain gives the allocator the layers to choose so. Only
+    chains whose channels meet nothing else are given (no other layer, join or split, not blocked).
+
+    Args:
+        model: the model (not modified).
+        example_inputs: inputs for :func:`~purecompress.graph.capture` and one reference run.
+        leaf_modules: passed to :func:`~purecompress.graph.capture`.
+        replacements: extra replacement-table entries (custom producer or channel-wise modules).
+        capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
+
+    Returns:
+        One :class:`~purecompress.ShuffleChain` per chain, in graph order.
+    """
+    classes, calls = _structure(model, example_inputs, leaf_modules, replacements, capture_method, False)
+    return _chains(classes, calls)
+
+
+def _chains(classes: Classes, calls: Mapping[str, Call]) -> list[ShuffleChain]:
+    def roots(ids: Tensor) -> tuple[int, ...]:
+        return tuple(classes.find(i) if i >= 0 else -1 for i in ids.flatten().tolist())
+
+    producers = {roots(c.tout.ids): name for name, c in calls.items()
+                 if c.kind == "producer" and not c.depthwise and c.tout is not None and c.tout.ids.dim() == 1}
+    grids = [grid for _, grid in classes.interleaved if grid.shape[0] == 2]
+    halves = {roots(p[0]): roots(torch.cat(p)) for _, p in classes.balanced if len(p) == 2}
+    by_output = {roots(grid.T.flatten()): k for k, grid in enumerate(grids)}
+    after: dict[int, int] = {}  # grid -> the next unit's grid
+    for k, grid in enumerate(grids):
+        prev = by_output.get(halves.get(roots(grid[0]), ()))
+        if prev is not None:
+            after[prev] = k
+    out = []
+    for k, grid in enumerate(grids):
+        if roots(grid[0]) not in producers or roots(grid[1]) not in producers:
+            continue  # not a chain's first unit
+        chain, rows = [k], [roots(grid[0]), roots(grid[1])]
+        while chain[-1] in after:
+            chain.append(after[chain[-1]])
+            rows.append(roots(grids[chain[-1]][1]))
+        last = roots(grids[chain[-1]].T.flatten())
+        followers = tuple(name for name, c in calls.items() if c.depthwise and c.tin is not None
+                          and roots(c.tin.ids) == last)
+        if _isolated(classes, calls, [grids[j] for j in chain], rows, producers, followers, last):
+            out.append(ShuffleChain(tuple(producers[r] for r in rows), int(grid.shape[1]), followers))
+    return out
+
+
+def _isolated(classes: Classes, calls: Mapping[str, Call], grids: list[Tensor], rows: list[tuple[int, ...]],
+              producers: Mapping[tuple[int, ...], str], followers: tuple[str, ...], last: tuple[int, ...]) -> bool:
+    """Whether a chain's channels meet only its own shuffles, chunks and followers: each row a
+    whole layer of its own classes, none blocked, no other layer, shuffle or split on them."""
+    own = {r for row in rows for r in row}
+    if any(row not in producers for row in rows) or len(own) != sum(len(row) for row in rows) or -1 in own:
+        return False
+    if any(classes.blocked[r] for r in own):
+        return False
+    names = {producers[row] for row in rows} | set(followers)
+    for name, c in calls.items():
+        if name not in names and c.kind == "producer" and c.tout is not None \
+                and own & {classes.find(i) for i in c.tout.ids.flatten().tolist() if i >= 0}:
+            return False
+    mine = {tuple(g.flatten().tolist()) for g in grids}
+    for _, grid in classes.interleaved:
+        if tuple(grid.flatten().tolist()) not in mine and own & {classes.find(i) for i in grid.flatten().tolist()}:
+            return False
+    outputs = [tuple(classes.find(i) for i in g.T.flatten().tolist()) for g in grids[:-1]]
+    for _, pieces in classes.balanced:
+        whole = tuple(classes.find(i) if i >= 0 else -1 for i in torch.cat(pieces).tolist())
+        if whole not in outputs and own & set(whole):
+            return False  # a split of the last output, or of anything else of theirs, is not followed
+    return True
 
 
 def _range_sets(classes: Classes, calls: Mapping[str, Call]) -> list[tuple[ChannelRange, ...]]:
