@@ -12,7 +12,8 @@ values first (:func:`trained_like`), as training would give them.
 - **sets**: the dependency sets of channel ranges (``pc.channel_ranges``: the pieces of a
   concatenation, a split or a channel shuffle, depthwise convs coupled to their producers; with
   ``--prune-norms``, ``pc.channel_dependency(through_norms=True)``'s whole layers) joining more
-  than one range of the pruned layers; ranges an op blocks are kept by the allocator;
+  than one range of the pruned layers; ranges an op blocks are kept by the allocator; chains of
+  ShuffleNetV2 units (``pc.shuffle_chains``) are decided as chains;
 - 50% dependency-aware L1 channel pruning of every Conv/Linear but the classifier
   (``pc.l1_norm`` + ``pc.allocate_dependency_aware``; on transformers, which ``pc.head_blocks``
   finds, half of the attention heads and MLP neurons of every block by L1 instead, and of a hybrid's
@@ -415,11 +416,13 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
     params = pc.params_of(model)
     pruned = list(plan.modules)
     try:
+        shuffles: list[Any] = []
         if prune_norms:
             sets: list[Any] = pc.channel_dependency(model, example, couple_depthwise=True, through_norms=True)
             row["sets"] = sum(1 for s in sets if len({*s} & {*pruned}) > 1)
         else:  # ranges of channels: the pieces of a concatenation, a split, a channel shuffle
             sets = pc.channel_ranges(model, example)
+            shuffles = pc.shuffle_chains(model, example)
             row["sets"] = sum(1 for s in sets if len([r for r in s if r.name in pruned]) > 1)
             row["blocked"] = sorted({r.name for s in sets for r in s if r.blocked is not None and r.name in pruned})
         groups = pc.group_dependency(model, example)
@@ -444,7 +447,8 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
                 pruned = []
         else:
             metrics = pc.l1_norm(params, plan)
-            masks = pc.allocate_dependency_aware(metrics, sparsity, channel_sets=sets, groups=groups)
+            masks = pc.allocate_dependency_aware(metrics, sparsity, channel_sets=sets, groups=groups,
+                                                 shuffles=shuffles)
             shapes = {k: tuple(v.shape) for k, v in params.items() if k.endswith(".bias")}
             masks = pc.bias_masks(masks, shapes)
         compact, report = pc.shrink(model, masks, example, prune_norms=prune_norms)

@@ -26,6 +26,7 @@ from purecompress.graph import (
     group_dependency,
     propagate,
     shrink,
+    shuffle_chains,
 )
 from purecompress.heads import (
     Cut,
@@ -56,6 +57,7 @@ from purecompress.pruning import (
     PruneConfig,
     Schedule,
     Sensitivity,
+    ShuffleChain,
     SparsityReport,
     TaylorStats,
     admm,
@@ -173,6 +175,7 @@ __all__ = [
     "AdmmState",
     "Block",
     "ChannelRange",
+    "ShuffleChain",
     "CaptureInfo",
     "ChannelPlan",
     "ChannelSlice",
@@ -272,6 +275,7 @@ __all__ = [
     "save_masks",
     "select",
     "shrink",
+    "shuffle_chains",
     "slim_penalty",
     "slim_penalty_grad",
     "simplify_mask",

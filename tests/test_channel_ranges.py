@@ -152,6 +152,17 @@ def test_a_channel_shuffle_couples_channel_j_of_each_group() -> None:
         [("a.0", 0, 4, 1), ("b.0", 0, 4, 1)], [("a.0", 4, 8, 1)], [("c", 0, 4, 1)]]
 
 
+def test_shuffle_groups_may_keep_different_channels_in_order() -> None:
+    torch.manual_seed(0)
+    model = Shuffle().eval()
+    keep = half([0, 2, 5, 7], 8)  # the first piece keeps channels 0, 2; branch b keeps 1, 3: 0 <= 1 < 2 <= 3
+    masks = {"a.0.weight": pc.Mask(keep.reshape(8, 1, 1, 1), (8, 3, 1, 1)),
+             "b.0.weight": pc.Mask(half([1, 3]).reshape(4, 1, 1, 1), (4, 4, 1, 1))}
+    compact, report = shrunk(model, masks, X)
+    assert kept(model, compact) == {"a.0": (4, 8), "b.0": (2, 4), "c": (4, 4)}
+    assert report.dense == {}
+
+
 def test_a_channel_shuffle_shrinks_exactly() -> None:
     torch.manual_seed(0)
     model = Shuffle().eval()
@@ -164,6 +175,185 @@ def test_a_channel_view_with_both_sizes_written_blocks_with_its_reason() -> None
     sets = channel_ranges(Shuffle(groups=None).eval(), X)  # y.view(n, 2, 4, h, w): which size is the groups?
     reasons = {r.blocked for s in sets for r in s if r.name == "b.0"}
     assert len(reasons) == 1 and "which of its two sizes" in str(next(iter(reasons)))
+
+
+def shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
+    """torchvision's ``channel_shuffle``."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class Unit(nn.Module):
+    """ShuffleNetV2's ``InvertedResidual`` (torchvision's code): stride 2 runs both branches on the
+    input, stride 1 chunks it and runs ``branch2`` on the second half; then cat and shuffle."""
+
+    def __init__(self, inp: int, oup: int, stride: int) -> None:
+        super().__init__()
+        self.stride, half = stride, oup // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+                                         nn.BatchNorm2d(inp), *bn_conv(inp, half))
+        self.branch2 = nn.Sequential(*bn_conv(inp if stride > 1 else half, half),
+                                     nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False),
+                                     nn.BatchNorm2d(half), *bn_conv(half, half))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            return shuffle(torch.cat((x1, self.branch2(x2)), 1))
+        return shuffle(torch.cat((self.branch1(x), self.branch2(x)), 1))
+
+
+class ShuffleStage(nn.Module):
+    """A stem, one stride-2 unit and ``repeats`` stride-1 units of ``width`` channels, a head."""
+
+    def __init__(self, width: int = 8, repeats: int = 3) -> None:
+        super().__init__()
+        self.stem = bn_conv(3, width)
+        self.units = nn.Sequential(Unit(width, width, 2), *(Unit(width, width, 1) for _ in range(repeats)))
+        self.head = nn.Conv2d(width, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.units(self.stem(x)))
+
+
+def classes_of(sets: list[tuple[ChannelRange, ...]]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(layer, channel) -> (set, position): the channels that share one mask."""
+    return {(r.name, c): (k, i) for k, s in enumerate(sets) for r in s for i, c in enumerate(r.indices())}
+
+
+def test_coupling_each_group_of_a_shuffle_doubles_the_coupled_channels_per_unit() -> None:
+    # why the ranges cannot keep half of a deep stage: unit k's branch channel i shares the mask of
+    # channel i // 2**k of the first unit's branch1, so the last branch here (4 channels, k = 3) is one class
+    model = ShuffleStage().eval()
+    cls = classes_of(channel_ranges(model, X))
+    for k in range(1, 4):
+        assert all(cls[(f"units.{k}.branch2.5", i)] == cls[("units.0.branch1.2", i // 2 ** k)] for i in range(4))
+
+
+def half(keep: list[int], n: int = 4) -> torch.Tensor:
+    return torch.isin(torch.arange(n), torch.tensor(keep))
+
+
+def stage_masks(model: ShuffleStage, kept: dict[str, list[int]]) -> pc.Masks:
+    """Channel masks keeping ``kept[layer]``; the depthwise convs keep their producer's channels."""
+    kept = {**kept, "stem.0": [0, 1, 2, 3], "units.0.branch1.0": [0, 1, 2, 3]}
+    kept.update({f"units.{k}.branch2.{j}": [0, 1] for k in range(4) for j in (0, 3)})
+    masks = {}
+    for name, keep in kept.items():
+        weight = model.get_submodule(name).weight
+        masks[f"{name}.weight"] = pc.Mask(half(keep, weight.shape[0]).reshape(-1, 1, 1, 1), tuple(weight.shape))
+    return masks
+
+
+def test_a_stage_of_shuffle_units_shrinks_to_half_of_every_branch_when_the_groups_interleave() -> None:
+    # the groups of each shuffle keep different channels, in order: 0 <= 1 < 2 <= 2 for the first
+    torch.manual_seed(0)
+    model = ShuffleStage().eval()
+    branches = ["units.0.branch1.2", "units.0.branch2.5", "units.1.branch2.5", "units.2.branch2.5",
+                "units.3.branch2.5"]
+    kept_channels = dict(zip(branches, [[0, 2], [1, 2], [1, 3], [0, 3], [0, 1]]))
+    compact, report = shrunk(model, stage_masks(model, kept_channels), X)
+    assert {n: kept(model, compact)[n] for n in branches} == dict.fromkeys(branches, (2, 4))
+    assert report.dense == {}
+
+
+def test_shuffle_groups_that_do_not_interleave_keep_channels_back_and_say_why() -> None:
+    torch.manual_seed(0)
+    model = Shuffle().eval()
+    keep = half([1, 2, 5, 7], 8)  # the first piece keeps channels 1, 2; branch b keeps 0, 3: 1 > 0
+    masks = {"a.0.weight": pc.Mask(keep.reshape(8, 1, 1, 1), (8, 3, 1, 1)),
+             "b.0.weight": pc.Mask(half([0, 3]).reshape(4, 1, 1, 1), (4, 4, 1, 1))}
+    compact, report = shrunk(model, masks, X)
+    assert kept(model, compact)["b.0"] == (4, 4)
+    assert "interleaved groups: the channel shuffle at" in report.dense["b.0"]
+
+
+class MiniShuffleNet(nn.Module):
+    """Two stages of ShuffleNetV2 units: the second's stride-2 unit reads the first's output with
+    a depthwise conv (a follower of the first chain)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = bn_conv(3, 8)
+        self.a = nn.Sequential(Unit(8, 8, 2), *(Unit(8, 8, 1) for _ in range(3)))
+        self.b = nn.Sequential(Unit(8, 16, 2), Unit(16, 16, 1))
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(self.stem(x))))
+
+
+def test_shuffle_chains_name_each_stage_s_layers_in_order_and_its_followers() -> None:
+    chains = pc.shuffle_chains(MiniShuffleNet().eval(), X)
+    assert chains == [
+        pc.ShuffleChain(("a.0.branch1.2", "a.0.branch2.5", "a.1.branch2.5", "a.2.branch2.5", "a.3.branch2.5"), 4,
+                        ("b.0.branch1.0",)),
+        pc.ShuffleChain(("b.0.branch1.2", "b.0.branch2.5", "b.1.branch2.5"), 8),
+    ]
+
+
+class JoinedStage(ShuffleStage):
+    """A stage whose output is added to another layer's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Conv2d(3, 8, 1, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.units(self.stem(x)) + self.side(x))
+
+
+def test_a_chain_whose_channels_meet_another_layer_is_not_given() -> None:
+    assert pc.shuffle_chains(ShuffleStage().eval(), X) != []
+    assert pc.shuffle_chains(JoinedStage().eval(), X) == []
+
+
+def prune_chains(model: nn.Module, x: torch.Tensor) -> pc.Masks:
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:-1]
+    metrics = pc.l1_norm(pc.params_of(model), pc.select(model, pc.from_config_list([{"sparsity": 0.5,
+                                                                                     "op_names": convs}])))
+    return pc.allocate_dependency_aware(metrics, 0.5, channel_sets=channel_ranges(model, x),
+                                        groups=group_dependency(model, x), shuffles=pc.shuffle_chains(model, x))
+
+
+def test_shuffle_chains_keep_half_of_every_layer_with_nothing_kept_back() -> None:
+    torch.manual_seed(0)
+    model = MiniShuffleNet().eval()
+    compact, report = shrunk(model, prune_chains(model, X), X)
+    assert {n: k for n, k in kept(model, compact).items() if n != "head"} == {
+        n: (c // 2, c) for n, c in ((n, m.out_channels) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        if n != "head"}
+    assert report.dense == {}
+
+
+def test_a_deep_chain_keeps_one_count_in_every_layer_that_its_order_allows() -> None:
+    # 8 units of 116 channels (ShuffleNetV2 x1.0's stage 3): no choice of 58 channels meets the chunk
+    # halves' counts and the groups' order, 52 do; the channel sets would keep the last layers whole
+    torch.manual_seed(0)
+    model = ShuffleStage(width=232, repeats=7).eval()
+    compact, report = shrunk(model, prune_chains(model, X), X)
+    branches = {n: k for n, k in kept(model, compact).items() if n.endswith((".branch1.2", ".branch2.5"))}
+    assert len(branches) == 9 and set(branches.values()) == {(52, 116)}
+    assert report.dense == {}
+
+
+def test_a_chain_with_a_layer_not_pruned_is_left_to_the_sets() -> None:
+    model = ShuffleStage().eval()
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != "units.2.branch2.5"][:-1]
+    metrics = pc.l1_norm(pc.params_of(model), pc.select(model, pc.from_config_list([{"sparsity": 0.5,
+                                                                                     "op_names": convs}])))
+    sets = channel_ranges(model, X)
+    with_chains = pc.allocate_dependency_aware(metrics, 0.5, channel_sets=sets, shuffles=pc.shuffle_chains(model, X))
+    without = pc.allocate_dependency_aware(metrics, 0.5, channel_sets=sets)
+    assert all(with_chains[k].keep.equal(without[k].keep) for k in without)
+
+
+def test_a_shuffle_chain_needs_channel_metrics_of_its_width() -> None:
+    metrics = {f"{n}.weight": pc.Metric(torch.ones(4, 1), (4, 2)) for n in "ab"}
+    metrics["c.weight"] = pc.Metric(torch.ones(6, 1), (6, 2))
+    with pytest.raises(ValueError, match="'c.weight' needs a channel metric of 4 channels"):
+        pc.allocate_dependency_aware(metrics, 0.5, channel_sets=[], shuffles=[pc.ShuffleChain(("a", "b", "c"), 4)])
 
 
 class Chunk(nn.Module):

@@ -6,7 +6,8 @@ The modules behind this package are private; every public name is re-exported he
 :func:`input_channel_dependency` / :func:`group_dependency` / :func:`attention_dependency` (NNI's
 dependency sets),
 :func:`propagate` / :func:`channel_plan` (which channels the masks kill), :func:`channel_ranges`
-(the dependency sets as ranges of channels that shrink removes together), :func:`shrink` (a compact
+(the dependency sets as ranges of channels that shrink removes together), :func:`shuffle_chains`
+(chains of ShuffleNetV2 units, for the allocator), :func:`shrink` (a compact
 model equal to the masked one), the replacement table (:class:`Replacement`, :class:`ChannelSlice`) and
 the composite layers whose stored sizes are set again after shrinking (:data:`COMPOSITES`).
 """
@@ -51,6 +52,7 @@ from purecompress.graph._propagate import (
     liveness,
     op_name,
     propagate,
+    shuffle_chains,
     trace_channels,
 )
 from purecompress.graph._replace import (
@@ -110,5 +112,6 @@ __all__ = [
     "propagate",
     "replacement_for",
     "shrink",
+    "shuffle_chains",
     "trace_channels",
 ]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from purecompress.graph._capture import SIZE_ARGS, Method, bind_inputs, capture, is_depthwise
 from purecompress.graph._replace import ChannelSlice, Replacement, composite_of, replacement_for
-from purecompress.pruning import ChannelRange, Mask, Masks, channel_keep, params_of
+from purecompress.pruning import ChannelRange, Mask, Masks, ShuffleChain, channel_keep, params_of
 
 __all__ = [
     "Analysis",
@@ -47,6 +47,7 @@ __all__ = [
     "liveness",
     "op_name",
     "propagate",
+    "shuffle_chains",
     "trace_channels",
 ]
 
@@ -375,7 +376,7 @@ class Classes:
         norm_owners: the modules whose weight a functional ``layer_norm`` reads among ``params``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, couple_shuffles: bool = True) -> None:
         self.params: dict[str, tuple[int, Tensor]] = {}
         self.norm_owners: set[str] = set()
         self.parent: list[int] = []
@@ -385,6 +386,16 @@ class Classes:
         #: pieces of a channel split whose kept counts must be equal (``chunk``; a composite's
         #: ``split`` by one size), with the reason blocking records when they are not
         self.balanced: list[tuple[str, tuple[Tensor, ...]]] = []
+        #: whether a channel shuffle joins channel ``j`` of each group into one class (True, the
+        #: sufficient rule :func:`channel_ranges` gives the allocator) or only asks the groups'
+        #: kept channels to interleave (False, what :func:`shrink` needs: :meth:`close_shuffles`)
+        self.couple_shuffles = couple_shuffles
+        #: the ``[g, C // g]`` grids a channel view cut (``couple_shuffles`` False), each with
+        #: where, and whether it is joined back only by shuffles (None: not joined yet)
+        self.shuffles: list[tuple[Tensor, str, bool | None]] = []
+        #: the groups of each channel shuffle (rows of its grid) whose kept channels must
+        #: interleave, with the reason blocking records when they do not
+        self.interleaved: list[tuple[str, Tensor]] = []
 
     def new(self, n: int) -> Tensor:
         start = len(self.parent)
@@ -438,6 +449,29 @@ class Classes:
         """``[C]`` bool: the channels whose class is removed (not blocked)."""
         flat = [i >= 0 and not self.blocked[self.find(i)] for i in ids.flatten().tolist()]
         return torch.tensor(flat, dtype=torch.bool).reshape(ids.shape)
+
+    def joined(self, ids: Tensor) -> None:
+        """A channel view's grid of classes joined back into one channel dim, in the order ``ids``:
+        a shuffle's grid (joined in its transposed order) keeps that; any other order couples."""
+        for k, (grid, where, shuffled) in enumerate(self.shuffles):
+            if shuffled is not False and torch.equal(ids.sort().values, grid.flatten().sort().values):
+                self.shuffles[k] = (grid, where, torch.equal(ids, grid.T.flatten()))
+
+    def close_shuffles(self) -> None:
+        """Decide the channel views once every op is traced: a grid only ever joined back by a
+        channel shuffle (``view(n, g, C // g, ...)``, ``transpose(1, 2)``, ``view(n, C, ...)``)
+        asks its groups to interleave; any other use (or none) joins channel ``j`` of each group."""
+        for grid, where, shuffled in self.shuffles:
+            if shuffled is True:
+                self.interleaved.append((
+                    f"interleaved groups: the channel shuffle at {where} needs each of its {grid.shape[0]} groups "
+                    "to keep as many channels, the r-th kept channel of each group in the groups' order (the "
+                    "compact model's view cuts its fewer channels into groups of one size); channels were kept "
+                    "back to align them", grid))
+            else:
+                for row in grid[1:]:
+                    self.union(grid[0], row)
+        self.shuffles = []
 
 
 
@@ -716,8 +750,10 @@ def _reorder(result: Tensor, track: Track, node: fx.Node, classes: Classes) -> T
     ``transpose`` swaps the two, ``view(n, C, ...)`` joins them (None: not such a step).
 
     The compact model repeats the views on its fewer channels, so where the group count ``g`` is
-    written in the forward every group must keep the same channels (channel ``j`` of each group is
-    one class), and where the group size is, whole groups go (a group is one class).
+    written in the forward every group must keep as many channels: a shuffle's groups (the grid
+    joined back transposed) must interleave (:func:`_interleave`), any other grid's keep the same
+    channels (channel ``j`` of each group is one class; always so with ``classes.couple_shuffles``);
+    where the group size is written, whole groups go (a group is one class).
     """
     name = op_name(node)
     varying = [d for d in range(result.dim())
@@ -738,9 +774,12 @@ def _reorder(result: Tensor, track: Track, node: fx.Node, classes: Classes) -> T
             return None
         fixed = (_fixed(node, varying[0]), _fixed(node, varying[1]))
         where = f"the channel view at node {node.name!r} ({tuple(ids.shape)})"
-        if fixed == (True, False):  # g groups written in the forward: each keeps the same channels
-            for row in ids[1:]:
-                classes.union(ids[0], row)
+        if fixed == (True, False):  # g groups written in the forward: each keeps as many (close_shuffles)
+            if classes.couple_shuffles:
+                for row in ids[1:]:
+                    classes.union(ids[0], row)
+            else:
+                classes.shuffles.append((ids, where, None))
         elif fixed == (False, True):  # groups of a written size: whole groups go
             for col in ids.T[1:]:
                 classes.union(ids[:, 0], col)
@@ -752,6 +791,8 @@ def _reorder(result: Tensor, track: Track, node: fx.Node, classes: Classes) -> T
         classes.reason = (f"blocked by op {name!r} at node {node.name!r}: it joins the channel dims into "
                           f"{ids.numel()} channels written as a literal in the forward")
         return None
+    elif len(varying) == 1:
+        classes.joined(ids)
     return Track(varying[0], ids)
 
 
@@ -936,14 +977,16 @@ def _blocked_by(node: fx.Node, kind: str, modules: Mapping[str, nn.Module]) -> s
 
 
 def trace_channels(
-    gm: fx.GraphModule, live: Liveness, extra: Mapping[type[nn.Module], Replacement] | None = None
+    gm: fx.GraphModule, live: Liveness, extra: Mapping[type[nn.Module], Replacement] | None = None, *,
+    couple_shuffles: bool = False,
 ) -> tuple[Classes, dict[str, Call], list[tuple[fx.Node, int, Track | None]]]:
     """Tracks for every node; returns the classes, the table modules' calls and the consumers.
 
     Consumers are ``(input node, channel dim, track)`` for every producer layer input.
+    ``couple_shuffles``: see :attr:`Classes.couple_shuffles`.
     """
     modules = dict(gm.named_modules())
-    classes = Classes()
+    classes = Classes(couple_shuffles=couple_shuffles)
     tracks: dict[fx.Node, Any] = {}
     calls: dict[str, Call] = {}
     consumers: list[tuple[fx.Node, int, Track | None]] = []
@@ -1009,6 +1052,7 @@ def trace_channels(
             tracks[node] = _index(node, modules, live, tracks, classes)
         else:
             _block_all(node, tracks, classes)
+    classes.close_shuffles()
     return classes, calls, consumers
 
 
@@ -1555,7 +1599,7 @@ def _resolve_groups(classes: Classes, calls: Mapping[str, Call], modules: Mappin
     (``prune_norms``: the same number of channels from each group that keeps any)."""
     changed = True
     while changed:
-        changed = _balance(classes)
+        changed = _balance(classes) | _interleave(classes)
         for name, call in calls.items():
             module = modules[name]
             if isinstance(module, nn.GroupNorm) and call.tin is not None:
@@ -1596,6 +1640,28 @@ def _balance(classes: Classes) -> bool:
             classes.reason = reason
             for b in back:
                 classes.block(b)
+            changed = True
+    return changed
+
+
+def _interleave(classes: Classes) -> bool:
+    """Keep channels back until the groups of every channel shuffle interleave: read in the
+    shuffled order (channel ``i`` of group ``h`` at ``i * g + h``), the kept channels come from
+    groups ``0, 1, ..., g - 1, 0, ...`` and end with a whole round, so the compact view cuts them
+    into the same groups and the compact shuffle keeps their order (the masks may keep different
+    channels in each group). Where they do not, a channel kept in any group is kept in all of
+    them; whether any came back."""
+    changed = False
+    for reason, grid in classes.interleaved:
+        g = grid.shape[0]
+        kept = (~classes.removed(grid.T.flatten())).nonzero().flatten()
+        if kept.numel() % g == 0 and torch.equal(kept % g, torch.arange(kept.numel()) % g):
+            continue
+        columns = (~classes.removed(grid)).any(0)
+        back = grid[:, columns][classes.removed(grid[:, columns])]
+        if back.numel():
+            classes.reason = reason
+            classes.block(back)
             changed = True
     return changed
 
@@ -1823,8 +1889,10 @@ def channel_ranges(
     concatenation, a slice, ``split`` / ``chunk`` pieces, a depthwise conv fed by a part of a
     concatenation, element-wise joins such as a residual add, and a channel shuffle
     (``view(n, g, C // g, ...)``, ``transpose``, ``view(n, C, ...)``: channel ``j`` of each group
-    joins). So GhostNet's ``cat([x1, x2])[:, :oup] + shortcut`` couples the shortcut's first half
-    with ``x1``'s layer and its second half with ``x2``'s, instead of nothing.
+    joins; that suffices, :func:`shrink` only needs the groups' kept channels to interleave: the
+    ``r``-th kept channel of group ``h`` at or before that of group ``h + 1``). So GhostNet's
+    ``cat([x1, x2])[:, :oup] + shortcut`` couples the shortcut's first half with ``x1``'s layer and
+    its second half with ``x2``'s, instead of nothing.
 
     Args:
         model: the model (not modified).
@@ -1856,6 +1924,15 @@ def channel_ranges(
     ...     print([(r.name, r.start, r.stop) for r in members])
     [('stem', 0, 2), ('stem', 2, 4), ('a', 0, 2), ('b', 0, 2)]
     """
+    classes, calls = _structure(model, example_inputs, leaf_modules, replacements, capture_method, True)
+    return _range_sets(classes, calls)
+
+
+def _structure(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[str | type[nn.Module]],
+               replacements: Mapping[type[nn.Module], Replacement] | None, capture_method: Method,
+               couple_shuffles: bool) -> tuple[Classes, dict[str, Call]]:
+    """The classes and calls of :func:`trace_channels` on a copy of the model, every channel
+    varying (no masks)."""
     work = copy.deepcopy(model).eval()
     gm = capture(work, example_inputs, leaf_modules=leaf_modules, method=capture_method)
     bound = bind_inputs(work, example_inputs)
@@ -1867,8 +1944,96 @@ def channel_ranges(
     values = recorder.values
     kinds = {node: kind_of(node, modules, replacements) for node in gm.graph.nodes}
     tensors = {n: None for n, v in values.items() if any(_is_tensor(x) for x in optree.tree_leaves(v))}
-    classes, calls, _ = trace_channels(gm, Liveness(values, tensors, {}, kinds), replacements)
-    return _range_sets(classes, calls)
+    classes, calls, _ = trace_channels(gm, Liveness(values, tensors, {}, kinds), replacements,
+                                       couple_shuffles=couple_shuffles)
+    return classes, calls
+
+
+def shuffle_chains(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    replacements: Mapping[type[nn.Module], Replacement] | None = None,
+    capture_method: Method = "auto",
+) -> list[ShuffleChain]:
+    """The chains of ShuffleNetV2 units in the graph (:class:`~purecompress.ShuffleChain`), for
+    :func:`~purecompress.allocate_dependency_aware`'s ``shuffles``.
+
+    :func:`channel_ranges` joins channel ``j`` of each group of a channel shuffle, which is enough
+    for :func:`shrink` but doubles the channels joined at every unit: deep in a stage, a whole
+    layer is one set. :func:`shrink` itself only needs the groups' kept channels to interleave and
+    each ``chunk`` half to keep as many; a chain gives the allocator the layers to choose so. Only
+    chains whose channels meet nothing else are given (no other layer, join or split, not blocked).
+
+    Args:
+        model: the model (not modified).
+        example_inputs: inputs for :func:`~purecompress.graph.capture` and one reference run.
+        leaf_modules: passed to :func:`~purecompress.graph.capture`.
+        replacements: extra replacement-table entries (custom producer or channel-wise modules).
+        capture_method: passed to :func:`~purecompress.graph.capture` as ``method``.
+
+    Returns:
+        One :class:`~purecompress.ShuffleChain` per chain, in graph order.
+    """
+    classes, calls = _structure(model, example_inputs, leaf_modules, replacements, capture_method, False)
+    return _chains(classes, calls)
+
+
+def _chains(classes: Classes, calls: Mapping[str, Call]) -> list[ShuffleChain]:
+    def roots(ids: Tensor) -> tuple[int, ...]:
+        return tuple(classes.find(i) if i >= 0 else -1 for i in ids.flatten().tolist())
+
+    producers = {roots(c.tout.ids): name for name, c in calls.items()
+                 if c.kind == "producer" and not c.depthwise and c.tout is not None and c.tout.ids.dim() == 1}
+    grids = [grid for _, grid in classes.interleaved if grid.shape[0] == 2]
+    halves = {roots(p[0]): roots(torch.cat(p)) for _, p in classes.balanced if len(p) == 2}
+    by_output = {roots(grid.T.flatten()): k for k, grid in enumerate(grids)}
+    after: dict[int, int] = {}  # grid -> the next unit's grid
+    for k, grid in enumerate(grids):
+        prev = by_output.get(halves.get(roots(grid[0]), ()))
+        if prev is not None:
+            after[prev] = k
+    out = []
+    for k, grid in enumerate(grids):
+        if roots(grid[0]) not in producers or roots(grid[1]) not in producers:
+            continue  # not a chain's first unit
+        chain, rows = [k], [roots(grid[0]), roots(grid[1])]
+        while chain[-1] in after:
+            chain.append(after[chain[-1]])
+            rows.append(roots(grids[chain[-1]][1]))
+        last = roots(grids[chain[-1]].T.flatten())
+        followers = tuple(name for name, c in calls.items() if c.depthwise and c.tin is not None
+                          and roots(c.tin.ids) == last)
+        if _isolated(classes, calls, [grids[j] for j in chain], rows, producers, followers, last):
+            out.append(ShuffleChain(tuple(producers[r] for r in rows), int(grid.shape[1]), followers))
+    return out
+
+
+def _isolated(classes: Classes, calls: Mapping[str, Call], grids: list[Tensor], rows: list[tuple[int, ...]],
+              producers: Mapping[tuple[int, ...], str], followers: tuple[str, ...], last: tuple[int, ...]) -> bool:
+    """Whether a chain's channels meet only its own shuffles, chunks and followers: each row a
+    whole layer of its own classes, none blocked, no other layer, shuffle or split on them."""
+    own = {r for row in rows for r in row}
+    if any(row not in producers for row in rows) or len(own) != sum(len(row) for row in rows) or -1 in own:
+        return False
+    if any(classes.blocked[r] for r in own):
+        return False
+    names = {producers[row] for row in rows} | set(followers)
+    for name, c in calls.items():
+        if name not in names and c.kind == "producer" and c.tout is not None \
+                and own & {classes.find(i) for i in c.tout.ids.flatten().tolist() if i >= 0}:
+            return False
+    mine = {tuple(g.flatten().tolist()) for g in grids}
+    for _, grid in classes.interleaved:
+        if tuple(grid.flatten().tolist()) not in mine and own & {classes.find(i) for i in grid.flatten().tolist()}:
+            return False
+    outputs = [tuple(classes.find(i) for i in g.T.flatten().tolist()) for g in grids[:-1]]
+    for _, pieces in classes.balanced:
+        whole = tuple(classes.find(i) if i >= 0 else -1 for i in torch.cat(pieces).tolist())
+        if whole not in outputs and own & set(whole):
+            return False  # a split of the last output, or of anything else of theirs, is not followed
+    return True
 
 
 def _range_sets(classes: Classes, calls: Mapping[str, Call]) -> list[tuple[ChannelRange, ...]]:

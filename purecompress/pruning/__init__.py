@@ -25,6 +25,7 @@ from purecompress.pruning._admm import (
 )
 from purecompress.pruning._allocators import (
     ChannelRange,
+    ShuffleChain,
     allocate_balanced,
     allocate_dependency_aware,
     allocate_global,
@@ -158,6 +159,7 @@ __all__ = [
     "AdmmState",
     "Block",
     "ChannelRange",
+    "ShuffleChain",
     "GradualState",
     "LayerSparsity",
     "Mask",

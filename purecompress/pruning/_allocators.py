@@ -30,6 +30,7 @@ from purecompress.pruning._records import Block, Mask, Masks, Metric, Metrics, b
 
 __all__ = [
     "ChannelRange",
+    "ShuffleChain",
     "allocate_balanced",
     "allocate_dependency_aware",
     "allocate_global",
@@ -535,6 +536,119 @@ class ChannelRange:
         return len(self.indices())
 
 
+@attrs.frozen
+class ShuffleChain:
+    """Layers whose output channels a chain of ShuffleNetV2 units interleaves
+    (:func:`~purecompress.graph.shuffle_chains`): the first unit shuffles ``cat([a, b])`` of two
+    layers' outputs, each later one ``cat([x1, c])``, ``x1`` the first ``chunk`` half of the previous
+    unit's output and ``c`` a layer's output (``shuffle``: ``view(n, 2, C // 2, ...)``,
+    ``transpose(1, 2)``, ``view(n, C, ...)``). :func:`~purecompress.shrink` takes masks where the
+    ``r``-th kept channel of ``x1`` (or ``a``) comes at or before that of ``c`` (or ``b``) and before
+    the next one of ``x1``, and the halves of each chunk keep as many: the masks
+    :func:`allocate_dependency_aware` gives the chain.
+
+    Attributes:
+        layers: the module names: the first unit's two layers, then one per later unit.
+        width: their output channel count (each unit's output has ``2 * width`` channels).
+        followers: depthwise layers reading the last unit's output: their channel ``m`` is its
+            channel ``m``.
+    """
+
+    layers: tuple[str, ...]
+    width: int
+    followers: tuple[str, ...] = ()
+
+
+def _ceil_half(x: int) -> int:
+    return -(-x // 2)
+
+
+def _chain_requirements(units: int, width: int, n: int) -> tuple[set[tuple[int, int]], list[set[tuple[int, int]]]]:
+    """Prefix counts ``(t, c)`` (``c`` channels kept below channel ``t``) that the first layer, and
+    each unit's other layer, must meet for every chunk half of a unit's output to keep ``n``.
+
+    A unit's output interleaves ``A`` (even positions) and ``B`` (odd) in order, so ``c`` kept
+    below ``t`` needs ``ceil(c / 2)`` of ``A`` below ``ceil(t / 2)``, the rest of ``B`` below
+    ``t // 2``, and room for that ``B`` channel on its side of ``t`` (the second count on ``A``);
+    ``A`` is the previous output's first half, so its counts are that output's.
+    """
+    need = [{(width, n)} if k < units - 1 else set() for k in range(units)]  # on unit k's output
+    other: list[set[tuple[int, int]]] = [set() for _ in range(units)]
+    first = {(width, n)}
+    for k in range(units - 1, -1, -1):
+        below = need[k - 1] if k else first
+        for t, c in need[k]:
+            a = _ceil_half(c)
+            below |= {(_ceil_half(t), a), (t // 2 + c % 2, a)}
+            other[k].add((t // 2, c - a))
+    return first, other
+
+
+def _chain_keep(scores: Sequence[Tensor], width: int, n: int) -> tuple[list[list[int]], list[int]] | None:
+    """The kept channels of each layer of a chain (``scores``: per layer, ``[width]``), ``n`` each,
+    the best by score wherever the prefix counts leave a choice, and the kept channels of the last
+    unit's output; None when no choice meets the counts."""
+    first_req, other_req = _chain_requirements(len(scores) - 1, width, n)
+    first: list[int] = []
+    start = done = 0
+    for t, c in sorted(first_req):
+        if c < done or c - done > t - start or (t == start and c != done):
+            return None
+        best = sorted(range(start, t), key=lambda i: (-float(scores[0][i]), i))[: c - done]
+        first.extend(sorted(best))
+        start, done = t, c
+    kept, a = [first], first
+    for k, score in enumerate(scores[1:]):
+        # the r-th channel of B lies in [A[r], A[r + 1]) (in order), narrowed by its prefix counts
+        slots = [[a[r], a[r + 1] if r + 1 < len(a) else width] for r in range(len(a))]
+        for x, c in other_req[k]:
+            if not 0 <= c <= len(a):
+                return None
+            if c > 0:
+                slots[c - 1][1] = min(slots[c - 1][1], x)
+            if c < len(a):
+                slots[c][0] = max(slots[c][0], x)
+        if any(lo >= hi for lo, hi in slots):
+            return None
+        b = [max(range(lo, hi), key=lambda i: (float(score[i]), -i)) for lo, hi in slots]
+        kept.append(b)
+        out = sorted([2 * i for i in a] + [2 * i + 1 for i in b])
+        a = [i for i in out if i < width]
+        if k < len(scores) - 2 and len(a) != n:
+            return None
+    return kept, out
+
+
+def _chain_masks(metrics: Metrics, scores: Mapping[str, Tensor], sparsity: Sparsity,
+                 chains: Sequence[ShuffleChain]) -> Masks:
+    """:func:`allocate_dependency_aware` for the layers (and followers) of shuffle chains."""
+    masks: Masks = {}
+    for chain in chains:
+        keys = [_key(metrics, name) for name in (*chain.layers, *chain.followers)]
+        if any(k is None for k in keys) or len(chain.layers) < 2:
+            continue  # a layer not pruned: the chain keeps what its dependency sets say
+        known = [k for k in keys if k is not None]
+        sizes = [chain.width] * len(chain.layers) + [2 * chain.width] * len(chain.followers)
+        for k, size in zip(known, sizes):
+            if tuple(metrics[k].score.shape) != (size, *[1] * (metrics[k].score.dim() - 1)):
+                raise ValueError(f"shuffle chain layer {k!r} needs a channel metric of {size} channels; it has grid "
+                                 f"{tuple(metrics[k].score.shape)}")
+        s = functools.reduce(_smaller, (_sparsity_for(sparsity, k) for k in known))
+        if isinstance(s, Tensor) and is_traced(s):
+            continue  # the count must be known: under vmap the sets decide
+        layer_scores = [scores[k].reshape(-1) for k in known[: len(chain.layers)]]
+        found = next((r for n in range(int(kept_count(chain.width, s)), 0, -1)
+                      if (r := _chain_keep(layer_scores, chain.width, n)) is not None), None)
+        if found is None:
+            continue
+        kept, out = found
+        for k, size, channels in zip(known, sizes, [*kept, *[out] * len(chain.followers)]):
+            keep = torch.zeros(size, dtype=torch.bool, device=scores[k].device)
+            keep[torch.tensor(channels, dtype=torch.long, device=keep.device)] = True
+            masks[k] = Mask(keep.reshape(metrics[k].score.shape), metrics[k].shape)
+    return masks
+
+
 def _key(metrics: Metrics, member: str) -> str | None:
     for name in (member, f"{member}.weight"):
         if name in metrics:
@@ -550,6 +664,7 @@ def allocate_dependency_aware(
     channel_sets: Iterable[Sequence[str] | Sequence[ChannelRange]],
     groups: Mapping[str, int] | None = None,
     prior: Masks | None = None,
+    shuffles: Iterable[ShuffleChain] = (),
 ) -> Masks:
     """Channel masks that agree inside each dependency set (NNI's dependency-aware mode).
 
@@ -564,11 +679,17 @@ def allocate_dependency_aware(
         groups: module name -> the count its channels must stay divisible by (default 1); for a
             set of ranges, only when every range is a whole layer.
         prior: masks already applied (continuous masking).
+        shuffles: chains of ShuffleNetV2 units (:func:`~purecompress.graph.shuffle_chains`),
+            decided instead of the sets that hold their layers.
 
     Returns:
         Masks at channel granularity for every metric. A set of ranges of length ``n`` keeps the
         ``kept_count(n, s)`` channels of the best summed scores in each of its ranges, so every
-        layer keeps the asked fraction of each of its ranges.
+        layer keeps the asked fraction of each of its ranges. The layers of a shuffle chain keep
+        ``n`` channels each, the largest ``n <= kept_count(width, s)`` for which channels meeting
+        the chain's order and counts are found (where the sets would join channel ``j`` of each
+        shuffle group: deep in a chain, a whole layer), by their own scores; its followers keep
+        the last output's channels. A chain with a layer not in ``metrics`` is left to the sets.
 
     Raises:
         ValueError: a set mixes names and ranges, its ranges differ in length or leave the layer,
@@ -594,6 +715,7 @@ def allocate_dependency_aware(
         else:
             named.append(members)  # type: ignore[arg-type]
     masks.update(_range_masks(metrics, scores, sparsity, ranged, groups))
+    masks.update(_chain_masks(metrics, scores, sparsity, list(shuffles)))
     for members in named:
         found = [(m, _key(metrics, m)) for m in members]
         keyed = [(m, k) for m, k in found if k is not None and k not in masks]
