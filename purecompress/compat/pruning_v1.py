@@ -104,7 +104,8 @@ NOT_PROVIDED: dict[str, str] = {
     "AMCPruner": f"use the 2.x {_V2}.AMCPruner(total_episode, dummy_input, pruning_algorithm, ...)",
     "LotteryTicketPruner": f"use the 2.x {_V2}.LotteryTicketPruner(model, config_list, pruning_algorithm, ...)",
     "SensitivityPruner": "NNI 2.x has no counterpart of it; see nni.compression.pytorch.utils.SensitivityAnalysis",
-    "TransformerHeadPruner": "NNI 2.x has no counterpart of it (nor does purecompress)",
+    "TransformerHeadPruner": ("NNI 2.x has no counterpart of it; purecompress prunes heads in its core: "
+                              "pc.head_blocks, pc.head_scores, pc.allocate_heads, pc.head_masks, pc.shrink"),
 }
 
 
