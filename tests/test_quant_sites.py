@@ -221,6 +221,7 @@ def test_the_compiled_relu_before_a_site_has_relus_values_and_gradients() -> Non
 
     a = torch.tensor([-2.0, -0.0, 0.0, 1e-30, 3.0, float("nan"), float("-inf"), float("inf")])
     g = torch.randn(a.shape)
+    g[4], g[5] = float("inf"), float("nan")  # passed through at 3.0 and at the NaN input
 
     def value_and_grad(relu: Any, a: Tensor) -> tuple[Tensor, Tensor]:
         y, vjp = torch.func.vjp(relu, a)
