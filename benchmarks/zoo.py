@@ -426,6 +426,12 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
             row["sets"] = sum(1 for s in sets if len([r for r in s if r.name in pruned]) > 1)
             row["blocked"] = sorted({r.name for s in sets for r in s if r.blocked is not None and r.name in pruned})
         groups = pc.group_dependency(model, example)
+
+        def channel_masks(targets: Any, chains: Any) -> dict[str, Any]:  # dependency-aware L1, biases too
+            masks = pc.allocate_dependency_aware(pc.l1_norm(params, targets), sparsity, channel_sets=sets,
+                                                 groups=groups, shuffles=chains)
+            return pc.bias_masks(masks, {k: tuple(v.shape) for k, v in params.items() if k.endswith(".bias")})
+
         try:
             blocks = pc.head_blocks(model)
         except ValueError:  # no attention or MLP block of a known layout: a CNN
@@ -437,20 +443,14 @@ def run_model(spec: str, *, size: int = 64, latency_rounds: int = 5, peer: bool 
             cut = set(pc.head_block_params(blocks))  # a hybrid's other layers (MobileViT's convs): channels
             pruned = [n for n in pruned if f"{n}.weight" not in cut]
             if pruned and not prune_norms:
-                metrics = pc.l1_norm(params, [f"{n}.weight" for n in pruned])
-                channels = pc.allocate_dependency_aware(metrics, sparsity, channel_sets=sets, groups=groups)
-                shapes = {k: tuple(v.shape) for k, v in params.items() if k.endswith(".bias")}
-                channels = {k: m for k, m in pc.bias_masks(channels, shapes).items() if not bool(m.keep.all())}
+                channels = {k: m for k, m in channel_masks([f"{n}.weight" for n in pruned], ()).items()
+                            if not bool(m.keep.all())}
                 pruned = [n for n in pruned if f"{n}.weight" in channels]
                 masks = {**masks, **channels}
             else:
                 pruned = []
         else:
-            metrics = pc.l1_norm(params, plan)
-            masks = pc.allocate_dependency_aware(metrics, sparsity, channel_sets=sets, groups=groups,
-                                                 shuffles=shuffles)
-            shapes = {k: tuple(v.shape) for k, v in params.items() if k.endswith(".bias")}
-            masks = pc.bias_masks(masks, shapes)
+            masks = channel_masks(plan, shuffles)
         compact, report = pc.shrink(model, masks, example, prune_norms=prune_norms)
     except Exception as err:  # noqa: BLE001
         if os.environ.get("ZOO_RAISE"):  # debugging a row: the whole traceback

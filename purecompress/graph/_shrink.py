@@ -13,7 +13,6 @@ matches exactly.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -321,7 +320,9 @@ def _shrink_channels_then_heads(model: nn.Module, channels: Mapping[str, Mask], 
     """:func:`shrink` of channel masks (outside the head blocks) and head masks together: the graph
     shrink of the channels, then :func:`~purecompress.shrink_heads` of that compact model. The head
     masks keep their units; a channel shrink that changed a head block's cut dim is refused."""
+    from purecompress.graph._propagate import _masked_copy
     from purecompress.heads import head_blocks, shrink_heads
+    from purecompress.heads._shrink import _call
     from purecompress.pruning import apply_masks
 
     first, report = shrink(model, channels, example_inputs, params=params, **graph_options)
@@ -337,19 +338,10 @@ def _shrink_channels_then_heads(model: nn.Module, channels: Mapping[str, Mask], 
         refit[name] = Mask(mask.keep, shapes[name])
     compact, second = shrink_heads(first, refit, example_inputs, blocks=head_blocks(first))
     # the reference: the original model with the propagated channel masks, then the head masks
-    values = apply_masks(apply_masks(report.params, report.masks), dict(heads))
-    masked = copy.deepcopy(model).eval()
-    own = dict(masked.named_parameters()) | dict(masked.named_buffers())
-    with torch.no_grad():
-        for name, value in values.items():
-            own[name].copy_(value)
-    if isinstance(example_inputs, Mapping):
-        args, kwargs = (), dict(example_inputs)
-    else:
-        args, kwargs = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
+    masked = _masked_copy(model, heads, apply_masks(report.params, report.masks))
     compact.eval()
     with torch.no_grad():
-        reference, output = masked(*args, **kwargs), compact(*args, **kwargs)
+        reference, output = _call(masked, example_inputs), _call(compact, example_inputs)
     compact.train(model.training)
     after = {r.name: r for r in second.layers}
     layers = [attrs.evolve(r, params_after=after[r.name].params_after, flops_after=after[r.name].flops_after)

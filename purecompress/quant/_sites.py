@@ -226,34 +226,33 @@ class SiteGraph:
         return None
 
     @staticmethod
-    def _as_relu(graph: fx.Graph, root: nn.Module, relu: Any, replaced: list[nn.Module]) -> bool:
+    def _as_relu(graph: fx.Graph, root: nn.Module, relu: Any, replaced: list[nn.Module]) -> None:
         """Replace ``relu``, a plain ReLU node (module, ``torch.relu`` or ``F.relu``) whose output
         only a quantization site reads, by :func:`_relu` (an in-place one only when its input has no
         other reader, so in-place is unobservable); the replaced modules are appended to
         ``replaced`` (a hook put on one later sends the call to the hook path)."""
         if not isinstance(relu, fx.Node) or len(relu.users) != 1 or not relu.args:
-            return False
+            return
         if not isinstance(relu.args[0], fx.Node):
-            return False
+            return
         module = None
         if relu.op == "call_module":
             module = root.get_submodule(str(relu.target))
             if type(module) is not nn.ReLU or _has_hooks(module):
-                return False
+                return
             inplace = module.inplace
         elif relu.op == "call_function" and relu.target in (torch.relu, nn.functional.relu):
             inplace = bool(relu.kwargs.get("inplace", relu.args[1] if len(relu.args) > 1 else False))
         else:
-            return False
+            return
         if inplace and len(relu.args[0].users) != 1:
-            return False
+            return
         with graph.inserting_before(relu):
             new = graph.call_function(_relu, (relu.args[0],))
         relu.replace_all_uses_with(new)
         graph.erase_node(relu)
         if module is not None:
             replaced.append(module)
-        return True
 
     def _rewrite(self, graph: fx.Graph, root: nn.Module) -> list[nn.Module]:
         """Insert the sites; returns the ReLU modules whose calls became :func:`_relu`."""
