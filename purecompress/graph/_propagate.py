@@ -1181,7 +1181,8 @@ def _check_masks(params: Mapping[str, Tensor], masks: Mapping[str, Mask], values
 
 
 
-def _masked_copy(model: nn.Module, masks: Mapping[str, Mask], values: Mapping[str, Tensor] | None) -> nn.Module:
+def masked_copy(model: nn.Module, masks: Mapping[str, Mask], values: Mapping[str, Tensor] | None) -> nn.Module:
+    """A copy of ``model`` in eval mode holding ``values`` (default: its own), ``masks`` applied."""
     work = copy.deepcopy(model).eval()
     params = params_of(work)
     _check_masks(params, masks, values or {})
@@ -1379,7 +1380,7 @@ def analyse(
     capture_method: Method = "auto",
 ) -> Analysis:
     """:func:`channel_plan` with the masked copy, its output and the bound inputs."""
-    masked = _masked_copy(model, masks, params)
+    masked = masked_copy(model, masks, params)
     gm = capture(masked, example_inputs, leaf_modules=leaf_modules, method=capture_method)
     bound = bind_inputs(masked, example_inputs)
     given = (tuple(bound.args), dict(bound.kwargs))  # the forward is called with these, as given

@@ -23,7 +23,7 @@ import torch.utils._pytree as torch_pytree
 from torch import Tensor, nn
 
 from purecompress.graph._capture import Method
-from purecompress.graph._propagate import EXACT_TOL, ShrinkError, analyse
+from purecompress.graph._propagate import EXACT_TOL, ShrinkError, analyse, masked_copy
 from purecompress.graph._replace import Replacement, composite_of, replacement_for
 from purecompress.pruning import Mask, Masks
 
@@ -320,9 +320,8 @@ def _shrink_channels_then_heads(model: nn.Module, channels: Mapping[str, Mask], 
     """:func:`shrink` of channel masks (outside the head blocks) and head masks together: the graph
     shrink of the channels, then :func:`~purecompress.shrink_heads` of that compact model. The head
     masks keep their units; a channel shrink that changed a head block's cut dim is refused."""
-    from purecompress.graph._propagate import _masked_copy
     from purecompress.heads import head_blocks, shrink_heads
-    from purecompress.heads._shrink import _call
+    from purecompress.heads._shrink import call_with
     from purecompress.pruning import apply_masks
 
     first, report = shrink(model, channels, example_inputs, params=params, **graph_options)
@@ -338,10 +337,10 @@ def _shrink_channels_then_heads(model: nn.Module, channels: Mapping[str, Mask], 
         refit[name] = Mask(mask.keep, shapes[name])
     compact, second = shrink_heads(first, refit, example_inputs, blocks=head_blocks(first))
     # the reference: the original model with the propagated channel masks, then the head masks
-    masked = _masked_copy(model, heads, apply_masks(report.params, report.masks))
+    masked = masked_copy(model, heads, apply_masks(report.params, report.masks))
     compact.eval()
     with torch.no_grad():
-        reference, output = _call(masked, example_inputs), _call(compact, example_inputs)
+        reference, output = call_with(masked, example_inputs), call_with(compact, example_inputs)
     compact.train(model.training)
     after = {r.name: r for r in second.layers}
     layers = [attrs.evolve(r, params_after=after[r.name].params_after, flops_after=after[r.name].flops_after)

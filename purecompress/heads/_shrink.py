@@ -44,7 +44,8 @@ from purecompress.pruning import Mask, apply_masks, params_of
 __all__ = ["shrink_heads"]
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
+def call_with(model: nn.Module, inputs: Any) -> Any:
+    """``model`` called on ``inputs``: a dict as keywords, a tuple as positional arguments, else one."""
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
@@ -78,7 +79,7 @@ def _positions(model: nn.Module, inputs: Any) -> tuple[Any, dict[str, int]]:
             handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            output = _call(model, inputs)
+            output = call_with(model, inputs)
     finally:
         for handle in handles:
             handle.remove()
