@@ -53,8 +53,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
-import math
 import os
 import subprocess
 import sys
@@ -337,8 +337,6 @@ def _qdq(model: nn.Module, example: Any) -> str:
     from purecompress.quant import observer, quantized_call
     from purecompress.quant.onnx_export import export_qdq_onnx, qdq_targets
 
-    if isinstance(example, dict):
-        return "n/a (keyword inputs)"
     last = classifier(model)
     types = [t for t in ("Conv2d", "Linear") if t in {type(m).__name__ for m in model.modules()}]
     configs: list[dict[str, Any]] = [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": types}]
@@ -347,20 +345,41 @@ def _qdq(model: nn.Module, example: Any) -> str:
     transform = observer(model, configs)
     params = pc.params_of(model)
     state = transform.init(params)
-    for _ in range(2):
-        _, state = quantized_call(transform, model, params, state, (torch.randn_like(example),), training=True)
+    def fresh(v: Any) -> Any:
+        return torch.randn_like(v) if isinstance(v, Tensor) and v.is_floating_point() else v
+
+    if isinstance(example, dict):  # keyword inputs (Hugging Face); a decoder's cache is not an ONNX output
+        cache = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {**example, **cache}
+        calibration = [((), {k: fresh(v) for k, v in kwargs.items()}) for _ in range(2)]
+    else:
+        args, kwargs = (example,), {}
+        calibration = [((fresh(example),), {}) for _ in range(2)]
+    for batch_args, batch_kwargs in calibration:
+        _, state = quantized_call(transform, model, params, state, batch_args, batch_kwargs, training=True)
     with torch.no_grad():
-        expected, _ = quantized_call(transform, model, params, state, (example,), training=False)
+        expected, _ = quantized_call(transform, model, params, state, args, kwargs, training=False)
     targets = qdq_targets(state)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(tmp) / "model.onnx"
-        export_qdq_onnx(model, (example,), path, **targets)
+        export_qdq_onnx(model, args, path, kwargs=kwargs or None, **targets)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
-    diff = float(np.abs(got - _first_tensor(expected).numpy()).max())
-    step = float(targets["outputs"][last].scale) if last in targets["outputs"] else math.inf
-    return f"ok ({diff:.1e})" if diff <= step + 1e-6 else f"differs by {diff:.2e} (step {step:.2e})"
+        names = [i.name for i in session.get_inputs()]
+        feed = {n: example[n].numpy() for n in names} if kwargs else {names[0]: example.numpy()}
+        got = session.run(None, feed)[0]
+    reference = _first_tensor(expected)
+    diff = float(np.abs(got - reference.numpy()).max())
+    # The compared output is the quantized classifier's (its values on the output grid: one step
+    # is the tolerance), or a float output (an encoder's last hidden state): 1e-4 of its largest value.
+    qp = targets["outputs"].get(last) if last is not None else None
+    codes = reference / qp.scale + qp.zero_point if qp is not None else None
+    if codes is not None and bool(((codes - codes.round()).abs() < 1e-3).all()):
+        step, kind = float(qp.scale), "step"
+    else:
+        step, kind = 1e-4 * float(reference.abs().max()), "tolerance"
+    return f"ok ({diff:.1e})" if diff <= step + 1e-6 else f"differs by {diff:.2e} ({kind} {step:.2e})"
 
 
 def _torch_pruning(model: nn.Module, example: Any, last: str | None) -> tuple[nn.Module | None, str]:

@@ -114,6 +114,51 @@ def test_functional_qdq_export_matches_fake_quantized_forward(tmp_path):
     assert diff <= float(outputs["3"].scale)
 
 
+class _Masked(nn.Module):
+    """Keyword inputs: ``features`` and a ``mask`` multiplied into the hidden layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, *, features: torch.Tensor, mask: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
+        return {"out": self.fc2(torch.relu(self.fc1(features)) * mask) * scale}
+
+
+def test_qdq_export_takes_keyword_inputs(tmp_path):
+    torch.manual_seed(0)
+    model = _Masked().eval()
+    features, mask = torch.randn(4, 6), (torch.rand(4, 8) > 0.5).float()
+    weights = {f"{n}.weight": quant_params(getattr(model, n).weight.min(), getattr(model, n).weight.max())
+               for n in ("fc1", "fc2")}
+    outputs = {"fc2": quant_params(torch.tensor(-1.0), torch.tensor(1.0))}
+    kwargs = {"features": features, "mask": mask, "scale": 2.0}  # a Python constant is not an ONNX input
+    export_qdq_onnx(model, (), tmp_path / "kw.onnx", weights=weights, outputs=outputs, kwargs=kwargs)
+    session = ort.InferenceSession(str(tmp_path / "kw.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["features", "mask"]
+    got = session.run(None, {"features": features.numpy(), "mask": mask.numpy()})[0]
+    reference = qdq_forward(model, (), weights=weights, outputs=outputs, kwargs=kwargs)["out"]
+    assert not torch.equal(reference, model(**kwargs)["out"].detach())  # quantization changed it
+    assert float(np.abs(got - reference.numpy()).max()) <= 2 * float(outputs["fc2"].scale) + 1e-6
+
+
+def test_qdq_export_of_a_hugging_face_encoder_with_keyword_inputs(tmp_path):
+    tr = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = tr.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=16)
+    model = tr.BertModel(config).eval()
+    ids = torch.randint(0, 50, (2, 8))
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    weights = {n: quant_params(p.min(), p.max()) for n, p in model.named_parameters()
+               if n.endswith(".weight") and p.dim() == 2 and "embeddings" not in n}
+    export_qdq_onnx(model, (), tmp_path / "bert.onnx", weights=weights, kwargs=kwargs)
+    session = ort.InferenceSession(str(tmp_path / "bert.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {i.name: kwargs[i.name].numpy() for i in session.get_inputs()})[0]
+    reference = qdq_forward(model, (), weights=weights, kwargs=kwargs).last_hidden_state
+    assert float(np.abs(got - reference.numpy()).max()) <= 1e-4 * float(reference.abs().max())
+
+
 def test_compat_export_model_writes_qdq_onnx(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))

@@ -63,6 +63,7 @@ def test_hugging_face_models_capture_and_shrink(name: str) -> None:
     row = zoo.run_model(f"hf:{name}", latency_rounds=0, peer=False)
     _check(row, kept=None)  # heads and neurons (tests/test_heads.py checks the counts)
     assert row["params"][1] < 0.8 * row["params"][0]
+    assert row["qdq"].startswith("ok"), row["qdq"]  # exported with keyword inputs, checked by onnxruntime
 
 
 def test_unknown_models_name_what_is_known() -> None:

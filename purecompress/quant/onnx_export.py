@@ -124,7 +124,7 @@ class _QuantizedCall(nn.Module):
             if name not in names:
                 raise KeyError(f"{name!r} is not a module of the model")
 
-    def forward(self, *args: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         params = {n: p for n, p in self.model.named_parameters()}
         for name, qp in self.weights.items():
             params[name] = self.fq(params[name], qp)
@@ -136,7 +136,7 @@ class _QuantizedCall(nn.Module):
         for name, qp in self.outputs.items():
             handles.append(modules[name].register_forward_hook(lambda _m, _a, out, qp=qp: self.fq(out, qp)))
         try:
-            return functional_call(self.model, params, args)
+            return functional_call(self.model, params, args, kwargs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -154,6 +154,7 @@ def qdq_forward(
     weights: Mapping[str, QuantParams],
     inputs: Mapping[str, QuantParams] | None = None,
     outputs: Mapping[str, QuantParams] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
 ) -> Any:
     """The fake-quantized eval-mode forward that :func:`export_qdq_onnx` exports (reference).
 
@@ -163,9 +164,10 @@ def qdq_forward(
         weights: parameter name (``'conv1.weight'``) -> its :class:`QuantParams`.
         inputs: module name -> parameters for its first input.
         outputs: module name -> parameters for its output.
+        kwargs: keyword model inputs (a Hugging Face model's ``input_ids``, ``attention_mask``, ...).
     """
     with torch.no_grad():
-        return _prepared(model, weights, inputs, outputs, fake_quantize)(*args)
+        return _prepared(model, weights, inputs, outputs, fake_quantize)(*args, **dict(kwargs or {}))
 
 
 def export_qdq_onnx(
@@ -178,18 +180,22 @@ def export_qdq_onnx(
     outputs: Mapping[str, QuantParams] | None = None,
     opset_version: int | None = None,
     dynamic_shapes: Any = None,
+    kwargs: Mapping[str, Any] | None = None,
 ) -> onnx.ModelProto:
     """Export ``model`` to ONNX with QuantizeLinear/DequantizeLinear around the quantized tensors.
 
     Args:
         model: float model (not modified).
-        args: example positional inputs, e.g. ``(torch.randn(1, 3, 32, 32),)``.
+        args: example positional inputs, e.g. ``(torch.randn(1, 3, 32, 32),)``; ``()`` when the
+            model takes keyword inputs only.
         path: where to write the ``.onnx`` file (None: only return the model).
         weights: parameter name -> :class:`QuantParams` (per channel: ``axis`` 0).
         inputs: module name -> parameters for the module's first input (per channel: axis 1).
         outputs: module name -> parameters for the module's output.
         opset_version: ONNX opset (default: the exporter's; QDQ per channel needs >= 13).
         dynamic_shapes: passed to ``torch.onnx.export``.
+        kwargs: example keyword inputs (a Hugging Face model's ``{'input_ids': ..., 'attention_mask':
+            ...}``); the ONNX graph takes them as inputs after the positional ones, under their names.
 
     Returns:
         The ONNX model (also saved to ``path`` when given).
@@ -201,14 +207,16 @@ def export_qdq_onnx(
     for qp in (*weights.values(), *(inputs or {}).values(), *(outputs or {}).values()):
         _onnx_range(qp)
     wrapper = _prepared(model, weights, inputs, outputs, onnx_fake_quantize)
-    kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": dynamic_shapes, "verbose": False}
+    options: dict[str, Any] = {"dynamo": True, "dynamic_shapes": dynamic_shapes, "verbose": False}
     if opset_version is not None:
-        kwargs["opset_version"] = opset_version
+        options["opset_version"] = opset_version
+    if kwargs:
+        options["kwargs"] = dict(kwargs)
     with warnings.catch_warnings():
         # The exporter's own deprecation chatter (torch internals), not the caller's concern.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        program = torch.onnx.export(wrapper, tuple(args), **kwargs)
+        program = torch.onnx.export(wrapper, tuple(args), **options)
     if program is None:  # pragma: no cover - dynamo=True always returns a program
         raise RuntimeError("torch.onnx.export returned no program")
     if path is not None:
